@@ -1,0 +1,46 @@
+# Two entry points: `make run` (the default pipeline) and `make test` (the test suite).
+# Both create .venv and install what they need on first use.
+#
+# TORCH_SPEC pins the PyTorch build installed first. The default, torch==2.13.0, is the CPU wheel
+# cached on the development machines and the CUDA build on PyPI for Linux GPU hosts; override it
+# for another build, e.g. make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= config/config.yaml
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+
+.PHONY: run test bench clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.run-deps
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.bench-deps: $(VENV)/.run-deps
+	$(BIN)/pip install -q -e ".[bench]"
+	touch $@
+
+run: $(VENV)/.run-deps
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.bench-deps
+	$(BIN)/python benchmarks/bench_tokenizer.py
+	$(BIN)/python benchmarks/bench_train.py
+
+clean-venv:
+	rm -rf $(VENV)

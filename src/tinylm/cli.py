@@ -1,0 +1,50 @@
+"""The `tinylm` command line: one subcommand per pipeline step.
+
+Each subcommand lives in the module that does the work. That module defines
+`add_arguments(parser)` and `run(args) -> int`; it is imported only when its command runs, so
+`tinylm --help` and light commands stay fast (no torch import).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Keep in pipeline order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "download": ("tinylm.download", "fetch a corpus file (URL, mirror or local path) into the cache"),
+    "train-bpe": ("tinylm.tokenizer.training", "train a byte-level BPE tokenizer on a text file"),
+    "tokenize": ("tinylm.tokenizer.dataset", "encode a text file into a .npy array of token ids"),
+    "tokenizer-report": ("tinylm.tokenizer.report", "compare trained tokenizers (compression, speed)"),
+    "train": ("tinylm.train", "train a Transformer LM from a run config"),
+    "evaluate": ("tinylm.evaluate", "loss and perplexity of a checkpoint on a token array"),
+    "generate": ("tinylm.generate", "sample text from a checkpoint"),
+    "report": ("tinylm.report", "write one report section's tables, figures and text"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinylm", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as error:
+        # Bad input: a clear one-line message naming the culprit, no traceback.
+        print(f"tinylm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

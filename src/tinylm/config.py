@@ -1,0 +1,284 @@
+"""Run configuration: one dataclass per concern, each validating itself.
+
+A run is `RunConfig(name, model, optimizer, training, data)`. The pipeline writes one JSON file per
+run (a base config plus that experiment's overrides) and `tinylm train` reads it back; the same JSON
+is saved next to every checkpoint. Unknown keys and bad values raise `ValueError` naming the key,
+e.g. `training.batch_size: must be a positive integer, got 0`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+NORMS = ("pre", "post", "none")
+POSITIONS = ("rope", "none")
+FFNS = ("swiglu", "silu")
+PRECISIONS = ("fp32", "bf16")
+ATTENTIONS = ("reference", "fused")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{key}: {message}")
+
+
+def _positive_int(value: Any, key: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
+           f"must be a positive integer, got {value!r}")
+
+
+def _one_of(value: Any, choices: tuple[str, ...], key: str) -> None:
+    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass
+class ModelConfig:
+    """Transformer shape and architecture variant (see tinylm.nn.TransformerLM)."""
+
+    vocab_size: int = 10000
+    context_length: int = 256
+    d_model: int = 512
+    num_layers: int = 4
+    num_heads: int = 16
+    d_ff: int = 1344
+    rope_theta: float = 10000.0
+    norm: str = "pre"        # pre | post | none
+    position: str = "rope"   # rope | none (NoPE)
+    ffn: str = "swiglu"      # swiglu | silu
+
+    def validate(self, prefix: str = "model") -> None:
+        for name in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
+            _positive_int(getattr(self, name), f"{prefix}.{name}")
+        _check(self.d_model % self.num_heads == 0, f"{prefix}.d_model",
+               f"{self.d_model} is not divisible by num_heads={self.num_heads}")
+        _check(self.rope_theta > 0, f"{prefix}.rope_theta", f"must be positive, got {self.rope_theta}")
+        if self.position == "rope":
+            _check((self.d_model // self.num_heads) % 2 == 0, f"{prefix}.d_model",
+                   "RoPE needs an even head dimension (d_model / num_heads)")
+        _one_of(self.norm, NORMS, f"{prefix}.norm")
+        _one_of(self.position, POSITIONS, f"{prefix}.position")
+        _one_of(self.ffn, FFNS, f"{prefix}.ffn")
+
+    def variant(self) -> dict[str, str]:
+        """The keyword arguments that select the architecture variant."""
+        return {"norm": self.norm, "position": self.position, "ffn": self.ffn}
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with a cosine learning-rate schedule, linear warm-up and gradient clipping."""
+
+    lr: float = 1e-3                 # peak learning rate
+    min_lr_ratio: float = 0.1        # the schedule ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0           # max global L2 norm; 0 disables clipping
+
+    def validate(self, prefix: str = "optimizer") -> None:
+        _check(self.lr > 0 and math.isfinite(self.lr), f"{prefix}.lr", f"must be positive, got {self.lr}")
+        _check(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, f"{prefix}.warmup_steps",
+               f"must be a non-negative integer, got {self.warmup_steps!r}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
+               f"must be two numbers in [0, 1), got {self.betas!r}")
+        _check(self.eps > 0, f"{prefix}.eps", f"must be positive, got {self.eps}")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be non-negative, got {self.weight_decay}")
+        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", f"must be non-negative, got {self.grad_clip}")
+
+    @property
+    def min_lr(self) -> float:
+        return self.lr * self.min_lr_ratio
+
+
+@dataclass
+class TrainingConfig:
+    """Budget, evaluation, stopping, checkpointing and execution settings."""
+
+    batch_size: int = 32                    # global batch (split across devices)
+    max_steps: int | None = None            # budget in steps ...
+    max_tokens: int | None = None           # ... or in tokens (exactly one of the two)
+    eval_interval: int = 100                # steps between validation evaluations
+    eval_batches: int = 8                   # fixed, seeded validation batches per evaluation
+    final_eval_tokens: int | None = None    # tokens of the validation array for the final evaluation; None = all
+    log_interval: int = 10                  # steps between metrics lines
+    checkpoint_interval: int = 500          # steps between resumable checkpoints
+    early_stop_loss: float | None = None    # stop once validation loss falls below this
+    divergence_factor: float = 2.0          # diverged if train loss > factor * initial loss (or non-finite)
+    seed: int = 0
+    device: str = "auto"                    # auto | cpu | cuda | mps
+    devices: int = 1                        # processes under torchrun (DistributedDataParallel)
+    precision: str = "fp32"                 # fp32 | bf16 (autocast)
+    compile: bool = False                   # torch.compile the model
+    attention: str = "reference"            # reference | fused (torch scaled_dot_product_attention)
+    wandb: bool = False                     # log to Weights & Biases when installed
+
+    def validate(self, prefix: str = "training") -> None:
+        for name in ("batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval", "devices"):
+            _positive_int(getattr(self, name), f"{prefix}.{name}")
+        _check((self.max_steps is None) != (self.max_tokens is None), f"{prefix}.max_steps",
+               "set exactly one of max_steps and max_tokens")
+        for name in ("max_steps", "max_tokens", "final_eval_tokens"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), f"{prefix}.{name}")
+        if self.early_stop_loss is not None:
+            _check(self.early_stop_loss > 0, f"{prefix}.early_stop_loss", f"must be positive, got {self.early_stop_loss}")
+        _check(self.divergence_factor > 1, f"{prefix}.divergence_factor",
+               f"must be greater than 1, got {self.divergence_factor}")
+        _check(self.batch_size % self.devices == 0, f"{prefix}.batch_size",
+               f"{self.batch_size} is not divisible by devices={self.devices}")
+        _one_of(self.device, DEVICES, f"{prefix}.device")
+        _one_of(self.precision, PRECISIONS, f"{prefix}.precision")
+        _one_of(self.attention, ATTENTIONS, f"{prefix}.attention")
+
+
+@dataclass
+class DataConfig:
+    """Token arrays (.npy, memory-mapped) and the tokenizer that made them."""
+
+    train_tokens: str = ""
+    valid_tokens: str = ""
+    tokenizer_dir: str | None = None        # vocab.json + merges.txt, for generation
+
+    def validate(self, prefix: str = "data") -> None:
+        for name in ("train_tokens", "valid_tokens"):
+            _check(bool(getattr(self, name)), f"{prefix}.{name}", "is required (a path to a .npy token array)")
+
+    def check_files(self, prefix: str = "data") -> None:
+        """Fail early, naming the missing file, before any training work starts."""
+        for name in ("train_tokens", "valid_tokens"):
+            path = getattr(self, name)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{prefix}.{name}: token file {path!r} does not exist")
+
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> "RunConfig":
+        _check(bool(RUN_NAME.match(self.name)), "name",
+               f"{self.name!r} is not path-safe (letters, digits and . _ = + - only)")
+        self.model.validate()
+        self.optimizer.validate()
+        self.training.validate()
+        self.data.validate()
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps in the budget (a token budget is rounded up to whole batches)."""
+        if self.training.max_steps is not None:
+            return self.training.max_steps
+        tokens_per_step = self.training.batch_size * self.model.context_length
+        return math.ceil(self.training.max_tokens / tokens_per_step)
+
+    # ---- (de)serialisation -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        return _build(cls, data, prefix="").validate()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write JSON atomically (temporary file, then rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"run config {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"run config {str(path)!r} is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+        """A copy with dotted keys replaced, e.g. {"optimizer.lr": 3e-3, "model.norm": "none"}."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for i, part in enumerate(parents):
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"{'.'.join(parents[: i + 1])}: unknown config section in override {dotted!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ValueError(f"{dotted}: unknown config key in override")
+            node[leaf] = value
+        return RunConfig.from_dict(data)
+
+
+def _build(cls, data: Any, prefix: str):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and coercing simple types."""
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{prefix}{unknown[0]}: unknown config key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=key + ".")
+    origin = get_origin(hint)
+    if origin is Union or str(origin) == "types.UnionType":
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(options[0], value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(t, v, key) for t, v in zip(get_args(hint), value, strict=False))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads 1e-3 as a string
+        except ValueError:
+            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
