@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from tinylm.fileio import write_json_atomic
+
 NORMS = ("pre", "post", "none")
 POSITIONS = ("rope", "none")
 FFNS = ("swiglu", "silu")
@@ -199,10 +201,7 @@ class RunConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
