@@ -1,0 +1,69 @@
+"""Stateless building blocks of the Transformer, written with plain tensor operations.
+
+The reference implementation deliberately avoids `torch.nn.functional`: each function here is the
+textbook formula, made numerically stable where it matters (softmax and cross-entropy subtract the
+maximum before exponentiating).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+
+def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """exp(x) / sum(exp(x)) along `dim`, shifted by the maximum so exp never overflows."""
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    exps = torch.exp(shifted)
+    return exps / exps.sum(dim=dim, keepdim=True)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x), a.k.a. swish."""
+    return x * torch.sigmoid(x)
+
+
+def scaled_dot_product_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor,
+                                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k)) V.
+
+    Q: (..., queries, d_k), K: (..., keys, d_k), V: (..., keys, d_v) -> (..., queries, d_v).
+    mask: bool, broadcastable to (..., queries, keys); True = may attend. A query whose keys are all
+    masked would divide 0 by 0; causal masks never do that (every query sees itself).
+    """
+    scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])  # (..., queries, keys)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return softmax(scores, dim=-1) @ V
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of `targets` under softmax(`logits`), computed in float32.
+
+    logits: (..., vocab), targets: (...) integer ids -> scalar. Uses log-sum-exp, so large logits
+    neither overflow nor lose precision; low-precision (bf16) logits are upcast first.
+    """
+    logits = logits.float()
+    maxima = logits.amax(dim=-1, keepdim=True)                                   # (..., 1)
+    log_sum_exp = torch.log(torch.exp(logits - maxima).sum(dim=-1)) + maxima.squeeze(-1)  # (...)
+    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)         # (...)
+    return (log_sum_exp - target_logits).mean()
+
+
+@torch.no_grad()
+def gradient_clipping(parameters: Iterable[torch.nn.Parameter], max_l2_norm: float,
+                      eps: float = 1e-6) -> torch.Tensor:
+    """Scale all gradients in place so their global L2 norm is at most `max_l2_norm`.
+
+    Returns the global norm before clipping (a 0-d tensor, for logging). The scale factor
+    max / (norm + eps) is clamped at 1 instead of branching on the norm, so no device sync is needed.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norms = torch._foreach_norm(grads, 2)
+    total_norm = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2)
+    scale = (max_l2_norm / (total_norm + eps)).clamp(max=1.0)
+    torch._foreach_mul_(grads, scale.to(grads[0].device))
+    return total_norm
