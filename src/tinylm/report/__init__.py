@@ -1,0 +1,76 @@
+"""`tinylm report SECTION`: one report section's figures, tables and text, from finished runs.
+
+`tinylm report index` assembles the sections into results/report/README.md. The modules:
+`runs` (loading runs, labels, colours), `analysis` (findings and their sentences), `figures`,
+`tables`, `sections` (one function per section) and `index`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# section folder -> heading, in report order
+TITLES = {
+    "tokenizer": "0. Tokenizers",
+    "lr_sweep": "1. Learning rate",
+    "batch_size": "2. Batch size",
+    "generate": "3. Generation",
+    "no_rmsnorm": "4. No RMSNorm",
+    "post_norm": "5. Post-norm vs pre-norm",
+    "nope": "6. NoPE vs RoPE",
+    "silu": "7. SiLU vs SwiGLU",
+    "owt": "8. OpenWebText",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("section", choices=[*TITLES, "index"],
+                        help="the section to write, or 'index' to assemble README.md from written sections")
+    parser.add_argument("--out-dir", help="the section's folder, e.g. results/report/lr_sweep")
+    parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("LABEL", "RUN_DIR"),
+                        help="a run to include, named in legends and tables by LABEL (its changed setting, "
+                             "e.g. lr=3e-3); repeat for each run")
+    parser.add_argument("--baseline", metavar="LABEL", help="the --run LABEL drawn dashed and compared against")
+    parser.add_argument("--colour-order", nargs="+", default=[], metavar="RUN_NAME",
+                        help="every run name of the whole report, in a fixed order: fixes each run's colour "
+                             "across sections")
+    parser.add_argument("--tokenizer-report", metavar="JSON", help="tokenizer section: tinylm tokenizer-report output")
+    parser.add_argument("--generate", metavar="JSON", help="generate/owt sections: tinylm generate output")
+    parser.add_argument("--max-batch", metavar="JSON", help="batch_size section: tinylm max-batch output")
+    parser.add_argument("--sections", nargs="+", default=[], metavar="SECTION_MD",
+                        help="index: the section.md files to assemble")
+    parser.add_argument("--out", metavar="MD", help="index: the README.md to write")
+
+
+def _read_json(path: str | None, option: str) -> dict | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{option} {path!r}: file not found")
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{option} {path!r}: not valid JSON: {error}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.section == "index":
+        from tinylm.report.index import write_index
+
+        if not args.out or not args.sections:
+            raise ValueError("tinylm report index: --out and --sections are required")
+        print(write_index(args.sections, args.out))
+        return 0
+    if not args.out_dir:
+        raise ValueError(f"tinylm report {args.section}: --out-dir is required")
+    from tinylm.report.runs import find_run, load_runs
+    from tinylm.report.sections import Inputs, build
+
+    runs = load_runs([tuple(pair) for pair in args.run], args.colour_order)
+    inputs = Inputs(runs=runs, baseline=find_run(runs, args.baseline),
+                    tokenizer_report=_read_json(args.tokenizer_report, "--tokenizer-report"),
+                    generate=_read_json(args.generate, "--generate"),
+                    max_batch=_read_json(args.max_batch, "--max-batch"))
+    print(build(args.section, Path(args.out_dir), inputs))
+    return 0

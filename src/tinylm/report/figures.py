@@ -1,0 +1,232 @@
+"""Figures drawn with matplotlib's non-interactive Agg backend, saved as PNG and SVG.
+
+Conventions shared by every figure: a run keeps its colour everywhere (`Run.colour`), the legend
+names it by its changed setting, a baseline is dashed and variants solid, and a diverged run ends
+in an x (drawn at the top edge when its loss left the plot) with "(diverged)" in the legend.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from tinylm.fileio import atomic_path  # noqa: E402
+from tinylm.report.runs import Run  # noqa: E402
+
+DPI = 120
+WIDE = (8.0, 4.0)      # two panels side by side: 960 x 480 px, readable at 100%
+SINGLE = (7.0, 4.0)    # one panel: 840 x 480 px
+
+plt.rcParams.update({
+    "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+    "font.size": 9, "legend.fontsize": 8, "axes.titlesize": 10,
+    "svg.hashsalt": "tinylm",  # stable element ids, so an unchanged figure is an unchanged file
+})
+
+X_AXES = {
+    "step": "optimizer step",
+    "tokens": "training tokens",
+    "time_s": "wall-clock time (s)",
+}
+LOSS_UNIT = "(nats/token)"
+
+
+def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[str]:
+    """Write `stem`.png and `stem`.svg atomically; return their file names."""
+    names = []
+    for fmt, extra in (("png", {"dpi": DPI}), ("svg", {"metadata": {"Date": None}})):
+        name = f"{stem}.{fmt}"
+        with atomic_path(out_dir / name) as tmp:
+            fig.savefig(tmp, format=fmt, **extra)
+        names.append(name)
+    plt.close(fig)
+    return names
+
+
+def _spans_decades(values) -> bool:
+    values = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    return len(values) >= 2 and max(values) / min(values) >= 10
+
+
+def _style(run: Run, baseline: Run | None) -> dict:
+    return {"color": run.colour, "linestyle": "--" if run is baseline else "-", "linewidth": 1.6}
+
+
+def _finite(run: Run, x: str, y: str):
+    frame = run.metrics[[x, y]].replace([np.inf, -np.inf], np.nan).dropna()
+    return frame[x].to_numpy(float), frame[y].to_numpy(float)
+
+
+def _set_loss_limits(ax: plt.Axes, runs: list[Run], column: str) -> None:
+    """Fit the y axis to the runs that trained, so a diverged run's blow-up does not flatten them."""
+    stable = [r for r in runs if not r.diverged] or runs
+    values = np.concatenate([_finite(r, "step", column)[1] for r in stable] or [np.array([])])
+    if values.size == 0:
+        return
+    low, high = float(values.min()), float(values.max())
+    if _spans_decades([low, high]):
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.15, high * 1.15)
+    else:
+        pad = 0.05 * (high - low) or 0.1
+        ax.set_ylim(low - pad, high + pad)
+
+
+def _mark_divergence(ax: plt.Axes, run: Run, x: float, y: float) -> None:
+    """An x where the run stopped; held at the top edge when the loss is off the plot."""
+    top = ax.get_ylim()[1]
+    ax.plot([x], [min(y, top)], marker="x", markersize=9, markeredgewidth=2.2, color=run.colour,
+            clip_on=False, zorder=5)
+
+
+def _set_x(ax: plt.Axes, x: str, runs: list[Run]) -> None:
+    ax.set_xlabel(X_AXES[x])
+    if x == "tokens":
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    if x == "step" and _spans_decades([r.metrics["step"].max() for r in runs]):
+        ax.set_xscale("log")
+
+
+def loss_curves(runs: list[Run], x: str = "step", baseline: Run | None = None, title: str = "") -> plt.Figure:
+    """Train loss (left) and validation loss (right) against steps, tokens or wall-clock time."""
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=WIDE, layout="constrained", sharex=True)
+    for column, ax in (("train_loss", ax_train), ("val_loss", ax_val)):
+        for run in runs:
+            xs, ys = _finite(run, x, column)
+            keep = xs > 0 if x == "step" else np.ones_like(xs, dtype=bool)  # a log step axis drops step 0
+            ax.plot(xs[keep], ys[keep], label=run.legend if column == "train_loss" else None,
+                    marker="o" if column == "val_loss" else None, markersize=3, **_style(run, baseline))
+        _set_loss_limits(ax, runs, column)
+        ax.set_ylabel(f"{'train' if column == 'train_loss' else 'validation'} loss {LOSS_UNIT}")
+        _set_x(ax, x, runs)
+        for run in runs:
+            xs, ys = _finite(run, x, column)
+            if run.diverged and xs.size:
+                _mark_divergence(ax, run, xs[-1], ys[-1])
+    if title:
+        fig.suptitle(title)
+    fig.legend(loc="outside lower center", ncol=min(len(runs), 5), frameon=False)
+    return fig
+
+
+def lr_schedule(runs: list[Run], title: str = "") -> plt.Figure:
+    """The learning rate each run actually used, per step (log scale: the rates span decades)."""
+    fig, ax = plt.subplots(figsize=SINGLE, layout="constrained")
+    for run in runs:
+        xs, ys = _finite(run, "step", "lr")
+        keep = ys > 0
+        ax.plot(xs[keep], ys[keep], label=run.legend, **_style(run, None))
+        if run.diverged and keep.any():
+            ax.plot([xs[keep][-1]], [ys[keep][-1]], marker="x", markersize=9, markeredgewidth=2.2,
+                    color=run.colour, zorder=5)
+    ax.set_yscale("log")
+    ax.set_xlabel(X_AXES["step"])
+    ax.set_ylabel("learning rate")
+    ax.set_title(title or "Learning-rate schedule (warm-up, then cosine decay)")
+    ax.legend(loc="best")
+    return fig
+
+
+def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_diverging: Run | None) -> plt.Figure:
+    """Final validation loss per learning rate; diverged rates marked by an x at the top."""
+    fig, ax = plt.subplots(figsize=SINGLE, layout="constrained")
+    stable = sorted((r for r in runs if r.final("final_val_loss") is not None), key=lambda r: r.lr)
+    if stable:
+        ax.plot([r.lr for r in stable], [r.final("final_val_loss") for r in stable], color="0.6",
+                linewidth=1, zorder=1)
+    for run in stable:
+        ax.plot([run.lr], [run.final("final_val_loss")], marker="o", markersize=8, linestyle="none",
+                color=run.colour, label=run.legend, zorder=3)
+    top_edge = blended_transform_factory(ax.transData, ax.transAxes)
+    for run in runs:
+        if run.final("final_val_loss") is None:
+            ax.plot([run.lr], [0.93], transform=top_edge, marker="x", markersize=11, markeredgewidth=2.5,
+                    linestyle="none", color=run.colour, label=run.legend, zorder=3)
+    if smallest_diverging is not None:
+        ax.axvspan(smallest_diverging.lr, ax.get_xlim()[1] * 10, color="#d62728", alpha=0.07, zorder=0)
+        ax.annotate("diverges", xy=(smallest_diverging.lr, 0.98), xycoords=top_edge, fontsize=8,
+                    color="#d62728", xytext=(4, -2), textcoords="offset points", va="top")
+    if best is not None:
+        ax.annotate(f"best: {best.label}", xy=(best.lr, best.final("final_val_loss")), xytext=(0, -16),
+                    textcoords="offset points", ha="center", fontsize=8)
+    rates = [r.lr for r in runs]
+    ax.set_xscale("log")
+    ax.set_xlim(min(rates) / 1.6, max(rates) * 1.6)
+    if stable:
+        values = [r.final("final_val_loss") for r in stable]
+        pad = 0.15 * (max(values) - min(values)) or 0.1
+        ax.set_ylim(min(values) - 2 * pad, max(values) + 3 * pad)  # room for the x marks on top
+    ax.set_xlabel("peak learning rate (log scale)")
+    ax.set_ylabel(f"final validation loss {LOSS_UNIT}")
+    ax.set_title("Final validation loss against learning rate")
+    ax.legend(loc="lower left")
+    return fig
+
+
+def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
+    """Peak memory (MiB and % of device memory) and throughput per batch size."""
+    fig, (ax_mem, ax_speed) = plt.subplots(1, 2, figsize=WIDE, layout="constrained")
+    ordered = sorted(runs, key=lambda r: r.batch_size)
+    total = (probe or {}).get("total_memory") or next(
+        (r.final("mem_total_bytes") for r in ordered if r.final("mem_total_bytes")), None)
+    mib = 2.0 ** 20
+    if probe and probe.get("tried"):
+        tried = sorted(probe["tried"], key=lambda t: t["batch"])
+        fits = [t for t in tried if t.get("fits")]
+        too_big = [t for t in tried if not t.get("fits") and t.get("peak_bytes")]
+        ax_mem.plot([t["batch"] for t in fits], [t["peak_bytes"] / mib for t in fits], color="0.5",
+                    marker="s", markersize=4, linewidth=1, label="probe step: fits")
+        if too_big:
+            ax_mem.plot([t["batch"] for t in too_big], [t["peak_bytes"] / mib for t in too_big],
+                        color="0.5", marker="x", markersize=7, linestyle="none", label="probe step: too large")
+        budget = probe.get("memory_budget_bytes")
+        if budget:
+            ax_mem.axhline(budget / mib, color="#d62728", linestyle=":", linewidth=1, label="memory budget")
+    for run in ordered:
+        peak = run.final("peak_mem_bytes")
+        if peak is not None:
+            ax_mem.plot([run.batch_size], [peak / mib], marker="o", markersize=7, linestyle="none",
+                        color=run.colour, label=f"training: {run.legend}")
+        speed = run.final("tokens_per_s")
+        if speed is not None:
+            ax_speed.bar(str(run.batch_size), speed, color=run.colour, label=run.legend)
+    ax_mem.set_xscale("log", base=2)
+    ax_mem.set_xlabel("batch size (sequences, log scale)")
+    ax_mem.set_ylabel("peak memory (MiB)")
+    ax_mem.set_title("Memory per batch size")
+    if total:
+        percent = ax_mem.secondary_yaxis("right", functions=(lambda m: m * mib / total * 100,
+                                                            lambda p: p / 100 * total / mib))
+        percent.set_ylabel("% of device memory")
+    ax_mem.legend(loc="best", fontsize=7)
+    ax_speed.set_xlabel("batch size (sequences)")
+    ax_speed.set_ylabel("throughput (tokens/s)")
+    ax_speed.set_title("Training throughput")
+    return fig
+
+
+def grouped_bars(frame, category: str, group: str, value: str, ylabel: str, title: str) -> plt.Figure:
+    """One bar per (category, group) pair, e.g. compression ratio per corpus and tokenizer."""
+    fig, ax = plt.subplots(figsize=SINGLE, layout="constrained")
+    categories = list(dict.fromkeys(frame[category]))
+    groups = list(dict.fromkeys(frame[group]))
+    width = 0.8 / max(len(groups), 1)
+    for i, name in enumerate(groups):
+        part = frame[frame[group] == name].set_index(category)
+        heights = [float(part[value].get(c, np.nan)) for c in categories]
+        bars = ax.bar(np.arange(len(categories)) + (i - (len(groups) - 1) / 2) * width, heights, width,
+                      label=str(name))
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.set_xticks(np.arange(len(categories)), categories)
+    ax.set_xlabel(category)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(title=group, loc="lower right")
+    return fig

@@ -1,0 +1,142 @@
+"""Loading finished runs for the report: config, metrics curve, summary, label and colour.
+
+A run directory holds what `tinylm train` writes: `config.json` (the RunConfig dict),
+`metrics.jsonl` (one JSON object per logged step) and `summary.json`. Everything the report draws
+or tabulates comes from these three files, so changing report code never needs retraining.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# Dark colours first, then their light partners: a section rarely shows more than ten runs, and
+# the first ten stay clearly apart.
+_TAB20 = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+]
+
+METRIC_COLUMNS = ("step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s", "val_loss",
+                  "mem_allocated_bytes", "mem_peak_bytes", "mem_total_bytes", "mem_percent")
+
+
+@dataclass
+class Run:
+    """One training run as the report sees it."""
+
+    label: str                 # the changed setting, e.g. "lr=3e-3"; names the run in legends and tables
+    name: str                  # the run's name (its directory name), the key of its colour
+    path: Path
+    config: dict[str, Any]     # RunConfig.to_dict() as saved by `tinylm train`
+    summary: dict[str, Any]
+    metrics: pd.DataFrame      # METRIC_COLUMNS, one row per logged step, NaN where not logged
+    colour: str = _TAB20[0]
+
+    @property
+    def diverged(self) -> bool:
+        return self.summary.get("status") == "diverged"
+
+    @property
+    def lr(self) -> float:
+        return float(self.config["optimizer"]["lr"])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.config["training"]["batch_size"])
+
+    @property
+    def legend(self) -> str:
+        return f"{self.label} (diverged)" if self.diverged else self.label
+
+    def final(self, key: str) -> float | None:
+        """A summary number, None when absent or not finite (e.g. a diverged run's final loss)."""
+        value = self.summary.get(key)
+        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None
+        return float(value)
+
+    def divergence_point(self, column: str = "train_loss") -> tuple[float, float] | None:
+        """(step, last finite value of `column`) where a diverged run stopped; None otherwise."""
+        if not self.diverged:
+            return None
+        finite = self.metrics[["step", column]].replace([math.inf, -math.inf], math.nan).dropna()
+        if finite.empty:
+            return None
+        step = self.summary.get("diverged_at_step") or float(finite["step"].iloc[-1])
+        return float(step), float(finite[column].iloc[-1])
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (is the run finished?)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from None
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """metrics.jsonl -> DataFrame sorted by step; a malformed line is an error naming file and line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found (is the run finished?)")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)  # Python's json reads NaN and Infinity, which a diverged run may log
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON: {error}") from None
+        if not isinstance(row, dict) or "step" not in row:
+            raise ValueError(f"{path}:{number}: expected an object with a 'step' key")
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    frame = frame.apply(pd.to_numeric, errors="coerce")  # null -> NaN
+    return frame.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def load_run(label: str, run_dir: str | Path) -> Run:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {str(run_dir)!r} (label {label!r}) does not exist")
+    config = _read_json(run_dir / "config.json")
+    summary = _read_json(run_dir / "summary.json")
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    name = summary.get("name") or config.get("name") or run_dir.name
+    return Run(label=label, name=name, path=run_dir, config=config, summary=summary, metrics=metrics)
+
+
+def load_runs(specs: list[tuple[str, str]], colour_order: list[str] | None = None) -> list[Run]:
+    """Load runs from (label, run dir) pairs and give each a colour fixed by its name.
+
+    `colour_order` lists every run name of the whole report in one fixed order; a run's colour is
+    its position there, so the same run has the same colour in every section. Runs not listed
+    follow in the order given.
+    """
+    labels = [label for label, _ in specs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"--run: label {repeated[0]!r} is given twice")
+    runs = [load_run(label, run_dir) for label, run_dir in specs]
+    order = list(colour_order or [])
+    for run in runs:
+        if run.name not in order:
+            order.append(run.name)
+    for run in runs:
+        run.colour = _TAB20[order.index(run.name) % len(_TAB20)]
+    return runs
+
+
+def find_run(runs: list[Run], label: str | None) -> Run | None:
+    if label is None:
+        return None
+    for run in runs:
+        if run.label == label:
+            return run
+    raise ValueError(f"--baseline {label!r} is not one of the --run labels: {', '.join(r.label for r in runs)}")
