@@ -1,0 +1,101 @@
+# tinylm: raw text -> BPE tokenizers -> token arrays -> trained runs -> report sections.
+#
+#   snakemake                         # everything (target `all`), with config/config.yaml
+#   snakemake lr_sweep                # one report section and only what it needs
+#   snakemake --configfile config/reference.yaml
+#
+# Local settings come from profiles/default (loaded automatically); see config/README.md.
+import shlex
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tokenizer.smk"
+include: "workflow/rules/train.smk"
+if Path(workflow.basedir, "workflow/rules/report.smk").exists():  # TEMPORARY until the report rules land
+
+    include: "workflow/rules/report.smk"
+
+
+
+wildcard_constraints:
+    run=RUN_PATTERN,
+    corpus="|".join(map(re.escape, config["corpora"])),
+    tok="|".join(map(re.escape, config["tokenizers"])),
+    split="train|valid",
+
+
+localrules:
+    all,
+    write_run_config,
+    tokenizer,
+    lr_sweep,
+    batch_size,
+    generate,
+    no_rmsnorm,
+    post_norm,
+    nope,
+    silu,
+    owt,
+
+
+def section_target(*sections):
+    """The report pages of `sections`, plus the evaluation of every run they show."""
+    def inputs(wildcards):
+        return [path for section in sections
+                for path in [f"{section_dir(section)}/section.md"] + section_run_files(section, kinds=("eval",))]
+    return inputs
+
+
+rule all:
+    default_target: True
+    input:
+        section_target(*SECTIONS),
+        REPORT_INDEX,
+
+
+rule tokenizer:
+    input: section_target("tokenizer")
+
+
+rule lr_sweep:
+    input: section_target("lr_sweep")
+
+
+rule batch_size:
+    input: section_target("batch_size")
+
+
+rule generate:
+    input: section_target("generate")
+
+
+rule no_rmsnorm:
+    input: section_target("no_rmsnorm")
+
+
+rule post_norm:
+    input: section_target("post_norm")
+
+
+rule nope:
+    input: section_target("nope")
+
+
+rule silu:
+    input: section_target("silu")
+
+
+rule owt:
+    input: section_target("owt")

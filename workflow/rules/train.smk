@@ -1,0 +1,116 @@
+# Per-run configs, training, evaluation, the max-batch probe and text generation.
+#
+# Caching: `results/configs/<run>.json` is rewritten only when that run's config changes (the
+# `params` trigger sees the new dict), so only that run's training and its downstream rerun.
+# Checkpoints live outside the declared outputs, so a killed training job resumes.
+
+
+rule write_run_config:
+    output:
+        run_config_path("{run}"),
+    params:
+        config=lambda w: run_config(w.run).to_dict(),
+    log:
+        log_path("write_run_config", "{run}"),
+    run:
+        RunConfig.from_dict(params.config).save(output[0])
+        Path(log[0]).write_text(f"wrote {output[0]}\n")
+
+
+def train_resources(key):
+    """A `resources` callable: the per-experiment override of config `resources.train`, else the default."""
+    def value(wildcards):
+        section = wildcards.run.split("-", 1)[0]
+        overrides = config["experiments"].get(section, {}).get("resources", {})
+        devices = run_config(wildcards.run).training.devices
+        if key == "gpu":
+            return overrides.get("gpu", config["resources"]["train"]["gpu"]) * devices
+        if key == "devices":
+            return devices
+        return overrides.get(key, config["resources"]["train"][key])
+    return value
+
+
+rule train:
+    input:
+        config=run_config_path("{run}"),
+        train_tokens=lambda w: run_config(w.run).data.train_tokens,
+        valid_tokens=lambda w: run_config(w.run).data.valid_tokens,
+    output:
+        metrics=run_files("{run}")["metrics"],
+        summary=run_files("{run}")["summary"],
+        config=run_files("{run}")["config"],
+        model=run_files("{run}")["model"],
+    params:
+        out_dir=lambda w: run_dir(w.run),
+        checkpoint_dir=lambda w: checkpoint_dir(w.run),
+    threads: config["threads"]["train"]
+    resources:
+        gpu=train_resources("gpu"),
+        devices=train_resources("devices"),
+        runtime=train_resources("runtime"),
+        mem_mb=train_resources("mem_mb"),
+    log:
+        log_path("train", "{run}"),
+    shell:
+        "OMP_NUM_THREADS={threads} tinylm train --config {input.config} --out-dir {params.out_dir}"
+        " --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        model=run_files("{run}")["model"],
+        tokens=lambda w: run_config(w.run).data.valid_tokens,
+    output:
+        run_files("{run}")["eval"],
+    params:
+        max_tokens=lambda w: f"--max-tokens {config['evaluate']['max_tokens']}"
+        if config["evaluate"]["max_tokens"] else "",
+    threads: config["threads"]["train"]
+    log:
+        log_path("evaluate", "{run}"),
+    shell:
+        "OMP_NUM_THREADS={threads} tinylm evaluate --checkpoint {input.model} --tokens {input.tokens}"
+        " --out {output} {params.max_tokens} > {log} 2>&1"
+
+
+checkpoint max_batch:
+    input:
+        run_config_path(BASELINE_RUN),
+    output:
+        MAX_BATCH_JSON,
+    params:
+        budget=lambda w: f"--memory-budget-mb {config['experiments']['batch_size']['memory_budget_mb']}",
+        limit=lambda w: f"--max-batch {config['experiments']['batch_size']['max_batch']}",
+    threads: config["threads"]["train"]
+    resources:
+        gpu=config["resources"]["train"]["gpu"],
+        runtime=30,
+    log:
+        log_path("max_batch", "batch_size"),
+    shell:
+        "OMP_NUM_THREADS={threads} tinylm max-batch --config {input} --out {output}"
+        " {params.budget} {params.limit} > {log} 2>&1"
+
+
+rule generate_text:
+    input:
+        lambda w: [run_files(run)[kind] for run in generate_runs(w.group) for kind in ("summary", "model")],
+    output:
+        f"{RESULTS}/generate/{{group}}/{{setting}}.json",
+    params:
+        run_dirs=lambda w: " ".join(run_dir(run) for run in generate_runs(w.group)),
+        temperature=lambda w: sampling_settings(w.group)[w.setting]["temperature"],
+        top_p=lambda w: sampling_settings(w.group)[w.setting]["top_p"],
+        prompt=shlex.quote(config["generate"]["prompt"]),
+        seeds=" ".join(str(s) for s in config["generate"]["seeds"]),
+        max_new_tokens=config["generate"]["max_new_tokens"],
+    wildcard_constraints:
+        group="|".join(GENERATE_GROUPS),
+    threads: config["threads"]["train"]
+    log:
+        log_path("generate_text", "{group}-{setting}"),
+    shell:
+        "OMP_NUM_THREADS={threads} tinylm generate --run-dir {params.run_dirs} --prompt {params.prompt}"
+        " --temperature {params.temperature} --top-p {params.top_p} --max-new-tokens {params.max_new_tokens}"
+        " --seeds {params.seeds} --out {output} > {log} 2>&1"
