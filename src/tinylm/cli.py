@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("tinylm.tokenizer.dataset", "encode a text file into a .npy array of token ids"),
     "tokenizer-report": ("tinylm.tokenizer.report", "compare trained tokenizers (compression, speed)"),
     "train": ("tinylm.train", "train a Transformer LM from a run config"),
+    "max-batch": ("tinylm.memory", "largest batch size whose training step fits in memory"),
     "evaluate": ("tinylm.evaluate", "loss and perplexity of a checkpoint on a token array"),
     "generate": ("tinylm.generate", "sample text from a checkpoint"),
     "report": ("tinylm.report", "write one report section's tables, figures and text"),

@@ -1,0 +1,158 @@
+"""Checkpoints: plain (model + optimizer + iteration), resumable training state, final models.
+
+Everything is saved as tensors and plain Python values, so every file loads with
+`torch.load(weights_only=True)`, and written atomically (temporary name, then rename). State-dict
+keys are always those of the bare model (`layers.0.attn.q_proj.weight`, ...), whether it was
+wrapped by `torch.compile` (`_orig_mod.`) or DistributedDataParallel (`module.`) when saved.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from tinylm.config import RunConfig
+from tinylm.fileio import atomic_path
+
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside torch.compile / DistributedDataParallel wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes from state-dict keys (e.g. `module._orig_mod.ln_final.weight`)."""
+    cleaned = {}
+    for key, value in state.items():
+        while key.startswith(WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        cleaned[key] = value
+    return cleaned
+
+
+def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return clean_state_dict(unwrap_model(model).state_dict())
+
+
+def _save(payload: dict[str, Any], out: str | os.PathLike | IO[bytes]) -> None:
+    if isinstance(out, (str, os.PathLike)):
+        with atomic_path(out) as tmp:
+            torch.save(payload, tmp)
+    else:
+        torch.save(payload, out)
+
+
+def _load(src: str | os.PathLike | IO[bytes], map_location: Any = "cpu") -> dict[str, Any]:
+    if isinstance(src, (str, os.PathLike)) and not os.path.isfile(src):
+        raise FileNotFoundError(f"checkpoint {os.fspath(src)!r} does not exist")
+    try:
+        return torch.load(src, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError) as error:
+        name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "stream"
+        raise ValueError(f"checkpoint {name!r} could not be read: {error}") from None
+
+
+def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+                    out: str | os.PathLike | IO[bytes]) -> None:
+    """Model and optimizer state plus the iteration number, to a path (atomically) or a file object."""
+    _save({"model": model_state_dict(model), "optimizer": optimizer.state_dict(),
+           "iteration": int(iteration)}, out)
+
+
+def load_checkpoint(src: str | os.PathLike | IO[bytes], model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> int:
+    """Restore model and optimizer from `save_checkpoint` output; returns the iteration."""
+    state = _load(src)
+    unwrap_model(model).load_state_dict(clean_state_dict(state["model"]))
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["iteration"])
+
+
+# ---- random number generators ---------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """torch / numpy / Python RNG states as tensors and plain values (weights_only-loadable)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    py_state = state["python"]
+    random.setstate((py_state["version"], tuple(py_state["internal"]), py_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ---- resumable training state ---------------------------------------------------------------
+
+def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        config: RunConfig, progress: dict[str, Any]) -> None:
+    """Everything a run needs to continue exactly: weights, optimizer, RNGs, config, progress.
+
+    `progress` holds the trainer's counters (step, tokens, elapsed time, initial/best losses,
+    status); plain numbers, strings and None only.
+    """
+    _save({"model": model_state_dict(model), "optimizer": optimizer.state_dict(),
+           "iteration": int(progress["step"]), "config": config.to_dict(), "rng": rng_state(),
+           "progress": dict(progress)}, path)
+
+
+def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The dict written by `save_training_state` (restore RNGs with `set_rng_state(state["rng"])`)."""
+    state = _load(path, map_location)
+    missing = {"model", "optimizer", "config", "rng", "progress"} - set(state)
+    if missing:
+        raise ValueError(f"checkpoint {os.fspath(path)!r} is not a resumable training checkpoint "
+                         f"(missing {', '.join(sorted(missing))})")
+    return state
+
+
+# ---- final models ---------------------------------------------------------------------------
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, config: RunConfig) -> None:
+    """Weights plus the run config: all `load_model` needs to rebuild the model."""
+    _save({"model": model_state_dict(model), "config": config.to_dict()}, path)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, RunConfig]:
+    """Rebuild the model of a `model.pt` (or a resumable checkpoint) in eval mode on `device`."""
+    from tinylm.nn import build_model  # the model code is only needed once a model is loaded
+
+    state = _load(path, map_location=device)
+    if "config" not in state:
+        raise ValueError(f"checkpoint {os.fspath(path)!r} holds no run config; "
+                         "use load_checkpoint with a model you build yourself")
+    config = RunConfig.from_dict(state["config"])
+    model = build_model(config.model, attention=config.training.attention, device=device)
+    model.load_state_dict(clean_state_dict(state["model"]))
+    return model.eval(), config
+
+
+def checkpoint_file(checkpoint_dir: str | os.PathLike) -> Path:
+    """Where the resumable checkpoint of a run lives inside its checkpoint directory."""
+    return Path(checkpoint_dir) / "checkpoint.pt"

@@ -1,0 +1,123 @@
+"""Token arrays on disk -> training and validation batches.
+
+Token arrays are `.npy` files opened memory-mapped, so a multi-GB corpus costs only the pages a
+batch touches. Training batches are a pure function of (seed, step): a resumed run, or N processes
+each taking a slice of the global batch, draw exactly what one uninterrupted process would.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+
+import numpy as np
+import torch
+
+
+def load_tokens(path: str | os.PathLike) -> np.ndarray:
+    """Open a 1-D integer token array memory-mapped (read-only, never loaded whole)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"token file {path!r} does not exist")
+    try:
+        tokens = np.load(path, mmap_mode="r")
+    except ValueError as error:
+        raise ValueError(f"token file {path!r} is not a readable .npy array: {error}") from None
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"token file {path!r} must hold a 1-D integer array, "
+                         f"got shape {tokens.shape} dtype {tokens.dtype}")
+    return tokens
+
+
+def sample_starts(num_tokens: int, batch_size: int, context_length: int,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """`batch_size` random window starts; every window has `context_length + 1` tokens in range."""
+    if num_tokens <= context_length:
+        raise ValueError(f"need more than context_length={context_length} tokens to draw a batch, "
+                         f"the array has {num_tokens}")
+    high = num_tokens - context_length  # exclusive: start + context_length is the last target
+    if rng is None:
+        return np.random.randint(0, high, size=batch_size)
+    return rng.integers(0, high, size=batch_size)
+
+
+def batch_from_starts(dataset: np.ndarray, starts: np.ndarray, context_length: int,
+                      device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets of the windows at `starts`: two (batch, context) int64 tensors."""
+    offsets = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(context_length + 1)
+    windows = torch.from_numpy(np.asarray(dataset[offsets], dtype=np.int64))  # (batch, context + 1)
+    inputs, targets = windows[:, :-1], windows[:, 1:]
+    if torch.device(device).type == "cuda":
+        # Pinned host memory lets the copy overlap with the previous step's kernels.
+        return (inputs.pin_memory().to(device, non_blocking=True),
+                targets.pin_memory().to(device, non_blocking=True))
+    return inputs.contiguous().to(device), targets.contiguous().to(device)
+
+
+def get_batch(dataset: np.ndarray, batch_size: int, context_length: int, device: str,
+              rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch of (inputs, targets), each (batch_size, context_length) int64 on `device`.
+
+    Without `rng` the starts come from numpy's global random state (seed it with np.random.seed).
+    """
+    starts = sample_starts(len(dataset), batch_size, context_length, rng)
+    return batch_from_starts(dataset, starts, context_length, device)
+
+
+def train_batch_starts(num_tokens: int, batch_size: int, context_length: int, seed: int,
+                       step: int) -> np.ndarray:
+    """The global batch of training step `step` (0-based): the same for every process and resume."""
+    return sample_starts(num_tokens, batch_size, context_length, np.random.default_rng([seed, step]))
+
+
+def validation_starts(num_tokens: int, num_batches: int, batch_size: int, context_length: int,
+                      seed: int) -> list[np.ndarray]:
+    """Fixed, seeded validation batches, drawn once and reused at every evaluation."""
+    # A stream of its own (the constant tag) so it never coincides with a training batch's stream.
+    rng = np.random.default_rng([seed, 0x7661_6C69])
+    return [sample_starts(num_tokens, batch_size, context_length, rng) for _ in range(num_batches)]
+
+
+def rank_slice(starts: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This process's contiguous share of a global batch (the batch divides evenly)."""
+    per_rank = len(starts) // world_size
+    return starts[rank * per_rank:(rank + 1) * per_rank]
+
+
+def sequential_windows(num_tokens: int, context_length: int,
+                       max_tokens: int | None = None) -> list[tuple[int, int]]:
+    """(start, length) windows that predict every token after the first exactly once.
+
+    Windows are `context_length` predictions long; the last may be shorter. `max_tokens` caps the
+    number of predicted tokens (the first `max_tokens + 1` tokens of the array are used).
+    """
+    predicted = num_tokens - 1
+    if max_tokens is not None:
+        predicted = min(predicted, max_tokens)
+    if predicted < 1:
+        raise ValueError(f"need at least 2 tokens to evaluate, the array has {num_tokens}")
+    count = math.ceil(predicted / context_length)
+    return [(i * context_length, min(context_length, predicted - i * context_length)) for i in range(count)]
+
+
+@torch.no_grad()
+def loss_sum_over_windows(model: torch.nn.Module, dataset: np.ndarray, windows: list[tuple[int, int]],
+                          batch_size: int, device: str | torch.device, loss_fn,
+                          precision_context=contextlib.nullcontext) -> tuple[float, int]:
+    """Summed next-token loss and token count of `windows`, batching equal-length windows together.
+
+    `loss_fn(logits, targets)` returns the mean loss; it is weighted back by the token count.
+    `precision_context()` wraps the forward pass (e.g. bf16 autocast).
+    """
+    total, count = 0.0, 0
+    by_length: dict[int, list[int]] = {}
+    for start, length in windows:
+        by_length.setdefault(length, []).append(start)
+    for length, starts in by_length.items():
+        for i in range(0, len(starts), batch_size):
+            inputs, targets = batch_from_starts(dataset, np.array(starts[i:i + batch_size]), length, device)
+            with precision_context():
+                logits = model(inputs)  # (batch, length, vocab)
+            total += float(loss_fn(logits.float(), targets)) * targets.numel()
+            count += targets.numel()
+    return total, count

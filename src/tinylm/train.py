@@ -1,0 +1,491 @@
+"""`tinylm train`: train one Transformer LM from a run config, resumably.
+
+    tinylm train --config RUN.json --out-dir results/runs/RUN --checkpoint-dir results/checkpoints/RUN
+
+Writes OUT_DIR/config.json, metrics.jsonl (one line per logged step), summary.json and model.pt
+(weights + config). A checkpoint in CHECKPOINT_DIR is resumed from; the resumed run reproduces the
+uninterrupted one bitwise on CPU because the batch of step t depends only on (seed, t) and the
+checkpoint carries the model, optimizer, RNG states and counters.
+
+Exit status: 0 when the run completed, stopped early at its target loss, or diverged (a diverged
+run is a result); EXIT_PREEMPTED (143 = 128 + SIGTERM) when a SIGTERM stopped it after saving a
+checkpoint, so a scheduler can requeue it; 2 for bad input.
+
+With `training.devices: N > 1` the command relaunches itself under torchrun with N processes
+(DistributedDataParallel, gloo on CPU, NCCL on GPU). Every process trains on its slice of the same
+global batch a single process would draw; rank 0 alone writes files.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tinylm import checkpoint as ckpt
+from tinylm.config import RunConfig
+from tinylm.data import (
+    batch_from_starts,
+    load_tokens,
+    loss_sum_over_windows,
+    rank_slice,
+    sequential_windows,
+    train_batch_starts,
+    validation_starts,
+)
+from tinylm.fileio import write_json_atomic, write_text_atomic
+from tinylm.memory import memory_stats
+
+EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143: checkpoint saved after SIGTERM, requeue to continue
+
+# Settings that change how a run executes, not what it computes: a checkpoint resumes across them.
+EXECUTION_KEYS = {"training.device", "training.devices", "training.compile", "training.wandb"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run config JSON (see tinylm.config.RunConfig)")
+    parser.add_argument("--out-dir", required=True, help="metrics.jsonl, summary.json, config.json, model.pt")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="resumable checkpoint.pt (default: OUT_DIR); resumed from when present")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = RunConfig.load(args.config)
+    checkpoint_dir = args.checkpoint_dir or args.out_dir
+    if config.training.devices > 1 and "LOCAL_RANK" not in os.environ:
+        config.data.check_files()  # fail here, not in N processes at once
+        return launch_distributed(args, config.training.devices, checkpoint_dir)
+    return Trainer(config, args.out_dir, checkpoint_dir).train()
+
+
+# ---- devices, precision, one optimizer step -------------------------------------------------
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` -> cuda, then mps, then cpu; each process of a multi-GPU run takes its own GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("training.device: cuda requested but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("training.device: mps requested but MPS is not available")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str) -> Callable[[], ContextManager]:
+    """A factory of the context the forward pass runs in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                  targets: torch.Tensor, precision: Callable[[], ContextManager], grad_clip: float,
+                  before_update: Callable[[torch.Tensor, torch.Tensor], bool] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, clip, AdamW update; returns (loss, grad norm before clipping).
+
+    `before_update(loss, grad_norm)` may veto the update (return False), e.g. on a diverged loss.
+    """
+    from tinylm.nn.functional import cross_entropy, gradient_clipping
+
+    with precision():
+        logits = model(inputs)                     # (batch, context, vocab)
+    loss = cross_entropy(logits, targets)          # float32 scalar
+    loss.backward()
+    grad_norm = gradient_clipping(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    if before_update is None or before_update(loss.detach(), grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), grad_norm
+
+
+# ---- multi-process launch -------------------------------------------------------------------
+
+def launch_distributed(args: argparse.Namespace, processes: int, checkpoint_dir: str) -> int:
+    """Rerun this command under torchrun with `processes` workers; forward SIGTERM/SIGINT to it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={processes}", "-m", "tinylm", "train", "--config", args.config,
+               "--out-dir", args.out_dir, "--checkpoint-dir", checkpoint_dir]
+    launcher = subprocess.Popen(command)
+    received: list[int] = []
+
+    def forward(signum, _frame):
+        received.append(signum)
+        launcher.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = launcher.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    # torchrun reports any failed worker as 1; after a SIGTERM the workers saved and stopped.
+    if signal.SIGTERM in received and status != 0:
+        return EXIT_PREEMPTED
+    return status
+
+
+class Distributed:
+    """Rank, world size and the collectives the trainer needs (no-ops for one process)."""
+
+    def __init__(self) -> None:
+        self.rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.is_main = self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        if self.world_size > 1:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Element-wise sum over all processes."""
+        if self.world_size == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def stop(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---- the trainer ----------------------------------------------------------------------------
+
+def _finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN/Infinity: a non-finite number is written as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+class Trainer:
+    """One training run: setup (or resume), the step loop, evaluations, checkpoints, final outputs."""
+
+    def __init__(self, config: RunConfig, out_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = ckpt.checkpoint_file(checkpoint_dir)
+        self.dist = Distributed()
+        t = config.training
+        if t.batch_size % self.dist.world_size:
+            raise ValueError(f"training.batch_size: {t.batch_size} is not divisible by the "
+                             f"{self.dist.world_size} processes")
+        self.device = resolve_device(t.device, self.dist.local_rank)
+        config.data.check_files()
+        self.train_tokens = self._checked_tokens("data.train_tokens", config.data.train_tokens)
+        self.valid_tokens = self._checked_tokens("data.valid_tokens", config.data.valid_tokens)
+        self.precision = autocast_context(self.device, t.precision)
+        self.total_steps = config.total_steps
+        self.tokens_per_step = t.batch_size * config.model.context_length
+        self.preempt_requested = False
+
+    def _checked_tokens(self, key: str, path: str) -> np.ndarray:
+        tokens = load_tokens(path)
+        context = self.config.model.context_length
+        if len(tokens) <= context:
+            raise ValueError(f"{key}: {path!r} has {len(tokens)} tokens, fewer than "
+                             f"model.context_length + 1 = {context + 1}")
+        largest = int(tokens.max())  # one pass over the memory map
+        if largest >= self.config.model.vocab_size:
+            raise ValueError(f"{key}: {path!r} holds token id {largest}, but model.vocab_size is "
+                             f"{self.config.model.vocab_size}")
+        return tokens
+
+    # -- setup and resume --
+
+    def _build(self) -> None:
+        from tinylm.nn import build_model, parameter_count
+        from tinylm.optim import AdamW
+
+        c, t, o = self.config, self.config.training, self.config.optimizer
+        torch.manual_seed(t.seed)
+        np.random.seed(t.seed)
+        random.seed(t.seed)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 runs on GPU
+        self.model = build_model(c.model, attention=t.attention, device=self.device)
+        self.params = parameter_count(c.model)
+        self.optimizer = AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
+                               weight_decay=o.weight_decay)
+        self.progress: dict[str, Any] = {
+            "step": 0, "tokens": 0, "time_s": 0.0, "train_time_s": 0.0, "status": "running",
+            "initial_loss": None, "last_train_loss": None, "best_val_loss": None,
+            "target_reached_step": None, "diverged_at_step": None,
+        }
+        resumed = self.checkpoint_path.is_file()
+        if resumed:
+            self._resume()
+        # Wrappers go on after loading, so checkpoints always hold the bare model's keys.
+        self.eval_model = torch.compile(self.model) if t.compile else self.model
+        self.train_model = self.eval_model
+        if self.dist.world_size > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.eval_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.out_dir / "config.json")
+            self._restart_metrics(self.progress["step"] if resumed else 0)
+
+    def _resume(self) -> None:
+        state = ckpt.load_training_state(self.checkpoint_path, map_location=self.device)
+        saved = RunConfig.from_dict(state["config"])
+        mismatch = _config_difference(saved.to_dict(), self.config.to_dict())
+        if mismatch:
+            key, old, new = mismatch
+            raise ValueError(f"checkpoint {str(self.checkpoint_path)!r} belongs to another config "
+                             f"({key}: {old!r} there, {new!r} now); delete it to start over")
+        self.model.load_state_dict(ckpt.clean_state_dict(state["model"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        self.progress.update(state["progress"])
+        if self.dist.is_main:
+            print(f"resuming {self.config.name} from {self.checkpoint_path} at step {self.progress['step']}",
+                  file=sys.stderr)
+
+    def _restart_metrics(self, step: int) -> None:
+        """Keep the metrics lines logged up to `step` (the checkpoint); drop anything after it."""
+        path = self.out_dir / "metrics.jsonl"
+        kept = []
+        if step > 0 and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut off by the kill
+                if record["step"] > step:
+                    break
+                kept.append(line + "\n")
+        write_text_atomic(path, "".join(kept))
+
+    def _save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            ckpt.save_training_state(self.checkpoint_path, self.model, self.optimizer, self.config, self.progress)
+
+    # -- evaluation --
+
+    def _evaluate(self, windows: list[tuple[int, int]]) -> tuple[float, int]:
+        """Mean loss over `windows` of the validation array, shared out over the processes."""
+        self.eval_model.eval()
+        mine = windows[self.dist.rank::self.dist.world_size]
+        from tinylm.nn.functional import cross_entropy
+        total, count = loss_sum_over_windows(self.eval_model, self.valid_tokens, mine,
+                                             self.config.training.batch_size // self.dist.world_size,
+                                             self.device, cross_entropy, self.precision)
+        total, count = self.dist.sum([total, float(count)], self.device)
+        self.eval_model.train()
+        return total / count, int(count)
+
+    def _validation_windows(self) -> list[tuple[int, int]]:
+        t, context = self.config.training, self.config.model.context_length
+        batches = validation_starts(len(self.valid_tokens), t.eval_batches, t.batch_size, context, t.seed)
+        return [(int(start), context) for batch in batches for start in batch]
+
+    # -- the loop --
+
+    def train(self) -> int:
+        self.dist.start(self.device)
+        previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            self._build()
+            if self.progress["status"] == "running":
+                preempted = self._loop()
+                if preempted:
+                    return EXIT_PREEMPTED
+            self._finish()
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+            self.dist.stop()
+
+    def _on_sigterm(self, _signum, _frame) -> None:
+        self.preempt_requested = True  # acted on at the end of the current step, by every process
+
+    def _loop(self) -> bool:
+        """Run steps until the budget, a stop rule or a SIGTERM; True if stopped by SIGTERM."""
+        t, o, p = self.config.training, self.config.optimizer, self.progress
+        from tinylm.optim import cosine_lr
+
+        validation = self._validation_windows()
+        context = self.config.model.context_length
+        metrics = open(self.out_dir / "metrics.jsonl", "a") if self.dist.is_main else None
+        wandb_run = _start_wandb(self.config, self.out_dir) if self.dist.is_main and t.wandb else None
+        progress_bar = _progress_bar(self.total_steps, p["step"], self.config.name, self.dist.is_main)
+        session_start = time.perf_counter() - p["time_s"]
+        window_start, window_tokens, window_train_s = time.perf_counter(), 0, 0.0
+        self.train_model.train()
+        try:
+            while p["step"] < self.total_steps:
+                step_start = time.perf_counter()
+                lr = cosine_lr(p["step"], o.lr, o.min_lr, o.warmup_steps, self.total_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                starts = train_batch_starts(len(self.train_tokens), t.batch_size, context, t.seed, p["step"])
+                inputs, targets = batch_from_starts(
+                    self.train_tokens, rank_slice(starts, self.dist.rank, self.dist.world_size), context, self.device)
+                shared: dict[str, float] = {}
+
+                def agree(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+                    # One sync a step: the global batch's loss and whether any process got SIGTERM.
+                    local = [float(loss) / self.dist.world_size, float(self.preempt_requested)]
+                    shared["loss"], shared["preempt"] = self.dist.sum(local, self.device)
+                    shared["grad_norm"] = float(grad_norm)
+                    shared["diverged"] = self._diverged(shared["loss"], shared["grad_norm"])
+                    return not shared["diverged"]  # a diverged step leaves the weights as they were
+
+                training_step(self.train_model, self.optimizer, inputs, targets, self.precision,
+                              o.grad_clip, before_update=agree)
+                loss, grad_norm = shared["loss"], shared["grad_norm"]
+                if p["initial_loss"] is None:
+                    p["initial_loss"] = loss
+                p["step"] += 1
+                p["last_train_loss"] = loss
+                stop_status = "diverged" if shared["diverged"] else None
+                if stop_status is None:
+                    p["tokens"] += self.tokens_per_step
+                else:
+                    p["diverged_at_step"] = p["step"]
+                train_s = time.perf_counter() - step_start
+                p["train_time_s"] += train_s
+                window_tokens += self.tokens_per_step
+                window_train_s += train_s
+
+                val_loss = None
+                if stop_status is None and p["step"] % t.eval_interval == 0:
+                    val_loss, _ = self._evaluate(validation)
+                    if p["best_val_loss"] is None or val_loss < p["best_val_loss"]:
+                        p["best_val_loss"] = val_loss
+                    if t.early_stop_loss is not None and val_loss < t.early_stop_loss:
+                        p["target_reached_step"] = p["step"]
+                        stop_status = "early_stopped"
+                p["time_s"] = time.perf_counter() - session_start
+                last = stop_status is not None or p["step"] == self.total_steps or shared["preempt"] > 0
+                if self.dist.is_main and (p["step"] % t.log_interval == 0 or val_loss is not None or last):
+                    record = self._metrics_record(lr, loss, grad_norm, val_loss, window_tokens / max(window_train_s, 1e-9))
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    if wandb_run is not None:
+                        wandb_run.log({k: v for k, v in record.items() if v is not None}, step=p["step"])
+                    window_tokens, window_train_s = 0, 0.0
+                progress_bar.update(1)
+                progress_bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
+                                         tok_s=f"{self.tokens_per_step / max(train_s, 1e-9):,.0f}", refresh=False)
+                if stop_status is not None:
+                    p["status"] = stop_status
+                    return False
+                if shared["preempt"] > 0:
+                    self._save_checkpoint()
+                    if self.dist.is_main:
+                        print(f"SIGTERM: checkpoint saved at step {p['step']}; exiting with {EXIT_PREEMPTED}",
+                              file=sys.stderr)
+                    return True
+                if p["step"] % t.checkpoint_interval == 0 and p["step"] < self.total_steps:
+                    self._save_checkpoint()
+            p["status"] = "completed"
+            return False
+        finally:
+            progress_bar.close()
+            if metrics is not None:
+                metrics.close()
+            if wandb_run is not None:
+                wandb_run.finish()
+
+    def _diverged(self, loss: float, grad_norm: float) -> bool:
+        initial = self.progress["initial_loss"]
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            return True
+        return initial is not None and loss > self.config.training.divergence_factor * initial
+
+    def _metrics_record(self, lr: float, loss: float, grad_norm: float, val_loss: float | None,
+                        tokens_per_s: float) -> dict[str, Any]:
+        allocated, peak, total = memory_stats(self.device)
+        p = self.progress
+        return {"step": p["step"], "tokens": p["tokens"], "time_s": round(p["time_s"], 3), "lr": lr,
+                "train_loss": _finite_or_none(loss), "grad_norm": _finite_or_none(grad_norm),
+                "tokens_per_s": round(tokens_per_s, 1), "val_loss": val_loss,
+                "mem_allocated_bytes": allocated, "mem_peak_bytes": peak, "mem_total_bytes": total,
+                "mem_percent": round(100.0 * peak / total, 3)}
+
+    # -- final outputs --
+
+    def _finish(self) -> None:
+        """Final evaluation on the validation array; checkpoint, model.pt and summary.json."""
+        p, t = self.progress, self.config.training
+        final_val_loss, final_val_tokens = None, 0
+        if p["status"] != "diverged":
+            windows = sequential_windows(len(self.valid_tokens), self.config.model.context_length,
+                                         t.final_eval_tokens)
+            final_val_loss, final_val_tokens = self._evaluate(windows)
+            if p["best_val_loss"] is None or final_val_loss < p["best_val_loss"]:
+                p["best_val_loss"] = final_val_loss
+        self._save_checkpoint()  # marks the run finished: a rerun only rewrites the outputs
+        if not self.dist.is_main:
+            return
+        ckpt.save_model(self.out_dir / "model.pt", self.model, self.config)
+        _, peak, total = memory_stats(self.device)
+        summary = {
+            "name": self.config.name, "status": p["status"], "steps": p["step"], "tokens": p["tokens"],
+            "time_s": round(p["time_s"], 3), "final_train_loss": _finite_or_none(p["last_train_loss"]),
+            "final_val_loss": final_val_loss, "final_val_tokens": final_val_tokens,
+            "best_val_loss": p["best_val_loss"], "early_stop_loss": t.early_stop_loss,
+            "target_reached_step": p["target_reached_step"], "diverged_at_step": p["diverged_at_step"],
+            "peak_mem_bytes": peak, "mem_total_bytes": total, "mem_percent": round(100.0 * peak / total, 3),
+            "tokens_per_s": round(p["tokens"] / p["train_time_s"], 1) if p["train_time_s"] > 0 else None,
+            "params": self.params, "device": str(self.device), "processes": self.dist.world_size,
+        }
+        write_json_atomic(self.out_dir / "summary.json", summary)
+        print(f"{self.config.name}: {p['status']} after {p['step']} steps, final validation loss "
+              f"{final_val_loss if final_val_loss is None else round(final_val_loss, 4)}", file=sys.stderr)
+
+
+def _config_difference(saved: dict, current: dict, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first (key, saved, current) that differs, ignoring EXECUTION_KEYS; None if none do."""
+    for key in sorted(set(saved) | set(current)):
+        dotted = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found = _config_difference(old, new, dotted + ".")
+            if found:
+                return found
+        elif old != new and dotted not in EXECUTION_KEYS:
+            return dotted, old, new
+    return None
+
+
+def _progress_bar(total: int, initial: int, name: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=name, unit="step", disable=not enabled,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+
+
+def _start_wandb(config: RunConfig, out_dir: Path):
+    """A Weights & Biases run when the package is installed (WANDB_MODE=offline works); else None."""
+    try:
+        import wandb
+    except ImportError:
+        print("training.wandb is on but wandb is not installed (pip install 'tinylm[wandb]'); "
+              "logging to metrics.jsonl only", file=sys.stderr)
+        return None
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "tinylm"), name=config.name,
+                      config=config.to_dict(), dir=str(out_dir), resume="allow", id=config.name)
