@@ -39,12 +39,12 @@ def scaled_dot_product_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tens
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of `targets` under softmax(`logits`), computed in float32.
+    """Mean negative log-likelihood of `targets` under softmax(`logits`), in at least float32.
 
     logits: (..., vocab), targets: (...) integer ids -> scalar. Uses log-sum-exp, so large logits
     neither overflow nor lose precision; low-precision (bf16) logits are upcast first.
     """
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     maxima = logits.amax(dim=-1, keepdim=True)                                   # (..., 1)
     log_sum_exp = torch.log(torch.exp(logits - maxima).sum(dim=-1)) + maxima.squeeze(-1)  # (...)
     target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)         # (...)

@@ -45,7 +45,7 @@ class Embedding(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * gain, computed in float32 and cast back to the input dtype."""
+    """x / sqrt(mean(x^2) + eps) * gain, computed in (at least) float32, cast back to the input dtype."""
 
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
@@ -54,9 +54,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_dtype = x.dtype
-        x = x.float()
+        x = x.to(torch.promote_types(in_dtype, torch.float32))
         inverse_rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
-        return (x * inverse_rms * self.weight.float()).to(in_dtype)
+        return (x * inverse_rms * self.weight.to(x.dtype)).to(in_dtype)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, eps={self.eps}"
