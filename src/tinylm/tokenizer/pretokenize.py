@@ -1,0 +1,177 @@
+"""Pre-tokenization: special tokens, the GPT-2 split pattern, and reading big files in chunks.
+
+Text is first cut at special tokens (longest first), then each piece between them is split by the
+GPT-2 pattern into pre-tokens; BPE never merges across either cut. Large files are processed as
+chunks whose boundaries sit at special tokens, so every chunk pre-tokenizes exactly as it would
+inside the whole file, and chunks can go to separate worker processes.
+"""
+from __future__ import annotations
+
+import codecs
+import multiprocessing
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import regex
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# The same splits, found faster: possessive runs never backtrack, and the whitespace cases are
+# spelled out (a run at the end of the text; all but the last space of a run before a non-space;
+# else one character). tests/test_tokenizer.py checks both patterns agree on arbitrary text.
+GPT2_FAST_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT2_REGEX = regex.compile(GPT2_FAST_PATTERN)
+
+DEFAULT_CHUNK_BYTES = 4 * 2**20   # pre-tokenization work unit: small enough for constant memory
+_SCAN_BYTES = 2**20               # how much is read at a time while looking for a chunk boundary
+
+
+def validate_special_tokens(special_tokens: list[str] | None) -> list[str]:
+    """The special tokens as a list; empty or repeated ones raise ValueError."""
+    special_tokens = list(special_tokens or [])
+    for token in special_tokens:
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
+    repeated = sorted({t for t in special_tokens if special_tokens.count(t) > 1})
+    if repeated:
+        raise ValueError(f"duplicate special token(s): {', '.join(map(repr, repeated))}")
+    return special_tokens
+
+
+def special_token_regex(special_tokens: list[str]) -> regex.Pattern | None:
+    """A pattern matching any special token, the longest first where several start at one place."""
+    if not special_tokens:
+        return None
+    ordered = sorted(special_tokens, key=len, reverse=True)
+    return regex.compile("|".join(regex.escape(token) for token in ordered))
+
+
+def count_pretokens(text: str, special_regex: regex.Pattern | None) -> Counter[str]:
+    """How often each pre-token occurs in `text`; special tokens are cut out and not counted."""
+    counts: Counter[str] = Counter()
+    pieces = special_regex.split(text) if special_regex is not None else [text]
+    for piece in pieces:
+        counts.update(GPT2_REGEX.findall(piece))
+    return counts
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+def check_input_file(path: str | os.PathLike) -> Path:
+    """The path of a readable, non-empty file, or FileNotFoundError/ValueError saying what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"input is not a regular file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"input file is empty: {path}")
+    return path
+
+
+def decode_utf8(data: bytes, path: str | os.PathLike, offset: int) -> str:
+    """`data` (read from `path` at byte `offset`) as text; invalid UTF-8 names the bad byte's offset."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not valid UTF-8 at byte offset {offset + error.start} "
+                         f"({error.reason})") from None
+
+
+def read_chunk(path: str | os.PathLike, start: int, end: int) -> str:
+    with open(path, "rb") as file:
+        file.seek(start)
+        return decode_utf8(file.read(end - start), path, start)
+
+
+def iter_text(path: str | os.PathLike, block_bytes: int = 2**20) -> Iterator[str]:
+    """Stream a UTF-8 file as text blocks in constant memory; bad bytes name their file offset."""
+    decode = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # file offset of the first byte not yet handed to the decoder
+    with open(path, "rb") as file:
+        while True:
+            data = file.read(block_bytes)
+            pending = len(decode.getstate()[0])  # bytes of a split character kept from last block
+            try:
+                text = decode.decode(data, final=not data)
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}: not valid UTF-8 at byte offset {offset - pending + error.start} "
+                                 f"({error.reason})") from None
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def _occurrences(data: bytes, needles: list[bytes]) -> list[tuple[int, int]]:
+    """(start, end) of every occurrence of every needle in `data`, overlapping ones included."""
+    found = []
+    for needle in needles:
+        start = data.find(needle)
+        while start != -1:
+            found.append((start, start + len(needle)))
+            start = data.find(needle, start + 1)
+    return found
+
+
+def next_boundary(file, position: int, size: int, special_bytes: list[bytes]) -> int:
+    """First offset >= `position` where the whole-file scan for special tokens starts a match.
+
+    That holds where some special token begins and no other occurrence began earlier and runs
+    past this point: the leftmost-longest scan then necessarily stops here. Returns `size` if
+    there is no such offset. Offsets are UTF-8 character boundaries (a token starts with a lead byte).
+    """
+    longest = max(len(token) for token in special_bytes)
+    while position < size:
+        window_start = max(0, position - longest)
+        file.seek(window_start)
+        data = file.read(_SCAN_BYTES + 2 * longest)
+        at_eof = window_start + len(data) >= size
+        # A candidate must leave room after it to see every occurrence that could cover it.
+        last = window_start + len(data) - (0 if at_eof else longest)
+        occurrences = [(window_start + s, window_start + e) for s, e in _occurrences(data, special_bytes)]
+        for start in sorted({s for s, _ in occurrences if position <= s < last}):
+            if not any(s < start < e for s, e in occurrences):
+                return start
+        if at_eof:
+            return size
+        position = max(position, last)
+    return size
+
+
+def chunk_boundaries(path: str | os.PathLike, special_tokens: list[str],
+                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple[int, int]]:
+    """Split a file into (start, end) byte ranges of about `chunk_bytes`, cut at special tokens.
+
+    Without special tokens there is no safe cut for the GPT-2 pattern, so the file is one chunk.
+    """
+    size = os.path.getsize(path)
+    if not special_tokens or size <= chunk_bytes:
+        return [(0, size)] if size else []
+    special_bytes = [token.encode("utf-8") for token in special_tokens]
+    cuts = [0]
+    with open(path, "rb") as file:
+        while cuts[-1] < size:
+            cut = next_boundary(file, cuts[-1] + chunk_bytes, size, special_bytes)
+            cuts.append(cut)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def parallel_chunks(path: str | os.PathLike, special_tokens: list[str], chunk_bytes: int,
+                    workers: int) -> list[tuple[int, int]]:
+    """Chunks of at most about `chunk_bytes`, and at least one per worker where the file allows."""
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk size must be positive, got {chunk_bytes} bytes")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    size = os.path.getsize(path)
+    return chunk_boundaries(path, special_tokens, min(chunk_bytes, -(-size // workers)))
+
+
+def process_pool(workers: int, initializer=None, initargs: tuple = ()) -> multiprocessing.pool.Pool:
+    # fork starts workers in milliseconds; elsewhere (macOS, Windows) spawn is the safe default.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method).Pool(workers, initializer=initializer, initargs=initargs)

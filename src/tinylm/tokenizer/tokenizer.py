@@ -1,0 +1,257 @@
+"""`Tokenizer`: encode and decode with a byte-level BPE vocabulary, and its GPT-2 file formats.
+
+Encoding cuts special tokens out first (longest first), splits the rest with the GPT-2 pattern,
+and turns each pre-token into ids by applying merges in rank order (earliest learned first).
+Pre-token encodings are cached, since natural text repeats the same words over and over.
+
+Files (GPT-2 formats, so GPT-2's own `encoder.json` + `vocab.bpe` load the same way):
+- vocab.json: {token: id}, each token's bytes written in GPT-2's printable byte alphabet;
+- merges.txt: `#version: 0.2`, then one `a b` merge a line in creation order;
+- special_tokens.json: the list of special tokens (ours; optional when loading).
+"""
+from __future__ import annotations
+
+import json
+import os
+from itertools import chain
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tinylm.fileio import write_json_atomic, write_text_atomic
+from tinylm.tokenizer.pretokenize import GPT2_REGEX, special_token_regex, validate_special_tokens
+
+VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
+
+# A pre-token's split can depend on a few characters after it (look-ahead, "'ll"); encode_iterable
+# holds back this many characters (plus the longest special token) until more text arrives.
+_LOOKAHEAD_CHARS = 8
+_STREAM_BLOCK_CHARS = 1 << 16
+_CACHE_ENTRIES = 1 << 18  # bounded so that streaming a huge file keeps constant memory
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character (printable bytes map to themselves)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {byte: chr(byte) for byte in printable}
+    shifted = 0
+    for byte in range(256):
+        if byte not in mapping:
+            mapping[byte] = chr(256 + shifted)
+            shifted += 1
+    return mapping
+
+
+BYTE_TO_CHAR = gpt2_bytes_to_unicode()
+CHAR_TO_BYTE = {char: byte for byte, char in BYTE_TO_CHAR.items()}
+
+
+def token_to_text(token: bytes) -> str:
+    return "".join(BYTE_TO_CHAR[byte] for byte in token)
+
+
+def text_to_token(text: str, source: str | os.PathLike) -> bytes:
+    try:
+        return bytes(CHAR_TO_BYTE[char] for char in text)
+    except KeyError as error:
+        raise ValueError(f"{source}: token {text!r} has a character outside GPT-2's byte alphabet: "
+                         f"{error.args[0]!r}") from None
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer: `vocab` id -> bytes, `merges` in creation order, special tokens."""
+
+    def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]],
+                 special_tokens: list[str] | None = None):
+        self.vocab = dict(vocab)
+        self.merges = list(merges)
+        self.special_tokens = validate_special_tokens(special_tokens)
+
+        # One id per role: several ids may hold the same bytes (say a special token "hello" and a
+        # learned "hello"); each role takes the lowest id not taken by an earlier role.
+        ids_by_bytes: dict[bytes, list[int]] = {}
+        for token_id in sorted(self.vocab, reverse=True):
+            ids_by_bytes.setdefault(self.vocab[token_id], []).append(token_id)
+
+        def take(token: bytes) -> int | None:
+            free = ids_by_bytes.get(token)
+            return free.pop() if free else None
+
+        self.byte_ids = [take(bytes([byte])) for byte in range(256)]
+        if None in self.byte_ids:
+            raise ValueError(f"vocabulary lacks the single byte {self.byte_ids.index(None)}")
+        self.special_ids: dict[str, int] = {}
+        for token in self.special_tokens:
+            token_id = take(token.encode("utf-8"))
+            if token_id is None:  # a special token new to this vocabulary gets the next id
+                token_id = max(self.vocab, default=-1) + 1
+                self.vocab[token_id] = token.encode("utf-8")
+            self.special_ids[token] = token_id
+        self.merge_table: dict[tuple[int, int], tuple[int, int]] = {}  # (a, b) -> (rank, merged id)
+        learned = {bytes([byte]): token_id for byte, token_id in enumerate(self.byte_ids)}
+        for rank, (first, second) in enumerate(self.merges):
+            if first not in learned or second not in learned:
+                raise ValueError(f"merge {rank} ({first!r}, {second!r}) uses a token not made by an "
+                                 "earlier merge")
+            merged_id = learned.get(first + second)
+            if merged_id is None:
+                merged_id = take(first + second)
+                if merged_id is None:
+                    raise ValueError(f"merge {rank} ({first!r}, {second!r}) makes a token missing "
+                                     "from the vocabulary")
+                learned[first + second] = merged_id
+            self.merge_table.setdefault((learned[first], learned[second]), (rank, merged_id))
+
+        self._special_regex = special_token_regex(self.special_tokens)
+        self._longest_special = max((len(token) for token in self.special_tokens), default=0)
+        self._cache: dict[str, list[int]] = {}
+
+    # ---- files -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_files(cls, vocab_filepath: str | os.PathLike, merges_filepath: str | os.PathLike,
+                   special_tokens: list[str] | None = None) -> "Tokenizer":
+        """Load GPT-2-format `vocab.json` and `merges.txt` (ours or GPT-2's `encoder.json`/`vocab.bpe`)."""
+        for path in (vocab_filepath, merges_filepath):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"tokenizer file not found: {path}")
+        try:
+            encoder = json.loads(Path(vocab_filepath).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{vocab_filepath}: not a JSON vocabulary ({error})") from None
+        if not isinstance(encoder, dict):
+            raise ValueError(f"{vocab_filepath}: expected a JSON object token -> id")
+        vocab = {}
+        for text, token_id in encoder.items():
+            if not isinstance(token_id, int) or token_id < 0 or token_id in vocab:
+                raise ValueError(f"{vocab_filepath}: token {text!r} has a bad or repeated id {token_id!r}")
+            vocab[token_id] = text_to_token(text, vocab_filepath)
+        merges = []
+        lines = Path(merges_filepath).read_text(encoding="utf-8").split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line or (number == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"{merges_filepath}:{number}: expected two tokens separated by a space, got {line!r}")
+            merges.append((text_to_token(parts[0], merges_filepath), text_to_token(parts[1], merges_filepath)))
+        return cls(vocab, merges, special_tokens)
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike) -> "Tokenizer":
+        """Load a tokenizer saved by `save` (or `tinylm train-bpe`)."""
+        directory = Path(directory)
+        special_path = directory / SPECIAL_TOKENS_FILE
+        special_tokens = json.loads(special_path.read_text(encoding="utf-8")) if special_path.is_file() else []
+        return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, special_tokens)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write vocab.json, merges.txt and special_tokens.json into `directory`."""
+        encoder: dict[str, int] = {}
+        for token_id in sorted(self.vocab):
+            text = token_to_text(self.vocab[token_id])
+            if text in encoder:
+                raise ValueError(f"ids {encoder[text]} and {token_id} hold the same bytes "
+                                 f"{self.vocab[token_id]!r}; vocab.json cannot store both")
+            encoder[text] = token_id
+        directory = Path(directory)
+        write_json_atomic(directory / VOCAB_FILE, encoder)
+        merge_lines = [f"{token_to_text(a)} {token_to_text(b)}\n" for a, b in self.merges]
+        write_text_atomic(directory / MERGES_FILE, "#version: 0.2\n" + "".join(merge_lines))
+        write_json_atomic(directory / SPECIAL_TOKENS_FILE, self.special_tokens)
+
+    # ---- encoding ----------------------------------------------------------------------------
+
+    def _bpe(self, pretoken: str) -> list[int]:
+        """Ids of one pre-token: repeatedly merge the adjacent pair with the earliest merge."""
+        word = [self.byte_ids[byte] for byte in pretoken.encode("utf-8")]
+        table = self.merge_table
+        while len(word) > 1:
+            best = best_pair = None
+            for pair in zip(word, word[1:]):
+                entry = table.get(pair)
+                if entry is not None and (best is None or entry < best):
+                    best, best_pair = entry, pair
+            if best is None:
+                break
+            (first, second), merged_id = best_pair, best[1]
+            merged, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and word[i] == first and word[i + 1] == second:
+                    merged.append(merged_id)
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = merged
+        return word
+
+    def _encode_ordinary(self, text: str, ids: list[int]) -> None:
+        """Append the ids of `text` (no special tokens in it) to `ids`."""
+        pretokens = GPT2_REGEX.findall(text)
+        encoded = list(map(self._cache.get, pretokens))
+        if None in encoded:
+            if len(self._cache) >= _CACHE_ENTRIES:
+                self._cache.clear()
+            for i, pretoken_ids in enumerate(encoded):
+                if pretoken_ids is None:
+                    encoded[i] = self._cache[pretokens[i]] = self._bpe(pretokens[i])
+        ids.extend(chain.from_iterable(encoded))
+
+    def _encode_prefix(self, text: str, final: bool) -> tuple[list[int], int]:
+        """(ids, characters used) for the part of `text` whose encoding cannot change, whatever
+        text may follow it. With `final`, `text` is the end of the input and is used whole."""
+        ids: list[int] = []
+        position = 0
+        certain_special = len(text) if final else len(text) - self._longest_special
+        if self._special_regex is not None:
+            for match in self._special_regex.finditer(text):
+                if match.start() > certain_special:
+                    break  # a longer special token might still begin here
+                self._encode_ordinary(text[position:match.start()], ids)
+                ids.append(self.special_ids[match.group()])
+                position = match.end()
+        if final:
+            self._encode_ordinary(text[position:], ids)
+            return ids, len(text)
+        # Keep the pre-tokens that end well before the text does (look-ahead and specials to come).
+        tail = text[position:]
+        pretokens = GPT2_REGEX.findall(tail)
+        limit = certain_special - _LOOKAHEAD_CHARS - position
+        end, count = len(tail), len(pretokens)
+        while count and end > limit:
+            count -= 1
+            end -= len(pretokens[count])
+        self._encode_ordinary(tail[:end], ids)
+        return ids, position + end
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens become their single id."""
+        return self._encode_prefix(text, final=True)[0]
+
+    def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
+        """Lazily encode a stream of text pieces (say, a file's lines) as if it were one string."""
+        parts: list[str] = []
+        size, block = 0, _STREAM_BLOCK_CHARS
+        for piece in iterable:
+            parts.append(piece)
+            size += len(piece)
+            if size >= block:
+                text = "".join(parts)
+                ids, used = self._encode_prefix(text, final=False)
+                yield from ids
+                parts, size = [text[used:]], len(text) - used
+                block = max(_STREAM_BLOCK_CHARS, 2 * size)  # a long unsplittable run: wait for more
+        yield from self._encode_prefix("".join(parts), final=True)[0]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""
+        try:
+            data = b"".join([self.vocab[token_id] for token_id in ids])
+        except (KeyError, TypeError):
+            bad = next(i for i, token_id in enumerate(ids) if not isinstance(token_id, int) or token_id not in self.vocab)
+            raise ValueError(f"token id {ids[bad]!r} at position {bad} is not in the vocabulary "
+                             f"(size {len(self.vocab)})") from None
+        return data.decode("utf-8", errors="replace")
+
+    def __len__(self) -> int:
+        return len(self.vocab)

@@ -1,0 +1,254 @@
+"""Byte-level BPE training (`train_bpe`) and the `tinylm train-bpe` command.
+
+1. Pre-token counts: the file is cut into chunks at special tokens; worker processes count the
+   GPT-2 pre-tokens of each chunk, reading only their own chunk, and the counts are summed. Memory
+   therefore holds the counts, not the text.
+2. Merges: every pre-token is a list of token ids with a count. Pair counts are kept up to date
+   incrementally (a merge touches only the words holding the merged pair, found through an index
+   pair -> words), and the most frequent pair comes from a heap with lazy invalidation.
+   Ties go to the lexicographically greater pair of byte strings.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tinylm.fileio import write_json_atomic
+from tinylm.tokenizer.pretokenize import (
+    DEFAULT_CHUNK_BYTES,
+    check_input_file,
+    count_pretokens,
+    parallel_chunks,
+    process_pool,
+    read_chunk,
+    special_token_regex,
+    validate_special_tokens,
+)
+
+Pair = tuple[int, int]
+
+
+def peak_rss_bytes() -> int:
+    """This process's resident-set high-water mark, in bytes."""
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # macOS reports bytes, Linux KiB
+
+
+def _count_chunk(job: tuple[str, int, int, list[str]]) -> tuple[Counter[str], int, int]:
+    """Worker: (pre-token counts, bytes read, peak RSS) of one chunk of the file."""
+    path, start, end, special_tokens = job
+    counts = count_pretokens(read_chunk(path, start, end), special_token_regex(special_tokens))
+    return counts, end - start, peak_rss_bytes()
+
+
+def count_file_pretokens(path: str | os.PathLike, special_tokens: list[str], workers: int = 1,
+                         chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: bool = False,
+                         ) -> tuple[Counter[str], int]:
+    """Pre-token counts of a whole file, and an upper bound of the workers' summed peak RSS.
+
+    The bound is (number of workers) x (largest worker high-water mark); 0 when counting in-process.
+    """
+    chunks = parallel_chunks(path, special_tokens, chunk_bytes, workers)
+    jobs = [(str(path), start, end, special_tokens) for start, end in chunks]
+    total: Counter[str] = Counter()
+    worker_peak = 0
+    bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc="pre-tokenize",
+               disable=not progress, file=sys.stderr)
+    with bar:
+        if workers <= 1 or len(jobs) <= 1:
+            results = map(_count_chunk, jobs)
+            pool, pool_size = None, 0
+        else:
+            pool_size = min(workers, len(jobs))
+            pool = process_pool(pool_size)
+            results = pool.imap_unordered(_count_chunk, jobs)
+        try:
+            for counts, nbytes, peak in results:
+                total.update(counts)
+                bar.update(nbytes)
+                if pool is not None:
+                    worker_peak = max(worker_peak, peak)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    return total, pool_size * worker_peak
+
+
+def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
+    merged, i, n = [], 0, len(word)
+    while i < n:
+        if i + 1 < n and word[i] == a and word[i + 1] == b:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    return merged
+
+
+def _descending(token: bytes) -> tuple[int, ...]:
+    """A key that sorts byte strings in reverse lexicographic order (for the min-heap ties)."""
+    return tuple(255 - byte for byte in token) + (256,)
+
+
+def bpe_merges(word_counts: dict[bytes, int], vocab: dict[int, bytes], num_merges: int,
+               progress: bool = False) -> list[tuple[bytes, bytes]]:
+    """Learn up to `num_merges` merges from pre-token counts; new tokens are added to `vocab`."""
+    byte_ids = {vocab_bytes: token_id for token_id, vocab_bytes in vocab.items() if len(vocab_bytes) == 1}
+    words: list[list[int]] = []
+    counts: list[int] = []
+    for token, count in word_counts.items():
+        if len(token) > 1:  # a single byte has no pair to merge
+            words.append([byte_ids[bytes([byte])] for byte in token])
+            counts.append(count)
+
+    pair_counts: Counter[Pair] = Counter()
+    pair_words: dict[Pair, set[int]] = {}
+    for index, (word, count) in enumerate(zip(words, counts)):
+        for pair in zip(word, word[1:]):
+            pair_counts[pair] += count
+            pair_words.setdefault(pair, set()).add(index)
+
+    keys = {token_id: _descending(token) for token_id, token in vocab.items()}
+    # Heap entries (-count, key(a), key(b), a, b): most frequent first, then greatest bytes. An
+    # entry is stale once its count no longer equals pair_counts[pair]; stale entries are skipped.
+    heap = [(-count, keys[a], keys[b], a, b) for (a, b), count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[bytes, bytes]] = []
+    for _ in tqdm(range(num_merges), desc="merges", disable=not progress, file=sys.stderr):
+        while heap and pair_counts.get((heap[0][3], heap[0][4])) != -heap[0][0]:
+            heapq.heappop(heap)
+        if not heap:
+            break  # the corpus has no pairs left
+        _, _, _, a, b = heapq.heappop(heap)
+        new_id = len(vocab)
+        vocab[new_id] = vocab[a] + vocab[b]
+        keys[new_id] = _descending(vocab[new_id])
+        merges.append((vocab[a], vocab[b]))
+
+        changed: set[Pair] = set()
+        for index in pair_words.pop((a, b)):
+            old, count = words[index], counts[index]
+            new = _merge_word(old, a, b, new_id)
+            old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
+            for pair in old_pairs:
+                pair_counts[pair] -= count
+            for pair in new_pairs:
+                pair_counts[pair] += count
+            old_set, new_set = set(old_pairs), set(new_pairs)
+            for pair in old_set - new_set:
+                if pair != (a, b):
+                    pair_words[pair].discard(index)
+            for pair in new_set - old_set:
+                pair_words.setdefault(pair, set()).add(index)
+            changed |= old_set | new_set
+            words[index] = new
+        for pair in changed:
+            count = pair_counts[pair]
+            if count > 0:
+                heapq.heappush(heap, (-count, keys[pair[0]], keys[pair[1]], pair[0], pair[1]))
+            else:
+                del pair_counts[pair]
+                pair_words.pop(pair, None)
+    return merges
+
+
+def initial_vocab(special_tokens: list[str]) -> dict[int, bytes]:
+    """Ids 0-255 are the single bytes, then the special tokens in the order given."""
+    vocab = {byte: bytes([byte]) for byte in range(256)}
+    for token in special_tokens:
+        vocab[len(vocab)] = token.encode("utf-8")
+    return vocab
+
+
+def validate_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+        raise ValueError(f"vocab_size must be an integer, got {vocab_size!r}")
+    smallest = 256 + len(special_tokens)
+    if vocab_size < smallest:
+        raise ValueError(f"vocab_size {vocab_size} is smaller than 256 bytes + {len(special_tokens)} "
+                         f"special token(s) = {smallest}")
+
+
+def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: list[str],
+              workers: int | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+              progress: bool = False, stats: dict | None = None,
+              ) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train a byte-level BPE tokenizer on a UTF-8 text file.
+
+    Returns (vocab id -> bytes, merges in creation order). `workers` pre-tokenize in parallel
+    (default: all CPUs; the result does not depend on it). If `stats` is a dict it receives the
+    training time, peak memory and sizes.
+    """
+    started = time.perf_counter()
+    special_tokens = validate_special_tokens(special_tokens)
+    validate_vocab_size(vocab_size, special_tokens)
+    path = check_input_file(input_path)
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    text_counts, workers_peak = count_file_pretokens(path, special_tokens, workers, chunk_bytes, progress)
+    word_counts = {token.encode("utf-8"): count for token, count in text_counts.items()}
+    del text_counts
+    vocab = initial_vocab(special_tokens)
+    merges = bpe_merges(word_counts, vocab, vocab_size - len(vocab), progress)
+
+    if stats is not None:
+        longest = max(vocab.values(), key=lambda token: (len(token), token))
+        stats.update({
+            "input": str(path),
+            "input_bytes": path.stat().st_size,
+            "training_time_s": time.perf_counter() - started,
+            # Upper bound: the main process plus every concurrent worker at its own peak.
+            "peak_memory_bytes": peak_rss_bytes() + workers_peak,
+            "vocab_size": len(vocab),
+            "num_merges": len(merges),
+            "special_tokens": special_tokens,
+            "longest_token": longest.decode("utf-8", errors="replace"),
+            "longest_token_bytes": len(longest),
+            "workers": workers,
+            "unique_pretokens": len(word_counts),
+        })
+    return vocab, merges
+
+
+# ---- tinylm train-bpe ------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="UTF-8 training text file (any size; read in chunks)")
+    parser.add_argument("--vocab-size", type=int, required=True,
+                        help="final vocabulary size: 256 bytes + special tokens + merges")
+    parser.add_argument("--special-token", action="append", default=[], dest="special_tokens",
+                        metavar="TOKEN", help="special token, never merged (repeat for several); "
+                        "chunks of the file are cut at these")
+    parser.add_argument("--out-dir", required=True,
+                        help="writes vocab.json, merges.txt (GPT-2 formats), special_tokens.json, stats.json")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="pre-tokenization processes (default: number of CPUs); the result does not depend on it")
+    parser.add_argument("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20,
+                        help="size of the file pieces handed to workers, in MiB (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tinylm.tokenizer.tokenizer import Tokenizer
+
+    stats: dict = {}
+    vocab, merges = train_bpe(args.input, args.vocab_size, args.special_tokens, workers=args.workers,
+                              chunk_bytes=int(args.chunk_mb * 2**20), progress=not args.no_progress,
+                              stats=stats)
+    out_dir = Path(args.out_dir)
+    Tokenizer(vocab, merges, args.special_tokens).save(out_dir)
+    write_json_atomic(out_dir / "stats.json", stats)
+    print(f"trained in {stats['training_time_s']:.2f} s, peak memory {stats['peak_memory_bytes'] / 2**20:.0f} MiB, "
+          f"vocabulary {stats['vocab_size']} ({stats['num_merges']} merges), "
+          f"longest token {stats['longest_token']!r} ({stats['longest_token_bytes']} bytes) -> {out_dir}")
+    return 0
