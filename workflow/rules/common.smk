@@ -20,9 +20,10 @@ Exported for the report rules (workflow/rules/report.smk) and the Snakefile targ
     REPORT_INDEX                 "results/report/README.md"
     TOKENIZER_REPORT             {"json": ..., "md": ...} from `tinylm tokenizer-report`
     MAX_BATCH_JSON               `tinylm max-batch` output read by the batch_size section
-    generate_outputs(group)      {setting label: JSON path} of `tinylm generate`; groups "tinystories"
-                                 (main setting first, then the sampling-settings table) and "owt"
-    GENERATE_MAIN                label of the main sampling setting, e.g. "T=0.8_p=0.95"
+    generate_outputs(group)      {label: JSON path} of `tinylm generate`; groups "tinystories" (labels
+                                 GENERATE_MAIN and GENERATE_GRID) and "owt" (GENERATE_MAIN only)
+    GENERATE_MAIN                label of the main sampling setting (all seeds), e.g. "T=0.8_p=0.95"
+    GENERATE_GRID                "grid": every configured temperature x top-p (the settings table)
 
 Runs are the `baseline` (config key `baseline`) plus, per experiment, the baseline with overrides and
 an optional sweep. Two runs with the same content are one run: the first name wins, so the lr sweep
@@ -34,9 +35,13 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 from tinylm.config import RunConfig
+
+# Rules call `tinylm ...`: make that the CLI of the Python running Snakemake, venv activated or not.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 RESULTS = "results"
 SECTIONS = ("tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "post_norm", "nope",
@@ -294,14 +299,18 @@ def sampling_label(setting):
 
 
 GENERATE_MAIN = sampling_label(config["generate"]["main"])
+GENERATE_GRID = "grid"
 GENERATE_GROUPS = {"tinystories": "generate", "owt": "owt"}  # group -> section whose runs it picks from
 
 
 def sampling_settings(group):
-    settings = [config["generate"]["main"]]
+    """{label: {"temperatures", "top_ps", "seeds"}}: the main setting, and for TinyStories the grid."""
+    gen = config["generate"]
+    settings = {GENERATE_MAIN: {"temperatures": [gen["main"]["temperature"]], "top_ps": [gen["main"]["top_p"]],
+                                "seeds": gen["seeds"]}}
     if group == "tinystories":
-        settings += config["generate"]["settings"]
-    return {sampling_label(s): s for s in settings}
+        settings[GENERATE_GRID] = gen["grid"]
+    return settings
 
 
 def generate_outputs(group):

@@ -53,8 +53,13 @@ rule train:
     log:
         log_path("train", "{run}"),
     shell:
-        "OMP_NUM_THREADS={threads} tinylm train --config {input.config} --out-dir {params.out_dir}"
-        " --checkpoint-dir {params.checkpoint_dir} > {log} 2>&1"
+        # A checkpoint older than any input was trained on other inputs (a new config or new token
+        # arrays): start over. A newer one is this job's own, left by a kill or preemption: resume.
+        "checkpoint={params.checkpoint_dir}/checkpoint.pt;"
+        " if [ -e $checkpoint ] && [ -n \"$(find {input} -newer $checkpoint)\" ]; then"
+        " echo \"removing stale $checkpoint\" > {log}; rm -f $checkpoint; fi;"
+        " OMP_NUM_THREADS={threads} tinylm train --config {input.config} --out-dir {params.out_dir}"
+        " --checkpoint-dir {params.checkpoint_dir} >> {log} 2>&1"
 
 
 rule evaluate:
@@ -100,10 +105,10 @@ rule generate_text:
         f"{RESULTS}/generate/{{group}}/{{setting}}.json",
     params:
         run_dirs=lambda w: " ".join(run_dir(run) for run in generate_runs(w.group)),
-        temperature=lambda w: sampling_settings(w.group)[w.setting]["temperature"],
-        top_p=lambda w: sampling_settings(w.group)[w.setting]["top_p"],
+        settings=lambda w: " ".join(f"--{option} " + " ".join(str(v) for v in sampling_settings(w.group)[w.setting][key])
+                                    for option, key in (("temperature", "temperatures"), ("top-p", "top_ps"),
+                                                        ("seeds", "seeds"))),
         prompt=shlex.quote(config["generate"]["prompt"]),
-        seeds=" ".join(str(s) for s in config["generate"]["seeds"]),
         max_new_tokens=config["generate"]["max_new_tokens"],
     wildcard_constraints:
         group="|".join(GENERATE_GROUPS),
@@ -112,5 +117,4 @@ rule generate_text:
         log_path("generate_text", "{group}-{setting}"),
     shell:
         "OMP_NUM_THREADS={threads} tinylm generate --run-dir {params.run_dirs} --prompt {params.prompt}"
-        " --temperature {params.temperature} --top-p {params.top_p} --max-new-tokens {params.max_new_tokens}"
-        " --seeds {params.seeds} --out {output} > {log} 2>&1"
+        " {params.settings} --max-new-tokens {params.max_new_tokens} --out {output} > {log} 2>&1"
