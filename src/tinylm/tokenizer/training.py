@@ -83,16 +83,40 @@ def count_file_pretokens(path: str | os.PathLike, special_tokens: list[str], wor
     return total, pool_size * worker_peak
 
 
-def _merge_word(word: list[int], a: int, b: int, new_id: int) -> list[int]:
-    merged, i, n = [], 0, len(word)
-    while i < n:
-        if i + 1 < n and word[i] == a and word[i + 1] == b:
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(word[i])
+def _merge_word(word: list[int], a: int, b: int, new_id: int) -> tuple[list[int], list[int], list[int]]:
+    """Replace every (a, b) in `word` by `new_id`, left to right.
+
+    Returns (new word, indices of the old pairs that vanished, indices of the new pairs that
+    appeared); pair index j is the pair (word[j], word[j + 1]). Pairs away from a merge are untouched.
+    """
+    merged: list[int] = []
+    vanished: list[int] = []
+    appeared: list[int] = []
+    n, start, i = len(word), 0, 0
+    while True:
+        try:
+            i = word.index(a, i)  # scans in C: words are mostly left alone
+        except ValueError:
+            break
+        if i + 1 >= n:
+            break
+        if word[i + 1] != b:
             i += 1
-    return merged
+            continue
+        merged.extend(word[start:i])
+        for j in (i - 1, i, i + 1):
+            if 0 <= j < n - 1 and not (vanished and vanished[-1] >= j):
+                vanished.append(j)
+        k = len(merged)
+        if k and not (appeared and appeared[-1] == k - 1):
+            appeared.append(k - 1)
+        appeared.append(k)
+        merged.append(new_id)
+        i = start = i + 2
+    merged.extend(word[start:])
+    if appeared and appeared[-1] == len(merged) - 1:
+        appeared.pop()  # the merge ended the word: no pair to its right
+    return merged, vanished, appeared
 
 
 def _descending(token: bytes) -> tuple[int, ...]:
@@ -137,21 +161,20 @@ def bpe_merges(word_counts: dict[bytes, int], vocab: dict[int, bytes], num_merge
         merges.append((vocab[a], vocab[b]))
 
         changed: set[Pair] = set()
+        # pair_words may list words that no longer hold the pair (entries are only ever added);
+        # merging such a word finds nothing to do.
         for index in pair_words.pop((a, b)):
             old, count = words[index], counts[index]
-            new = _merge_word(old, a, b, new_id)
-            old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
-            for pair in old_pairs:
+            new, vanished, appeared = _merge_word(old, a, b, new_id)
+            for j in vanished:
+                pair = (old[j], old[j + 1])
                 pair_counts[pair] -= count
-            for pair in new_pairs:
+                changed.add(pair)
+            for j in appeared:
+                pair = (new[j], new[j + 1])
                 pair_counts[pair] += count
-            old_set, new_set = set(old_pairs), set(new_pairs)
-            for pair in old_set - new_set:
-                if pair != (a, b):
-                    pair_words[pair].discard(index)
-            for pair in new_set - old_set:
                 pair_words.setdefault(pair, set()).add(index)
-            changed |= old_set | new_set
+                changed.add(pair)
             words[index] = new
         for pair in changed:
             count = pair_counts[pair]
