@@ -13,8 +13,10 @@ ATTENTION_BACKENDS = ("reference", "fused")
 class RotaryPositionalEmbedding(nn.Module):
     """Rotate adjacent pairs (x[2k], x[2k+1]) by angle pos * theta^(-2k / d_k).
 
-    The cos/sin tables for positions 0..max_seq_len-1 are precomputed buffers (not saved in the
-    state dict: they follow from theta, d_k and max_seq_len).
+    As x * cos + swap_pairs(x) * signed_sin, with per-position tables laid out like x:
+    cos = [c0, c0, c1, c1, ...] and signed_sin = [-s0, s0, -s1, s1, ...]. Written this way the
+    backward pass needs no zero-filled gradient buffers (as slicing out evens and odds would).
+    The tables are buffers (not saved in the state dict: they follow from theta, d_k, max_seq_len).
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None, dtype=None):
@@ -25,17 +27,16 @@ class RotaryPositionalEmbedding(nn.Module):
         frequencies = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)  # (d_k/2,)
         angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float64), frequencies)
         table_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # angles need >= fp32
-        self.register_buffer("cos", torch.cos(angles).to(table_dtype), persistent=False)  # (max_seq_len, d_k/2)
-        self.register_buffer("sin", torch.sin(angles).to(table_dtype), persistent=False)
+        cos = torch.cos(angles).repeat_interleave(2, dim=-1)                          # (max_seq_len, d_k)
+        signed_sin = torch.stack((-torch.sin(angles), torch.sin(angles)), dim=-1).flatten(-2)
+        self.register_buffer("cos", cos.to(table_dtype), persistent=False)
+        self.register_buffer("signed_sin", signed_sin.to(table_dtype), persistent=False)
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
         """x: (..., seq, d_k); token_positions: (seq,) or (..., seq), broadcast against x's leading dims."""
-        cos = self.cos[token_positions]  # (..., seq, d_k/2)
-        sin = self.sin[token_positions]
-        pairs = x.unflatten(-1, (-1, 2))  # (..., seq, d_k/2, 2)
-        even, odd = pairs[..., 0], pairs[..., 1]
-        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
-        return rotated.flatten(-2).to(x.dtype)
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+        rotated = x * self.cos[token_positions] + swapped * self.signed_sin[token_positions]
+        return rotated.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"

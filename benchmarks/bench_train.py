@@ -1,0 +1,238 @@
+"""Training throughput of tinylm's TransformerLM against Hugging Face LlamaForCausalLM.
+
+Both models have identical shapes (vocab, d_model, d_ff, layers, heads, context, rope_theta; no
+biases; untied embeddings; RMSNorm eps 1e-5); before timing, our weights are copied into the peer
+and the logits compared, which shows the two compute the same function. One training step is
+forward + cross-entropy + backward + gradient clipping + AdamW step, on the same random batch.
+
+    python benchmarks/bench_train.py            # both sizes, CPU (or the GPU when there is one)
+    python benchmarks/bench_train.py --sizes reference --steps 10
+
+Setups: ours with fused attention in fp32, with torch.compile, and with bf16 autocast; the peer
+with its default (sdpa) attention and torch.optim.AdamW (fp32, or bf16 autocast on a GPU). The
+setups are timed in interleaved rounds and the best round of each counts, so load from other
+processes on a shared machine hurts all of them alike. Prints a table and writes
+benchmarks/results/bench_train.{json,md}. On a GPU it also reports model FLOPs utilisation (MFU)
+against the H100's dense bf16 peak.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tinylm.config import ModelConfig
+from tinylm.fileio import write_json_atomic, write_text_atomic
+from tinylm.nn import (
+    H100_BF16_PEAK_FLOPS,
+    build_model,
+    forward_flops_per_token,
+    model_flops_utilization,
+    parameter_count,
+    training_flops_per_token,
+)
+from tinylm.nn.functional import cross_entropy, gradient_clipping
+from tinylm.optim import AdamW
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SIZES = {  # name -> (model, batch size on CPU, batch size on GPU)
+    "demo": (ModelConfig(vocab_size=1000, context_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=172), 16, 256),
+    "reference": (ModelConfig(), 8, 128),
+}
+LR = 1e-3
+
+
+def llama_peer(cfg: ModelConfig, device: torch.device):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+                         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                         num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.context_length,
+                         rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                         tie_word_embeddings=False, attention_bias=False, mlp_bias=False, use_cache=False)
+    return LlamaForCausalLM(config).to(device)
+
+
+def copy_weights_into_peer(ours: torch.nn.Module, peer: torch.nn.Module, cfg: ModelConfig) -> None:
+    """Llama rotates the halves (x[i], x[i + d/2]) of each head where we rotate adjacent pairs
+    (x[2k], x[2k+1]); reordering the q/k rows of each head to evens-then-odds maps one onto the other."""
+    d_head = cfg.d_model // cfg.num_heads
+    per_head = torch.cat([torch.arange(0, d_head, 2), torch.arange(1, d_head, 2)])
+    rows = torch.cat([h * d_head + per_head for h in range(cfg.num_heads)])
+    state = ours.state_dict()
+    mapped = {"model.embed_tokens.weight": state["token_embeddings.weight"],
+              "model.norm.weight": state["ln_final.weight"], "lm_head.weight": state["lm_head.weight"]}
+    for i in range(cfg.num_layers):
+        ours_prefix, peer_prefix = f"layers.{i}.", f"model.layers.{i}."
+        mapped |= {
+            peer_prefix + "self_attn.q_proj.weight": state[ours_prefix + "attn.q_proj.weight"][rows],
+            peer_prefix + "self_attn.k_proj.weight": state[ours_prefix + "attn.k_proj.weight"][rows],
+            peer_prefix + "self_attn.v_proj.weight": state[ours_prefix + "attn.v_proj.weight"],
+            peer_prefix + "self_attn.o_proj.weight": state[ours_prefix + "attn.output_proj.weight"],
+            peer_prefix + "mlp.gate_proj.weight": state[ours_prefix + "ffn.w1.weight"],
+            peer_prefix + "mlp.down_proj.weight": state[ours_prefix + "ffn.w2.weight"],
+            peer_prefix + "mlp.up_proj.weight": state[ours_prefix + "ffn.w3.weight"],
+            peer_prefix + "input_layernorm.weight": state[ours_prefix + "ln1.weight"],
+            peer_prefix + "post_attention_layernorm.weight": state[ours_prefix + "ln2.weight"],
+        }
+    peer.load_state_dict(mapped, strict=True)
+
+
+@dataclass
+class Setup:
+    label: str
+    model: torch.nn.Module
+    forward: object          # token ids -> logits
+    optimizer: torch.optim.Optimizer
+    autocast: object         # () -> context manager
+    clip: object             # (parameters, max_norm) -> norm
+    best_s: float = float("inf")
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        with self.autocast():
+            logits = self.forward(inputs)
+        loss = cross_entropy(logits, targets) if self.clip is gradient_clipping else \
+            torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.clip(self.model.parameters(), 1.0)
+        self.optimizer.step()
+
+
+def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool) -> list[Setup]:
+    bf16 = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    fp32 = contextlib.nullcontext
+    gpu = device.type == "cuda"
+
+    def ours(label, compiled, autocast):
+        torch.manual_seed(0)
+        model = build_model(cfg, attention="fused", device=device)
+        forward = torch.compile(model) if compiled else model
+        return Setup(label, model, forward, AdamW(model.parameters(), lr=LR), autocast, gradient_clipping)
+
+    # The GPU runs the experiment configs' fast paths; the CPU shows each on its own (bf16 matmuls
+    # are slower than fp32 on most CPUs, so bf16 + compile is not worth its compile time there).
+    setups = [ours("tinylm fused bf16", False, bf16)] if gpu else [ours("tinylm fused fp32", False, fp32)]
+    if try_compile:
+        setups.append(ours("tinylm fused bf16 compile", True, bf16) if gpu else
+                      ours("tinylm fused fp32 compile", True, fp32))
+    if not gpu:
+        setups.append(ours("tinylm fused bf16", False, bf16))
+    peer = llama_peer(cfg, device)
+    copy_weights_into_peer(setups[0].model, peer, cfg)
+    peer_forward = lambda ids: peer(input_ids=ids).logits  # noqa: E731
+    setups.append(Setup("HF Llama sdpa " + ("bf16" if gpu else "fp32"), peer, peer_forward,
+                        torch.optim.AdamW(peer.parameters(), lr=LR), bf16 if gpu else fp32,
+                        torch.nn.utils.clip_grad_norm_))
+    return setups
+
+
+@torch.no_grad()
+def max_logit_difference(setups: list[Setup], inputs: torch.Tensor) -> float:
+    ours, peer = setups[0], setups[-1]
+    return (ours.model(inputs).float() - peer.forward(inputs).float()).abs().max().item()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_size(name: str, cfg: ModelConfig, batch_size: int, device: torch.device, steps: int,
+               rounds: int, try_compile: bool) -> dict:
+    setups = make_setups(cfg, device, try_compile)
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1), generator=generator)
+    inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+    difference = max_logit_difference(setups, inputs)
+    for setup in setups:  # warm-up: compilation, allocator, first AdamW step
+        started = time.perf_counter()
+        for _ in range(2):
+            setup.step(inputs, targets)
+        synchronize(device)
+        print(f"  {name}: {setup.label} warm-up {time.perf_counter() - started:.1f}s", flush=True)
+    for _ in range(rounds):
+        for setup in setups:
+            synchronize(device)
+            started = time.perf_counter()
+            for _ in range(steps):
+                setup.step(inputs, targets)
+            synchronize(device)
+            setup.best_s = min(setup.best_s, (time.perf_counter() - started) / steps)
+    tokens_per_step = batch_size * cfg.context_length
+    peer_rate = tokens_per_step / setups[-1].best_s
+    rows = []
+    for setup in setups:
+        rate = tokens_per_step / setup.best_s
+        row = {"setup": setup.label, "step_s": setup.best_s, "tokens_per_s": rate, "vs_peer": rate / peer_rate}
+        if device.type == "cuda":
+            row["mfu"] = model_flops_utilization(rate, cfg, H100_BF16_PEAK_FLOPS)
+        rows.append(row)
+    ours_best = max(rows[:-1], key=lambda r: r["tokens_per_s"])
+    return {"size": name, "model": cfg.__dict__, "batch_size": batch_size, "params": parameter_count(cfg),
+            "forward_flops_per_token": forward_flops_per_token(cfg),
+            "training_flops_per_token": training_flops_per_token(cfg),
+            "max_logit_difference_vs_peer": difference, "rows": rows,
+            "best_ours": ours_best["setup"], "best_ratio": ours_best["vs_peer"]}
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    mfu = meta["device"].startswith("cuda")
+    lines = [f"# Training throughput: tinylm vs HF LlamaForCausalLM ({meta['device_name']})", "",
+             f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} CPU threads; "
+             f"best of {meta['rounds']} rounds of {meta['steps']} steps.", ""]
+    for result in results:
+        m = result["model"]
+        lines += [f"## {result['size']}: vocab {m['vocab_size']}, ctx {m['context_length']}, d_model {m['d_model']}, "
+                  f"d_ff {m['d_ff']}, {m['num_layers']} layers, {m['num_heads']} heads; batch {result['batch_size']}", "",
+                  f"{result['params']:,} parameters; {result['forward_flops_per_token']:,} forward / "
+                  f"{result['training_flops_per_token']:,} training FLOPs per token; "
+                  f"max |logits ours - peer| with shared weights: {result['max_logit_difference_vs_peer']:.2e}", "",
+                  "| setup | s/step | tokens/s | vs peer |" + (" MFU |" if mfu else ""),
+                  "|---|---:|---:|---:|" + ("---:|" if mfu else "")]
+        for row in result["rows"]:
+            lines.append(f"| {row['setup']} | {row['step_s']:.4f} | {row['tokens_per_s']:,.0f} | "
+                         f"{row['vs_peer']:.2f}x |" + (f" {row['mfu']:.1%} |" if mfu else ""))
+        lines += ["", f"Best of ours: {result['best_ours']}, {result['best_ratio']:.2f}x the peer.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=None, help="override the per-size batch size")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile setups")
+    parser.add_argument("--out", default=str(RESULTS / "bench_train"), help="output path without extension")
+    args = parser.parse_args()
+
+    import transformers
+
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    meta = {"device": str(device), "device_name": device_name, "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "steps": args.steps, "rounds": args.rounds}
+    results = []
+    for name in args.sizes:
+        cfg, cpu_batch, gpu_batch = SIZES[name]
+        batch_size = args.batch_size or (gpu_batch if device.type == "cuda" else cpu_batch)
+        print(f"{name}: {parameter_count(cfg):,} parameters, {training_flops_per_token(cfg):,} training "
+              f"FLOPs/token, batch {batch_size}", flush=True)
+        results.append(bench_size(name, cfg, batch_size, device, args.steps, args.rounds, args.compile))
+    text = markdown(results, meta)
+    print(text)
+    write_json_atomic(args.out + ".json", {"meta": meta, "results": results})
+    write_text_atomic(args.out + ".md", text)
+
+
+if __name__ == "__main__":
+    main()
