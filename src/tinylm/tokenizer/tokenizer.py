@@ -187,7 +187,9 @@ class Tokenizer:
 
     def _encode_ordinary(self, text: str, ids: list[int]) -> None:
         """Append the ids of `text` (no special tokens in it) to `ids`."""
-        pretokens = GPT2_REGEX.findall(text)
+        self._encode_pretokens(GPT2_REGEX.findall(text), ids)
+
+    def _encode_pretokens(self, pretokens: list[str], ids: list[int]) -> None:
         encoded = list(map(self._cache.get, pretokens))
         if None in encoded:
             if len(self._cache) >= _CACHE_ENTRIES:
@@ -221,7 +223,7 @@ class Tokenizer:
         while count and end > limit:
             count -= 1
             end -= len(pretokens[count])
-        self._encode_ordinary(tail[:end], ids)
+        self._encode_pretokens(pretokens[:count], ids)  # not re-split: the cut would change them
         return ids, position + end
 
     def encode(self, text: str) -> list[int]:

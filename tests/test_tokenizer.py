@@ -1,0 +1,203 @@
+"""Tokenizer: GPT-2 equality with tiktoken, round trips, streaming, file formats, bad input."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import regex
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import tinylm.tokenizer.tokenizer as tokenizer_module
+from tinylm.tokenizer import Tokenizer, train_bpe
+from tinylm.tokenizer.pretokenize import GPT2_PATTERN, GPT2_REGEX
+
+tiktoken = pytest.importorskip("tiktoken")
+
+EOT = "<|endoftext|>"
+VARIED_TEXTS = [
+    "Once upon a time, there was a little girl named Lily. She's happy; they'll see, we've won!",
+    "def encode(self, text: str) -> list[int]:\n    return [ord(c) for c in text]  # TODO\n\n\n",
+    "   leading spaces\t\ttabs\r\nwindows line\n\n\n\ntrailing   ",
+    "emoji 😀👍🏽🏳️‍🌈 and CJK 日本語のテキスト 中文 한국어, RTL مرحبا שלום",
+    f"first document{EOT}second document{EOT}{EOT}third",
+    "numbers 1234567890 3.14159 1e-9 $100,000 and 'quotes' \"double\" `back`",
+    "zero\u200bwidth e\u0301 combining ﷽ \x00\x01 control \x7f",
+    "",
+    " ",
+    "\n",
+]
+
+
+@pytest.fixture(scope="module")
+def gpt2_files(shared_data) -> tuple[Path, Path]:
+    vocab, merges = shared_data / "gpt2" / "encoder.json", shared_data / "gpt2" / "vocab.bpe"
+    if not (vocab.is_file() and merges.is_file()):
+        pytest.skip(f"GPT-2 vocabulary files not found in {shared_data / 'gpt2'}")
+    return vocab, merges
+
+
+@pytest.fixture(scope="module")
+def gpt2(gpt2_files) -> Tokenizer:
+    return Tokenizer.from_files(*gpt2_files, special_tokens=[EOT])
+
+
+@pytest.fixture(scope="module")
+def tiktoken_gpt2(gpt2_files, tmp_path_factory):
+    """tiktoken.get_encoding("gpt2") offline: tiktoken finds its downloads by the sha1 of their
+    URL in TIKTOKEN_CACHE_DIR (see shared/data/SOURCES.md)."""
+    cache = tmp_path_factory.mktemp("tiktoken_cache")
+    shutil.copy(gpt2_files[1], cache / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee")
+    shutil.copy(gpt2_files[0], cache / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+        return tiktoken.get_encoding("gpt2")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shared_data) -> Tokenizer:
+    path = tmp_path_factory.mktemp("trained") / "train.txt"
+    path.write_bytes((shared_data / "tinystories_sample" / "train.txt").read_bytes()[:1_000_000])
+    vocab, merges = train_bpe(path, 2000, [EOT])
+    return Tokenizer(vocab, merges, [EOT])
+
+
+def test_gpt2_matches_tiktoken_on_varied_text(gpt2, tiktoken_gpt2):
+    for text in VARIED_TEXTS:
+        assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all"), text
+        assert gpt2.decode(gpt2.encode(text)) == text
+
+
+def test_gpt2_matches_tiktoken_on_real_text(gpt2, tiktoken_gpt2, shared_data):
+    text = (shared_data / "owt_sample" / "valid.txt").read_text(encoding="utf-8")[:400_000]
+    assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
+    assert gpt2.encode("a" + EOT + "b") == [64, 50256, 65]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=60))
+def test_gpt2_matches_tiktoken_on_arbitrary_text(gpt2, tiktoken_gpt2, text):
+    assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
+
+
+def test_trained_matches_tiktoken_built_from_our_ranks(trained, shared_data):
+    ranks = {token: token_id for token_id, token in trained.vocab.items() if token_id not in trained.special_ids.values()}
+    encoding = tiktoken.Encoding("ours", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens=dict(trained.special_ids))
+    for corpus in ("tinystories_sample", "owt_sample"):
+        text = (shared_data / corpus / "valid.txt").read_text(encoding="utf-8")[:300_000]
+        assert trained.encode(text) == encoding.encode(text, allowed_special="all")
+    for text in VARIED_TEXTS:
+        assert trained.encode(text) == encoding.encode(text, allowed_special="all")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_round_trip_on_arbitrary_strings(trained, text):
+    assert trained.decode(trained.encode(text)) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_fast_pattern_splits_like_the_gpt2_pattern(text):
+    assert GPT2_REGEX.findall(text) == regex.findall(GPT2_PATTERN, text)
+
+
+def test_special_tokens_longest_first():
+    vocab = {i: bytes([i]) for i in range(256)}
+    tokenizer = Tokenizer(vocab, [], [EOT, EOT + EOT])
+    single, double = tokenizer.special_ids[EOT], tokenizer.special_ids[EOT + EOT]
+    assert tokenizer.encode(EOT * 3 + "x" + EOT) == [double, single, ord("x"), single]
+    assert tokenizer.decode([double, single]) == EOT * 3
+    # Without special tokens the same text is ordinary bytes.
+    assert Tokenizer(vocab, []).encode(EOT) == list(EOT.encode())
+
+
+def test_decode_invalid_utf8_gives_replacement_character(trained):
+    assert trained.decode([0xff]) == "\ufffd"
+    euro = "€".encode()
+    assert trained.decode([euro[0], euro[1]]) == "\ufffd"
+    assert trained.decode([]) == ""
+
+
+@pytest.mark.parametrize("bad", [-1, 10**6, "a"])
+def test_decode_rejects_ids_outside_the_vocabulary(trained, bad):
+    with pytest.raises(ValueError, match=f"token id {bad!r} at position 1"):
+        trained.decode([65, bad])
+
+
+def test_save_and_load_round_trip(trained, tmp_path, shared_data):
+    trained.save(tmp_path / "tok")
+    loaded = Tokenizer.from_dir(tmp_path / "tok")
+    assert loaded.vocab == trained.vocab and loaded.merges == trained.merges
+    assert loaded.special_tokens == [EOT]
+    text = (shared_data / "owt_sample" / "valid.txt").read_text(encoding="utf-8")[:50_000]
+    assert loaded.encode(text) == trained.encode(text)
+    assert Tokenizer.from_files(tmp_path / "tok" / "vocab.json", tmp_path / "tok" / "merges.txt",
+                                [EOT]).encode(text) == trained.encode(text)
+
+
+def test_save_refuses_duplicate_token_bytes(tmp_path):
+    vocab = {i: bytes([i]) for i in range(256)}
+    tokenizer = Tokenizer(vocab, [], ["a"])  # the special "a" is a second id for byte 97
+    assert tokenizer.encode("aa") == [256, 256] and tokenizer.decode([97, 256]) == "aa"
+    with pytest.raises(ValueError, match="same bytes"):
+        tokenizer.save(tmp_path / "tok")
+    assert not (tmp_path / "tok" / "vocab.json").exists()
+
+
+def test_loading_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="vocab.json"):
+        Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    (tmp_path / "vocab.json").write_text('{"a": 0}')
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(ValueError, match="lacks the single byte"):
+        Tokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b c\n")
+    vocab = {i: bytes([i]) for i in range(256)}
+    with pytest.raises(ValueError, match="missing from the vocabulary"):
+        Tokenizer(vocab, [(b"a", b"b")])
+    Tokenizer(vocab, []).save(tmp_path / "bytes_only")
+    with pytest.raises(ValueError, match="merges.txt:2"):
+        Tokenizer.from_files(tmp_path / "bytes_only" / "vocab.json", tmp_path / "merges.txt")
+
+
+# ---- encode_iterable ---------------------------------------------------------------------------
+
+def test_encode_iterable_over_a_multi_megabyte_file_equals_encode(trained, shared_data, tmp_path):
+    path = tmp_path / "big.txt"
+    parts = [(shared_data / corpus / "valid.txt").read_text(encoding="utf-8")
+             for corpus in ("tinystories_sample", "owt_sample")]
+    path.write_text("".join(parts) + "\n\n  trailing   \n", encoding="utf-8")
+    with open(path, encoding="utf-8") as file:
+        streamed = list(trained.encode_iterable(file))
+    assert streamed == trained.encode(path.read_text(encoding="utf-8"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.one_of(st.text(" l'\nx日<|endoftext>", max_size=5), st.sampled_from(
+           [EOT, "<|endof", "text|>", EOT + EOT, " ", "  ", "\n\n", "'ll", "'", "ll", "x", "日"])), max_size=40),
+       block=st.integers(1, 6), specials=st.sampled_from([[], [EOT], [EOT, EOT + EOT]]))
+@example(pieces=["x'l", "l"], block=1, specials=[])
+@example(pieces=["\n\n", "<<<", "<<<<<"], block=1, specials=[])
+@example(pieces=["a" * 20, "<|endof", "text|>", EOT, "b"], block=1, specials=[EOT, EOT + EOT])
+def test_encode_iterable_equals_encode_wherever_the_pieces_are_cut(pieces, block, specials):
+    # Merges inside every kind of pre-token whose end depends on what follows it.
+    merges = [(b" ", b"l"), (b"l", b"l"), (b" l", b"l"), (b"'", b"ll"), (b" ", b" "),
+              (b"\n", b"\n"), (b"\n", b" ")]
+    vocab = {i: bytes([i]) for i in range(256)} | {256 + i: a + b for i, (a, b) in enumerate(merges)}
+    tokenizer = Tokenizer(vocab, merges, specials)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokenizer_module, "_STREAM_BLOCK_CHARS", block)  # exercise the partial path
+        assert list(tokenizer.encode_iterable(iter(pieces))) == tokenizer.encode("".join(pieces))
+
+
+def test_encode_iterable_is_lazy(trained):
+    def endless():
+        while True:
+            yield "the cat sat on the mat. " * 100
+
+    ids = trained.encode_iterable(endless())
+    first = [next(ids) for _ in range(1000)]
+    assert trained.decode(first).startswith("the cat sat")
