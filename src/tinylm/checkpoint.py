@@ -8,6 +8,7 @@ wrapped by `torch.compile` (`_orig_mod.`) or DistributedDataParallel (`module.`)
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import IO, Any
@@ -59,7 +60,7 @@ def _load(src: str | os.PathLike | IO[bytes], map_location: Any = "cpu") -> dict
         raise FileNotFoundError(f"checkpoint {os.fspath(src)!r} does not exist")
     try:
         return torch.load(src, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError) as error:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
         name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "stream"
         raise ValueError(f"checkpoint {name!r} could not be read: {error}") from None
 

@@ -337,7 +337,8 @@ class Trainer:
         try:
             while p["step"] < self.total_steps:
                 step_start = time.perf_counter()
-                lr = cosine_lr(p["step"], o.lr, o.min_lr, o.warmup_steps, self.total_steps)
+                # Indexed by the step being completed (1..total): no zero-lr first step, ends at min_lr.
+                lr = cosine_lr(p["step"] + 1, o.lr, o.min_lr, o.warmup_steps, self.total_steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 starts = train_batch_starts(len(self.train_tokens), t.batch_size, context, t.seed, p["step"])
