@@ -23,6 +23,21 @@ TITLES = {
     "owt": "8. OpenWebText",
 }
 
+# What each section writes besides section.md: figure stems (.png + .svg) and table stems (.csv + .md).
+# workflow/rules/report.smk declares exactly these files as outputs.
+CURVES = ["loss_vs_step", "loss_vs_tokens", "loss_vs_time"]
+OUTPUTS: dict[str, dict[str, list[str]]] = {
+    "tokenizer": {"figures": ["compression"], "tables": ["tokenizers", "compression"]},
+    "lr_sweep": {"figures": ["lr_schedule", *CURVES, "final_loss_vs_lr"], "tables": ["lr_sweep", "edge_of_stability"]},
+    "batch_size": {"figures": ["memory", *CURVES], "tables": ["batch_size"]},
+    "generate": {"figures": [], "tables": ["samples", "sampling_settings"]},
+    "no_rmsnorm": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
+    "post_norm": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
+    "nope": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
+    "silu": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
+    "owt": {"figures": CURVES, "tables": ["final_losses", "samples"]},
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("section", choices=[*TITLES, "index"],
@@ -37,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "across sections")
     parser.add_argument("--tokenizer-report", metavar="JSON", help="tokenizer section: tinylm tokenizer-report output")
     parser.add_argument("--generate", metavar="JSON", help="generate/owt sections: tinylm generate output")
+    parser.add_argument("--sampling-grid", metavar="JSON",
+                        help="generate section: tinylm generate output over several temperatures and top-ps")
     parser.add_argument("--max-batch", metavar="JSON", help="batch_size section: tinylm max-batch output")
     parser.add_argument("--sections", nargs="+", default=[], metavar="SECTION_MD",
                         help="index: the section.md files to assemble")
@@ -71,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = Inputs(runs=runs, baseline=find_run(runs, args.baseline),
                     tokenizer_report=_read_json(args.tokenizer_report, "--tokenizer-report"),
                     generate=_read_json(args.generate, "--generate"),
+                    sampling_grid=_read_json(args.sampling_grid, "--sampling-grid"),
                     max_batch=_read_json(args.max_batch, "--max-batch"))
     print(build(args.section, Path(args.out_dir), inputs))
     return 0

@@ -97,7 +97,8 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
         parts.append(f"The smallest diverging rate, {fmt_rate(edge.smallest_diverging.lr)}, is "
                      f"{fmt_ratio(edge.ratio)}x the best rate (the edge of stability).")
         if edge.largest_stable is edge.best:
-            parts.append("The best rate is the largest rate that still trains: it sits right at the edge.")
+            parts.append(f"The best rate is also the largest stable rate tried, so the edge lies between "
+                         f"{fmt_rate(edge.best.lr)} and {fmt_rate(edge.smallest_diverging.lr)}.")
         elif edge.largest_stable is not None:
             parts.append(f"The largest rate that still trains, {fmt_rate(edge.largest_stable.lr)}, ends at "
                          f"{fmt_loss(edge.largest_stable.final('final_val_loss'))}, above the best.")
@@ -127,11 +128,16 @@ def target_text(runs: list[Run]) -> str:
 
 def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
     ordered = sorted(runs, key=lambda r: r.batch_size)
-    parts = [f"Batch sizes {', '.join(fmt_int(r.batch_size) for r in ordered)} trained on the same "
-             f"token budget, each with its configured learning rate."]
+    budgets = {r.config["training"].get("max_tokens") for r in ordered}
+    budget = budgets.pop() if len(budgets) == 1 else None
+    parts = [f"Batch sizes {', '.join(fmt_int(r.batch_size) for r in ordered)} trained"
+             + (f" on the same budget of {fmt_int(budget)} tokens" if budget else "")
+             + ", each at its configured learning rate."]
     if max_batch:
-        parts.append(f"The largest batch that fits the memory of the {max_batch.get('device', 'device')} "
-                     f"is {fmt_int(max_batch.get('largest_batch'))}.")
+        limit = max_batch.get("memory_budget_bytes")
+        parts.append("The largest batch whose training step fits "
+                     + (f"the {fmt_bytes(limit)} memory budget" if limit else "the device memory")
+                     + f" on {max_batch.get('device', 'the device')} is {fmt_int(max_batch.get('largest_batch'))}.")
     fastest = max((r for r in runs if r.final("tokens_per_s") is not None),
                   key=lambda r: r.final("tokens_per_s"), default=None)
     if fastest is not None:
@@ -140,8 +146,8 @@ def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
     with_memory = [r for r in ordered if r.final("peak_mem_bytes") is not None]
     if len(with_memory) >= 2:
         small, large = with_memory[0], with_memory[-1]
-        parts.append(f"Peak memory grows from {fmt_bytes(small.final('peak_mem_bytes'))} at batch "
-                     f"{fmt_int(small.batch_size)} to {fmt_bytes(large.final('peak_mem_bytes'))} at batch "
+        parts.append(f"Peak memory is {fmt_bytes(small.final('peak_mem_bytes'))} at batch "
+                     f"{fmt_int(small.batch_size)} and {fmt_bytes(large.final('peak_mem_bytes'))} at batch "
                      f"{fmt_int(large.batch_size)}"
                      + (f" ({fmt_percent(large.final('mem_percent'))} of device memory)."
                         if large.final("mem_percent") is not None else "."))
@@ -159,7 +165,8 @@ def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
 
 def variant_text(runs: list[Run], baseline: Run) -> str:
     base_val = baseline.final("final_val_loss")
-    parts = [f"The baseline ({baseline.label}) ends at a final validation loss of {fmt_loss(base_val)}"
+    named = "" if baseline.label == "baseline" else f" {baseline.label}"
+    parts = [f"The baseline{named} (lr {fmt_rate(baseline.lr)}) ends at a final validation loss of {fmt_loss(base_val)}"
              + (" (it diverged)." if baseline.diverged else ".")]
     for run in runs:
         if run is baseline:

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, NullFormatter, ScalarFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from tinylm.fileio import atomic_path  # noqa: E402
@@ -90,8 +90,11 @@ def _set_x(ax: plt.Axes, x: str, runs: list[Run]) -> None:
     ax.set_xlabel(X_AXES[x])
     if x == "tokens":
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    if x == "step" and _spans_decades([r.metrics["step"].max() for r in runs]):
+    stable = [r for r in runs if not r.diverged] or runs  # a run that blew up early is short anyway
+    if x == "step" and _spans_decades([r.metrics["step"].max() for r in stable]):
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def loss_curves(runs: list[Run], x: str = "step", baseline: Run | None = None, title: str = "") -> plt.Figure:
@@ -151,8 +154,8 @@ def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_diverging: Run 
                     linestyle="none", color=run.colour, label=run.legend, zorder=3)
     if smallest_diverging is not None:
         ax.axvspan(smallest_diverging.lr, ax.get_xlim()[1] * 10, color="#d62728", alpha=0.07, zorder=0)
-        ax.annotate("diverges", xy=(smallest_diverging.lr, 0.98), xycoords=top_edge, fontsize=8,
-                    color="#d62728", xytext=(4, -2), textcoords="offset points", va="top")
+        ax.annotate("diverges →", xy=(smallest_diverging.lr, 0.99), xycoords=top_edge, fontsize=8,
+                    color="#d62728", xytext=(-6, 0), textcoords="offset points", ha="right", va="top")
     if best is not None:
         ax.annotate(f"best: {best.label}", xy=(best.lr, best.final("final_val_loss")), xytext=(0, -16),
                     textcoords="offset points", ha="center", fontsize=8)
@@ -166,7 +169,7 @@ def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_diverging: Run 
     ax.set_xlabel("peak learning rate (log scale)")
     ax.set_ylabel(f"final validation loss {LOSS_UNIT}")
     ax.set_title("Final validation loss against learning rate")
-    ax.legend(loc="lower left")
+    fig.legend(loc="outside lower center", ncol=min(len(runs), 5), frameon=False)
     return fig
 
 
@@ -182,13 +185,17 @@ def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
         fits = [t for t in tried if t.get("fits")]
         too_big = [t for t in tried if not t.get("fits") and t.get("peak_bytes")]
         ax_mem.plot([t["batch"] for t in fits], [t["peak_bytes"] / mib for t in fits], color="0.5",
-                    marker="s", markersize=4, linewidth=1, label="probe step: fits")
+                    marker="s", markersize=4, linewidth=1, label="max-batch probe (one step): fits")
         if too_big:
             ax_mem.plot([t["batch"] for t in too_big], [t["peak_bytes"] / mib for t in too_big],
-                        color="0.5", marker="x", markersize=7, linestyle="none", label="probe step: too large")
+                        color="0.5", marker="x", markersize=7, linestyle="none", label="max-batch probe (one step): too large")
         budget = probe.get("memory_budget_bytes")
-        if budget:
-            ax_mem.axhline(budget / mib, color="#d62728", linestyle=":", linewidth=1, label="memory budget")
+        if budget:  # a line when it fits the scale of the measurements, else only its value
+            shown = [t["peak_bytes"] for t in tried if t.get("peak_bytes")] + [
+                r.final("peak_mem_bytes") or 0 for r in ordered]
+            on_scale = budget <= 3 * max(shown, default=0)
+            ax_mem.axhline(budget / mib if on_scale else np.nan, color="#d62728", linestyle=":", linewidth=1,
+                           label=f"memory budget ({budget / mib:,.0f} MiB{'' if on_scale else ', off the scale'})")
     for run in ordered:
         peak = run.final("peak_mem_bytes")
         if peak is not None:
@@ -212,21 +219,34 @@ def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
     return fig
 
 
-def grouped_bars(frame, category: str, group: str, value: str, ylabel: str, title: str) -> plt.Figure:
-    """One bar per (category, group) pair, e.g. compression ratio per corpus and tokenizer."""
-    fig, ax = plt.subplots(figsize=SINGLE, layout="constrained")
-    categories = list(dict.fromkeys(frame[category]))
-    groups = list(dict.fromkeys(frame[group]))
-    width = 0.8 / max(len(groups), 1)
-    for i, name in enumerate(groups):
-        part = frame[frame[group] == name].set_index(category)
-        heights = [float(part[value].get(c, np.nan)) for c in categories]
-        bars = ax.bar(np.arange(len(categories)) + (i - (len(groups) - 1) / 2) * width, heights, width,
-                      label=str(name))
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-    ax.set_xticks(np.arange(len(categories)), categories)
-    ax.set_xlabel(category)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(title=group, loc="lower right")
+def _grouped_bars(ax: plt.Axes, frame, value: str, scale: float = 1.0, fmt: str = "%.2f") -> None:
+    """One bar per (corpus, tokenizer) pair, grouped by corpus."""
+    corpora = list(dict.fromkeys(frame["corpus"]))
+    tokenizers = list(dict.fromkeys(frame["tokenizer"]))
+    width = 0.8 / max(len(tokenizers), 1)
+    for i, name in enumerate(tokenizers):
+        part = frame[frame["tokenizer"] == name].set_index("corpus")[value]
+        heights = [float(part.get(c, np.nan)) * scale for c in corpora]
+        bars = ax.bar(np.arange(len(corpora)) + (i - (len(tokenizers) - 1) / 2) * width, heights, width,
+                      label=str(name), color=_TOKENIZER_COLOURS[i % len(_TOKENIZER_COLOURS)])
+        ax.bar_label(bars, fmt=fmt, fontsize=7, padding=2)
+    ax.set_xticks(np.arange(len(corpora)), corpora)
+    ax.set_xlabel("corpus")
+    ax.margins(y=0.12)
+
+
+_TOKENIZER_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
+
+
+def tokenizer_bars(per_corpus) -> plt.Figure:
+    """Compression (bytes/token) and encoding throughput (MB/s) per corpus, one bar per tokenizer."""
+    fig, (ax_ratio, ax_speed) = plt.subplots(1, 2, figsize=WIDE, layout="constrained")
+    _grouped_bars(ax_ratio, per_corpus, "bytes_per_token")
+    ax_ratio.set_ylabel("compression (bytes/token, higher is better)")
+    ax_ratio.set_title("Compression ratio")
+    _grouped_bars(ax_speed, per_corpus.dropna(subset=["bytes_per_s"]), "bytes_per_s", scale=1e-6, fmt="%.2f")
+    ax_speed.set_ylabel("encoding throughput (MB/s, one process)")
+    ax_speed.set_title("Encoding throughput")
+    handles, labels = ax_ratio.get_legend_handles_labels()
+    fig.legend(handles, labels, title="tokenizer", loc="outside lower center", ncol=len(labels), frameon=False)
     return fig

@@ -6,32 +6,17 @@ the index rewrites them when it assembles `results/report/README.md`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from tinylm.fileio import write_text_atomic
-from tinylm.report import TITLES, analysis, figures
+from tinylm.report import CURVES, OUTPUTS, TITLES, analysis, figures
 from tinylm.report.runs import Run
-from tinylm.report.tables import (Column, fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio,
-                                  fmt_seconds, fmt_signed, fmt_speed, fmt_text, write_table)
+from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_int, fmt_loss, fmt_percent, fmt_rate,
+                                  fmt_ratio, fmt_signed, fmt_speed, fmt_token, write_table)
 
-# What each section writes besides section.md: figure stems (.png + .svg) and table stems (.csv + .md).
-# The Snakemake rules declare exactly these files as outputs.
-CURVES = ["loss_vs_step", "loss_vs_tokens", "loss_vs_time"]
-OUTPUTS: dict[str, dict[str, list[str]]] = {
-    "tokenizer": {"figures": ["compression"], "tables": ["tokenizers", "compression"]},
-    "lr_sweep": {"figures": ["lr_schedule", *CURVES, "final_loss_vs_lr"], "tables": ["lr_sweep"]},
-    "batch_size": {"figures": ["memory", *CURVES], "tables": ["batch_size"]},
-    "generate": {"figures": [], "tables": ["samples", "sampling_settings"]},
-    "no_rmsnorm": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
-    "post_norm": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
-    "nope": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
-    "silu": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
-    "owt": {"figures": CURVES, "tables": ["final_losses", "samples"]},
-}
 VARIANTS = {
     "no_rmsnorm": "Every RMSNorm removed, at the best rate of the sweep and at a lower rate, against the baseline.",
     "post_norm": "Post-norm (normalise after each residual addition) against the pre-norm baseline.",
@@ -49,8 +34,8 @@ class Inputs:
     baseline: Run | None = None
     tokenizer_report: dict | None = None
     generate: dict | None = None
+    sampling_grid: dict | None = None
     max_batch: dict | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Section:
@@ -100,40 +85,52 @@ def _curves(section: Section, runs: list[Run], baseline: Run | None, what: str) 
 
 # ---- 0. tokenizers ---------------------------------------------------------------------------
 
+def _tokenizer_frames(report: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per tokenizer, one row per tokenizer x corpus with compression and throughput)."""
+    tokenizers = pd.DataFrame([{"tokenizer": name, **info} for name, info in report["tokenizers"].items()])
+    per_corpus = pd.DataFrame(report["compression"]).merge(
+        pd.DataFrame(report["throughput"])[["tokenizer", "corpus", "bytes_per_s", "pile_825gb_s"]],
+        on=["tokenizer", "corpus"], how="left")
+    return tokenizers.astype(object), per_corpus.astype(object)
+
+
 def tokenizer(section: Section, inputs: Inputs) -> None:
     report = _need(inputs.tokenizer_report, "--tokenizer-report", section.key)
-    section.paragraph(tokenizer_text(report))
-    tokenizers = pd.DataFrame(report["tokenizers"])
+    tokenizers, per_corpus = _tokenizer_frames(report)
+    section.paragraph(tokenizer_text(tokenizers, per_corpus))
+    section.figure(figures.tokenizer_bars(per_corpus), "compression",
+                   "Compression (bytes/token) and encoding throughput of each tokenizer on each corpus")
     section.table(tokenizers, [
-        Column("name", "tokenizer"), Column("vocab_size", "vocabulary", fmt_int),
-        Column("train_time_s", "training time", fmt_seconds), Column("peak_mem_bytes", "peak memory", fmt_bytes),
-        Column("longest_token", "longest token"), Column("longest_token_bytes", "its bytes", fmt_int),
-        Column("bytes_per_second", "throughput (bytes/s)", fmt_speed),
-        Column("hours_for_825gb", "time for 825 GB (h)", fmt_ratio),
-    ], "tokenizers", "Tokenizers: training cost, longest token, encoding throughput")
-    compression = pd.DataFrame(report["compression"])
-    section.table(compression, [
+        Column("tokenizer", "tokenizer"), Column("vocab_size", "vocabulary", fmt_int),
+        Column("training_time_s", "training time", fmt_duration),
+        Column("peak_memory_bytes", "peak memory", fmt_bytes),
+        Column("training_input_bytes", "training text", fmt_bytes),
+        Column("longest_token", "longest token", fmt_token), Column("longest_token_bytes", "its bytes", fmt_int),
+    ], "tokenizers", "Tokenizer training: time, memory, longest token")
+    section.table(per_corpus, [
         Column("tokenizer", "tokenizer"), Column("corpus", "corpus"),
-        Column("bytes", "text bytes", fmt_int), Column("tokens", "tokens", fmt_int),
         Column("bytes_per_token", "bytes/token", fmt_ratio),
-    ], "compression", "Compression ratio (bytes per token) of every tokenizer on every corpus")
-    section.figure(figures.grouped_bars(compression, "corpus", "tokenizer", "bytes_per_token",
-                                        "compression (bytes/token)", "Compression ratio by corpus"),
-                   "compression", "Bytes per token of each tokenizer on each corpus (higher compresses better)")
+        Column("bytes_per_s", "throughput (bytes/s)", fmt_speed),
+        Column("pile_825gb_s", "time for 825 GB", fmt_duration),
+    ], "compression", "Compression ratio and encoding throughput per corpus (one process)")
 
 
-def tokenizer_text(report: dict) -> str:
+def tokenizer_text(tokenizers: pd.DataFrame, per_corpus: pd.DataFrame) -> str:
     parts = []
-    for tok in report["tokenizers"]:
-        parts.append(f"{tok['name']} ({fmt_int(tok['vocab_size'])} tokens) trained in "
-                     f"{fmt_seconds(tok.get('train_time_s'))} with a peak memory of {fmt_bytes(tok.get('peak_mem_bytes'))}; "
-                     f"its longest token is {tok.get('longest_token')!r} ({fmt_int(tok.get('longest_token_bytes'))} bytes). "
-                     f"It encodes {fmt_speed(tok.get('bytes_per_second'))} bytes/s, so 825 GB of text would take "
-                     f"{fmt_ratio(tok.get('hours_for_825gb'))} h.")
-    for corpus, rows in pd.DataFrame(report["compression"]).groupby("corpus", sort=False):
+    for _, tok in tokenizers.iterrows():
+        parts.append(f"The {tok['tokenizer']} tokenizer ({fmt_int(tok['vocab_size'])} tokens) trained in "
+                     f"{fmt_duration(tok['training_time_s'])} on {fmt_bytes(tok['training_input_bytes'])} of text "
+                     f"with a peak memory of {fmt_bytes(tok['peak_memory_bytes'])}; its longest token is "
+                     f"{fmt_token(tok['longest_token'])} ({fmt_int(tok['longest_token_bytes'])} bytes).")
+    for corpus, rows in per_corpus.groupby("corpus", sort=False):
         best = rows.loc[rows["bytes_per_token"].astype(float).idxmax()]
-        parts.append(f"On {corpus}, {best['tokenizer']} compresses best at {fmt_ratio(best['bytes_per_token'])} "
+        parts.append(f"On {corpus}, {best['tokenizer']} compresses best, at {fmt_ratio(best['bytes_per_token'])} "
                      f"bytes/token.")
+    if per_corpus["bytes_per_s"].notna().any():
+        fastest = per_corpus.loc[per_corpus["bytes_per_s"].astype(float).idxmax()]
+        parts.append(f"The fastest encoding, {fmt_speed(fastest['bytes_per_s'])} bytes/s ({fastest['tokenizer']} "
+                     f"on {fastest['corpus']}), would take {fmt_duration(fastest['pile_825gb_s'])} for the 825 GB "
+                     f"of the Pile in one process.")
     return " ".join(parts)
 
 
@@ -153,6 +150,19 @@ def lr_sweep(section: Section, inputs: Inputs) -> None:
         Column("target_reached_step", "target reached at step", fmt_int), Column("diverged", "diverged"),
         Column("steps", "steps", fmt_int),
     ], "lr_sweep", "Learning-rate sweep: final and best validation loss, step at which the target was reached")
+    edge_frame = pd.DataFrame([{
+        "best_lr": edge.best.lr if edge.best else None,
+        "best_final_val_loss": edge.best.final("final_val_loss") if edge.best else None,
+        "largest_stable_lr": edge.largest_stable.lr if edge.largest_stable else None,
+        "smallest_diverging_lr": edge.smallest_diverging.lr if edge.smallest_diverging else None,
+        "ratio": edge.ratio,
+    }]).astype(object)
+    section.table(edge_frame, [
+        Column("best_lr", "best rate", fmt_rate), Column("best_final_val_loss", "its final val loss", fmt_loss),
+        Column("largest_stable_lr", "largest stable rate", fmt_rate),
+        Column("smallest_diverging_lr", "smallest diverging rate", fmt_rate),
+        Column("ratio", "smallest diverging / best", fmt_ratio),
+    ], "edge_of_stability", "Edge of stability")
 
 
 # ---- 2. batch size ---------------------------------------------------------------------------
@@ -173,63 +183,90 @@ def batch_size(section: Section, inputs: Inputs) -> None:
 
 # ---- 3. generation ---------------------------------------------------------------------------
 
+def distinct_word_ratio(text: str) -> float | None:
+    """Distinct words / words: low for text that repeats itself."""
+    words = text.split()
+    return len(set(words)) / len(words) if words else None
+
+
 def _samples_frame(generated: dict) -> pd.DataFrame:
-    return pd.DataFrame([{"seed": s["seed"], "num_new_tokens": s["num_new_tokens"],
-                          "stopped_at_eot": bool(s["stopped_at_eot"]), "text": s["text"]}
-                         for s in generated["samples"]])
+    return pd.DataFrame([{
+        "temperature": s["temperature"], "top_p": s["top_p"], "seed": s["seed"],
+        "num_new_tokens": s["num_new_tokens"], "stopped_at_eot": bool(s["stopped_at_eot"]),
+        "distinct_word_ratio": distinct_word_ratio(s["completion"]), "completion": s["completion"],
+    } for s in generated["samples"]]).astype(object)
 
 
 SAMPLE_COLUMNS = [Column("seed", "seed", fmt_int), Column("num_new_tokens", "new tokens", fmt_int),
-                  Column("stopped_at_eot", "stopped at <\\|endoftext\\|>"), Column("text", "text")]
+                  Column("stopped_at_eot", "ended at end-of-text"),
+                  Column("distinct_word_ratio", "distinct words", fmt_ratio), Column("completion", "completion")]
 
 
 def _quoted_samples(generated: dict) -> str:
     blocks = []
     for sample in generated["samples"]:
-        quoted = "\n".join("> " + line for line in (generated["prompt"] + sample["text"]).splitlines())
+        quoted = "\n".join("> " + line if line.strip() else ">" for line in sample["text"].splitlines())
         blocks.append(f"Seed {sample['seed']}:\n\n{quoted}\n")
     return "\n".join(blocks)
 
 
-def generate(section: Section, inputs: Inputs) -> None:
-    generated = _need(inputs.generate, "--generate", section.key)
-    settings = generated["settings"]
-    samples = generated["samples"]
+def _generation_text(generated: dict, what: str) -> str:
+    run, settings, samples = generated["run"], generated["settings"], generated["samples"]
+    lengths = [s["num_new_tokens"] for s in samples]
     stopped = sum(bool(s["stopped_at_eot"]) for s in samples)
-    section.paragraph(
-        f"Text from {generated['run']} (the non-diverged TinyStories run with the lowest final validation loss"
-        + (f", {fmt_loss(generated['final_val_loss'])}" if generated.get("final_val_loss") is not None else "")
-        + f") for the prompt {generated['prompt']!r}, temperature {settings['temperature']}, top-p "
-        f"{settings['top_p']}, at most {fmt_int(settings['max_new_tokens'])} new tokens. {stopped} of "
-        f"{len(samples)} samples ended with <|endoftext|> before the limit; they are "
-        f"{fmt_int(min(s['num_new_tokens'] for s in samples))} to {fmt_int(max(s['num_new_tokens'] for s in samples))} "
-        f"tokens long.")
-    section.parts.append(_quoted_samples(generated))
-    section.table(_samples_frame(generated), SAMPLE_COLUMNS, "samples", "Samples")
-    grid = pd.DataFrame([{"temperature": g["temperature"], "top_p": g["top_p"], "num_new_tokens":
-                          g["num_new_tokens"], "distinct_token_ratio": g.get("distinct_token_ratio"),
-                          "text": g["text"]} for g in generated.get("grid", [])],
-                        columns=["temperature", "top_p", "num_new_tokens", "distinct_token_ratio", "text"])
-    section.paragraph(sampling_grid_text(grid))
-    section.table(grid, [
-        Column("temperature", "temperature"), Column("top_p", "top-p"),
-        Column("num_new_tokens", "new tokens", fmt_int), Column("distinct_token_ratio", "distinct tokens", fmt_ratio),
-        Column("text", "beginning of the text"),
-    ], "sampling_settings", "Effect of the sampling settings (same prompt and seed)")
+    length = (f"all {fmt_int(lengths[0])} tokens long" if min(lengths) == max(lengths)
+              else f"{fmt_int(min(lengths))} to {fmt_int(max(lengths))} tokens long")
+    return (f"Text from {run['name']} ({what}; final validation loss {fmt_loss(run.get('final_val_loss'))}) "
+            f"for the prompt {generated['prompt']!r} at temperature "
+            f"{', '.join(map(str, settings['temperatures']))} and top-p {', '.join(map(str, settings['top_ps']))}, "
+            f"at most {fmt_int(settings['max_new_tokens'])} new tokens. {stopped} of {len(samples)} samples ended at "
+            f"<|endoftext|> before the limit; they are {length}.")
+
+
+def sampling_grid(generated: dict) -> pd.DataFrame:
+    """One row per (temperature, top-p): averages over seeds and the first seed's text."""
+    samples = _samples_frame(generated)
+    rows = []
+    for (temperature, top_p), group in samples.groupby(["temperature", "top_p"], sort=True):
+        ratios = group["distinct_word_ratio"].dropna()
+        first = group.iloc[0]["completion"].strip()
+        rows.append({"temperature": temperature, "top_p": top_p, "samples": len(group),
+                     "mean_new_tokens": group["num_new_tokens"].mean(),
+                     "ended_at_eot": group["stopped_at_eot"].mean() * 100,
+                     "distinct_word_ratio": ratios.mean() if len(ratios) else None,
+                     "beginning": first[:100] + ("…" if len(first) > 100 else "")})
+    return pd.DataFrame(rows).astype(object)
 
 
 def sampling_grid_text(grid: pd.DataFrame) -> str:
-    if grid.empty:
-        return "No sampling-settings grid was generated."
-    known = grid.dropna(subset=["distinct_token_ratio"])
-    if known.empty:
-        return f"The table samples {len(grid)} combinations of temperature and top-p from the same seed."
-    low = known.loc[known["distinct_token_ratio"].astype(float).idxmin()]
-    high = known.loc[known["distinct_token_ratio"].astype(float).idxmax()]
-    return (f"The table samples {len(grid)} combinations of temperature and top-p from the same seed. The most "
-            f"repetitive text (distinct-token ratio {fmt_ratio(low['distinct_token_ratio'])}) comes from temperature "
-            f"{low['temperature']}, top-p {low['top_p']}; the most varied ({fmt_ratio(high['distinct_token_ratio'])}) "
-            f"from temperature {high['temperature']}, top-p {high['top_p']}.")
+    text = f"The settings table samples {len(grid)} combinations of temperature and top-p."
+    known = grid.dropna(subset=["distinct_word_ratio"])
+    if len(known) < 2:
+        return text
+    low = known.loc[known["distinct_word_ratio"].astype(float).idxmin()]
+    high = known.loc[known["distinct_word_ratio"].astype(float).idxmax()]
+    if low["distinct_word_ratio"] == high["distinct_word_ratio"]:
+        return text + f" All give the same distinct-word ratio, {fmt_ratio(low['distinct_word_ratio'])}."
+    return text + (f" The most repetitive text (distinct-word ratio {fmt_ratio(low['distinct_word_ratio'])}) "
+                   f"comes from temperature {low['temperature']}, top-p {low['top_p']}; the most varied "
+                   f"({fmt_ratio(high['distinct_word_ratio'])}) from temperature {high['temperature']}, "
+                   f"top-p {high['top_p']}.")
+
+
+def generate(section: Section, inputs: Inputs) -> None:
+    generated = _need(inputs.generate, "--generate", section.key)
+    section.paragraph(_generation_text(generated, "the non-diverged TinyStories run with the lowest final "
+                                                  "validation loss"))
+    section.parts.append(_quoted_samples(generated))
+    section.table(_samples_frame(generated), SAMPLE_COLUMNS, "samples", "Samples")
+    grid = sampling_grid(inputs.sampling_grid or generated)
+    section.paragraph(sampling_grid_text(grid))
+    section.table(grid, [
+        Column("temperature", "temperature"), Column("top_p", "top-p"), Column("samples", "samples", fmt_int),
+        Column("mean_new_tokens", "mean new tokens", fmt_ratio), Column("ended_at_eot", "ended at end-of-text",
+                                                                        fmt_percent),
+        Column("distinct_word_ratio", "distinct words", fmt_ratio), Column("beginning", "beginning (first seed)"),
+    ], "sampling_settings", "Effect of temperature and top-p (same prompt; temperature 0 is greedy)")
 
 
 # ---- 4-7. architecture variants --------------------------------------------------------------
@@ -268,7 +305,7 @@ def owt(section: Section, inputs: Inputs) -> None:
         Column("params", "parameters", fmt_int), Column("final_train_loss", "final train loss", fmt_loss),
         Column("final_val_loss", "final val loss", fmt_loss), Column("val_vs_baseline", "val loss - TinyStories", fmt_signed),
     ], "final_losses", "Final losses, OpenWebText and TinyStories")
-    section.paragraph(f"A sample from {generated['run']} for the prompt {generated['prompt']!r}:")
+    section.paragraph(_generation_text(generated, "the OpenWebText run"))
     section.parts.append(_quoted_samples(generated))
     section.table(_samples_frame(generated), SAMPLE_COLUMNS, "samples", "OpenWebText samples")
 

@@ -33,7 +33,6 @@ fmt_ratio = _formatter("{:.2f}")
 fmt_int = _formatter("{:,.0f}")
 fmt_speed = _formatter("{:,.0f}")
 fmt_percent = _formatter("{:.1f}%")
-fmt_seconds = _formatter("{:.1f} s")
 
 
 def fmt_rate(value: Any) -> str:
@@ -41,6 +40,8 @@ def fmt_rate(value: Any) -> str:
     if _missing(value):
         return MISSING
     mantissa, exponent = f"{value:.3e}".split("e")
+    if int(exponent) >= 0:
+        return f"{value:g}"
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
 
@@ -57,12 +58,27 @@ def fmt_bytes(value: Any) -> str:
     raise AssertionError("unreachable")
 
 
+def fmt_duration(seconds: Any) -> str:
+    """Seconds in the largest unit that keeps the number at least 1: 4.2 s, 3.5 min, 12.0 h, 2.3 days."""
+    if _missing(seconds):
+        return MISSING
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.2f} s"
+
+
+def fmt_token(value: Any) -> str:
+    """A token as code, its whitespace visible: `' the'`."""
+    return MISSING if _missing(value) else "`" + repr(str(value)).replace("`", "'") + "`"
+
+
 def fmt_text(value: Any) -> str:
     if _missing(value):
         return MISSING
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -74,9 +90,9 @@ class Column:
 
 def markdown_table(frame: pd.DataFrame, columns: list[Column]) -> str:
     lines = ["| " + " | ".join(c.header for c in columns) + " |",
-             "|" + "|".join("---" if c.fmt is fmt_text else "---:" for c in columns) + "|"]
+             "|" + "|".join("---" if c.fmt in (fmt_text, fmt_token) else "---:" for c in columns) + "|"]
     for _, row in frame.iterrows():
-        cells = [c.fmt(_plain(row[c.key])) for c in columns]
+        cells = [c.fmt(_plain(row[c.key])).replace("|", "\\|").replace("\n", " ") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
