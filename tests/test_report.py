@@ -1,0 +1,148 @@
+"""Report units on small constructed runs: analysis, formatting, colours, index, and input errors.
+
+The sections themselves run on real tiny training runs in test_report_real_runs.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tinylm.cli import main
+from tinylm.config import RunConfig
+from tinylm.report import analysis
+from tinylm.report.index import write_index
+from tinylm.report.runs import PALETTE, load_runs, read_metrics
+from tinylm.report.tables import Column, fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_text, markdown_table
+
+
+def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20) -> Path:
+    """A finished run's three files: a loss falling towards `final_val`, or diverging when it is None."""
+    config = RunConfig().with_overrides({"name": run_dir.name, "optimizer.lr": lr, "training.max_steps": steps,
+                                         "data.train_tokens": "t.npy", "data.valid_tokens": "v.npy"})
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    diverged = final_val is None
+    last = steps // 2 if diverged else steps
+    lines = []
+    for step in range(1, last + 1):
+        loss = 5.0 * 3 ** (step - last + 2) if diverged and step > last - 3 else 5.0 - step * 0.1
+        lines.append({"step": step, "tokens": step * 64, "time_s": step * 0.1, "lr": lr, "train_loss": loss,
+                      "val_loss": loss + 0.1 if step % 5 == 0 else None})
+    if diverged:
+        lines[-1]["train_loss"] = None  # non-finite loss, logged as null
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = {"name": run_dir.name, "status": "diverged" if diverged else "completed", "steps": last,
+               "final_val_loss": final_val, "final_train_loss": None if diverged else final_val - 0.1,
+               "best_val_loss": final_val, "diverged_at_step": last if diverged else None, "params": 1000}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """Four rates; the two largest diverge; 3e-3 is best."""
+    finals = {1e-3: 2.5, 3e-3: 2.2, 1e-2: None, 3e-2: None}
+    return load_runs([(f"lr={fmt_rate(lr)}", str(write_run(tmp_path / f"run{i}", lr, final)))
+                      for i, (lr, final) in enumerate(finals.items())])
+
+
+def test_edge_of_stability_constructed_case(sweep):
+    edge = analysis.edge_of_stability(sweep)
+    assert edge.smallest_diverging.lr == 1e-2  # not 3e-2, the other diverging rate
+    assert edge.best.lr == 3e-3
+    assert edge.largest_stable.lr == 3e-3
+    assert edge.ratio == pytest.approx(1e-2 / 3e-3)
+    text = analysis.lr_sweep_text(sweep, edge)
+    assert "2 diverged (1e-2, 3e-2)" in text
+    assert "The best rate is 3e-3, with a final validation loss of 2.200" in text
+    assert "The smallest diverging rate, 1e-2, is 3.33x the best rate" in text
+
+
+def test_edge_of_stability_when_nothing_or_everything_diverges(tmp_path):
+    stable = load_runs([("a", str(write_run(tmp_path / "a", 1e-3, 2.0))), ("b", str(write_run(tmp_path / "b", 1e-2, 2.1)))])
+    edge = analysis.edge_of_stability(stable)
+    assert edge.smallest_diverging is None and edge.ratio is None
+    assert "lies above the largest rate tried, 1e-2" in analysis.lr_sweep_text(stable, edge)
+    unstable = load_runs([("c", str(write_run(tmp_path / "c", 1.0, None)))])
+    edge = analysis.edge_of_stability(unstable)
+    assert edge.best is None and edge.smallest_diverging.lr == 1.0
+    assert "Every rate diverged" in analysis.lr_sweep_text(unstable, edge)
+
+
+def test_divergence_point_is_the_last_finite_loss(sweep):
+    run = next(r for r in sweep if r.lr == 1e-2)
+    step, loss = run.divergence_point()
+    finite = run.metrics.dropna(subset=["train_loss"])
+    assert step == run.summary["diverged_at_step"]
+    assert loss == finite["train_loss"].iloc[-1] and math.isfinite(loss)
+    assert run.legend.endswith("(diverged)")
+
+
+def test_variant_text_states_the_differences(sweep):
+    baseline, variant = sweep[1], sweep[0]
+    frame = analysis.runs_frame(sweep, baseline)
+    assert frame.loc[0, "val_vs_baseline"] == pytest.approx(2.5 - 2.2)
+    text = analysis.variant_text(sweep, baseline)
+    assert f"{variant.label} ends at 2.500, +0.300 (worse than the baseline)" in text
+    assert "lr=1e-2 diverged at step 10" in text
+
+
+def test_colours_follow_the_run_across_sections(tmp_path):
+    dirs = {name: str(write_run(tmp_path / name, 1e-3, 2.0)) for name in ("base", "x", "y")}
+    order = ["base", "x", "y"]
+    one = load_runs([("baseline", dirs["base"]), ("x", dirs["x"])], order)
+    two = load_runs([("y", dirs["y"]), ("lr=1e-3", dirs["base"])], order)
+    assert one[0].colour == two[1].colour == PALETTE[0]  # same run, different label and position
+    assert len({r.colour for r in one + two}) == 3
+
+
+def test_formatting():
+    assert [fmt_rate(x) for x in (1e-2, 3e-3, 1.5e-4, 10.0, None)] == ["1e-2", "3e-3", "1.5e-4", "10", "—"]
+    assert fmt_bytes(512) == "512 B" and fmt_bytes(3 * 2**20) == "3.0 MiB"
+    assert fmt_duration(5400) == "1.5 h" and fmt_duration(float("nan")) == "—"
+    assert fmt_loss(float("inf")) == "—"
+    table = markdown_table(pd.DataFrame({"a": ["x|y"], "b": [None]}),
+                           [Column("a", "A", fmt_text), Column("b", "B", fmt_loss)])
+    assert table.splitlines() == ["| A | B |", "|---|---:|", "| x\\|y | — |"]
+
+
+def test_malformed_metrics_line_names_file_and_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "train_loss": 2.0}\n{"step": 2, "train_lo\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not valid JSON"):
+        read_metrics(path)
+
+
+def test_cli_errors_name_the_culprit(tmp_path, capsys):
+    run = write_run(tmp_path / "run", 1e-3, 2.0)
+    cases = [
+        (["lr_sweep", "--out-dir", str(tmp_path / "o"), "--run", "a", str(tmp_path / "missing")], "missing"),
+        (["lr_sweep", "--out-dir", str(tmp_path / "o"), "--run", "a", str(run), "--run", "a", str(run)],
+         "label 'a' is given twice"),
+        (["post_norm", "--out-dir", str(tmp_path / "o"), "--run", "a", str(run), "--baseline", "b"], "'b'"),
+        (["post_norm", "--out-dir", str(tmp_path / "o"), "--run", "a", str(run)], "--baseline is required"),
+        (["tokenizer", "--out-dir", str(tmp_path / "o")], "--tokenizer-report is required"),
+        (["batch_size", "--out-dir", str(tmp_path / "o")], "--run LABEL RUN_DIR is required"),
+    ]
+    for args, message in cases:
+        assert main(["report", *args]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_index_orders_sections_and_rewrites_links(tmp_path):
+    for key, body in (("owt", "![curves](loss.png) [site](https://example.org) [top](#x)"), ("lr_sweep", "[t](t.csv)")):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "section.md").write_text(f"## {key}\n\n{body}\n")
+    readme = write_index([tmp_path / "owt" / "section.md", tmp_path / "lr_sweep" / "section.md"], tmp_path / "README.md")
+    text = readme.read_text()
+    assert text.index("## lr_sweep") < text.index("## owt")
+    assert "![curves](owt/loss.png)" in text and "[t](lr_sweep/t.csv)" in text
+    assert "(https://example.org)" in text and "(#x)" in text
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "section.md").write_text("x")
+    with pytest.raises(ValueError, match="'other' is not a report section"):
+        write_index([tmp_path / "other" / "section.md"], tmp_path / "README.md")
