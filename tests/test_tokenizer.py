@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import tinylm.tokenizer.tokenizer as tokenizer_module
 from tinylm.tokenizer import Tokenizer, train_bpe
-from tinylm.tokenizer.pretokenize import GPT2_PATTERN, GPT2_REGEX
+from tinylm.tokenizer.pretokenize import ASCII_REGEX, GPT2_PATTERN, GPT2_REGEX
 
 tiktoken = pytest.importorskip("tiktoken")
 
@@ -102,6 +102,12 @@ def test_round_trip_on_arbitrary_strings(trained, text):
 @given(st.text())
 def test_fast_pattern_splits_like_the_gpt2_pattern(text):
     assert GPT2_REGEX.findall(text) == regex.findall(GPT2_PATTERN, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(max_codepoint=127)))
+def test_ascii_pattern_splits_like_the_gpt2_pattern(text):
+    assert ASCII_REGEX.findall(text) == regex.findall(GPT2_PATTERN, text)
 
 
 def test_special_tokens_longest_first():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import multiprocessing
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,6 +24,15 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 # else one character). tests/test_tokenizer.py checks both patterns agree on arbitrary text.
 GPT2_FAST_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 GPT2_REGEX = regex.compile(GPT2_FAST_PATTERN)
+# On pure-ASCII text the pattern's classes are plain ranges (letters A-Za-z, numbers 0-9, and the
+# same six whitespace characters), and the standard `re` engine splits about twice as fast.
+ASCII_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"""
+ASCII_REGEX = re.compile(ASCII_PATTERN, re.ASCII)
+
+
+def pretokenize(text: str) -> list[str]:
+    """The GPT-2 pre-tokens of `text` (which holds no special tokens)."""
+    return ASCII_REGEX.findall(text) if text.isascii() else GPT2_REGEX.findall(text)
 
 DEFAULT_CHUNK_BYTES = 4 * 2**20   # pre-tokenization work unit: small enough for constant memory
 _SCAN_BYTES = 2**20               # how much is read at a time while looking for a chunk boundary
@@ -53,7 +63,7 @@ def count_pretokens(text: str, special_regex: regex.Pattern | None) -> Counter[s
     counts: Counter[str] = Counter()
     pieces = special_regex.split(text) if special_regex is not None else [text]
     for piece in pieces:
-        counts.update(GPT2_REGEX.findall(piece))
+        counts.update(pretokenize(piece))
     return counts
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tinylm.fileio import write_json_atomic, write_text_atomic
-from tinylm.tokenizer.pretokenize import GPT2_REGEX, special_token_regex, validate_special_tokens
+from tinylm.tokenizer.pretokenize import pretokenize, special_token_regex, validate_special_tokens
 
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 
@@ -187,17 +187,18 @@ class Tokenizer:
 
     def _encode_ordinary(self, text: str, ids: list[int]) -> None:
         """Append the ids of `text` (no special tokens in it) to `ids`."""
-        self._encode_pretokens(GPT2_REGEX.findall(text), ids)
+        self._encode_pretokens(pretokenize(text), ids)
 
     def _encode_pretokens(self, pretokens: list[str], ids: list[int]) -> None:
-        encoded = list(map(self._cache.get, pretokens))
-        if None in encoded:
-            if len(self._cache) >= _CACHE_ENTRIES:
-                self._cache.clear()
-            for i, pretoken_ids in enumerate(encoded):
-                if pretoken_ids is None:
-                    encoded[i] = self._cache[pretokens[i]] = self._bpe(pretokens[i])
-        ids.extend(chain.from_iterable(encoded))
+        cache = self._cache
+        missing = set(pretokens).difference(cache)
+        if missing:
+            if len(cache) + len(missing) > _CACHE_ENTRIES:
+                cache.clear()
+                missing = set(pretokens)
+            for pretoken in missing:
+                cache[pretoken] = self._bpe(pretoken)
+        ids.extend(chain.from_iterable(map(cache.__getitem__, pretokens)))
 
     def _encode_prefix(self, text: str, final: bool) -> tuple[list[int], int]:
         """(ids, characters used) for the part of `text` whose encoding cannot change, whatever
@@ -217,7 +218,7 @@ class Tokenizer:
             return ids, len(text)
         # Keep the pre-tokens that end well before the text does (look-ahead and specials to come).
         tail = text[position:]
-        pretokens = GPT2_REGEX.findall(tail)
+        pretokens = pretokenize(tail)
         limit = certain_special - _LOOKAHEAD_CHARS - position
         end, count = len(tail), len(pretokens)
         while count and end > limit:

@@ -1,0 +1,183 @@
+"""Tokenizer benchmark: our BPE training against Hugging Face `tokenizers`, our encoding against
+`tiktoken` built from the same ranks (ids must be identical).
+
+Inputs: the TinyStories sample (vocab 10000, special token <|endoftext|>) and a ~100 MB file made
+by repeating it, to show how the cost grows. Training runs each trainer in a fresh process (so
+peak memory is its own); the small file is timed best-of-3. Targets (issue 2): training <= 2x
+`tokenizers`, encoding >= 0.5x single-thread `tiktoken`, peak training memory < 1 GiB.
+
+    .venv/bin/python benchmarks/bench_tokenizer.py [--data DIR] [--big-mb 100] [--repeats 3]
+
+Prints a table and writes benchmarks/results/tokenizer.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+EOT = "<|endoftext|>"
+VOCAB_SIZE = 10000
+
+
+# ---- one trainer per process ---------------------------------------------------------------------
+
+def train_ours(path: str, workers: int, out_dir: str) -> dict:
+    from tinylm.tokenizer import Tokenizer, train_bpe
+
+    stats: dict = {}
+    vocab, merges = train_bpe(path, VOCAB_SIZE, [EOT], workers=workers, stats=stats)
+    Tokenizer(vocab, merges, [EOT]).save(out_dir)
+    return {"seconds": stats["training_time_s"], "peak_bytes": stats["peak_memory_bytes"],
+            "vocab_size": stats["vocab_size"]}
+
+
+def train_hf(path: str, workers: int, out_dir: str) -> dict:
+    os.environ["RAYON_NUM_THREADS"] = str(workers)
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    started = time.perf_counter()
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train([path], trainer)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "peak_bytes": peak, "vocab_size": tokenizer.get_vocab_size()}
+
+
+def run_trainer(name: str, path: Path, workers: int, out_dir: Path) -> dict:
+    """Run one training in a fresh interpreter and return what it measured."""
+    command = [sys.executable, __file__, "--train", name, str(path), str(workers), str(out_dir)]
+    completed = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+# ---- encoding ----------------------------------------------------------------------------------
+
+def tiktoken_from(tokenizer):
+    import tiktoken
+    from tinylm.tokenizer.pretokenize import GPT2_PATTERN
+
+    specials = set(tokenizer.special_ids.values())
+    ranks = {token: token_id for token_id, token in tokenizer.vocab.items() if token_id not in specials}
+    return tiktoken.Encoding("tinylm-bench", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens=dict(tokenizer.special_ids))
+
+
+def best_time(function, repeats: int) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = function()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def bench_encoding(tokenizer_dir: Path, path: Path, workers: int, repeats: int, tmp: Path) -> dict:
+    import numpy as np
+    from tinylm.tokenizer import Tokenizer
+    from tinylm.tokenizer.dataset import tokenize_file
+
+    text = path.read_text(encoding="utf-8")
+    nbytes = len(text.encode("utf-8"))
+    encoding = tiktoken_from(Tokenizer.from_dir(tokenizer_dir))
+    tiktoken_s, expected = best_time(lambda: encoding.encode(text, allowed_special="all"), repeats)
+    expected = np.array(expected, dtype=np.uint32)  # a list of 25M ints would take ~1 GB
+    # A fresh tokenizer each time: the pre-token cache starts empty, as on unseen text.
+    ours_s, ids = best_time(lambda: Tokenizer.from_dir(tokenizer_dir).encode(text), repeats)
+    identical = np.array_equal(np.array(ids, dtype=np.uint32), expected)
+    del text, ids
+    out = tmp / "ids.npy"
+    parallel_s, _ = best_time(lambda: tokenize_file(tokenizer_dir, path, out, workers=workers), repeats)
+    identical = identical and np.array_equal(np.load(out), expected)
+    return {"bytes": nbytes, "tokens": len(expected), "identical_ids": bool(identical),
+            "tiktoken_bytes_per_s": nbytes / tiktoken_s, "ours_bytes_per_s": nbytes / ours_s,
+            "ours_parallel_bytes_per_s": nbytes / parallel_s}
+
+
+# ---- driver ------------------------------------------------------------------------------------
+
+def bench_file(label: str, path: Path, workers: int, repeats: int, tmp: Path) -> dict:
+    print(f"[{label}] {path.stat().st_size / 1e6:.1f} MB, training ...", flush=True)
+    ours_dir, hf_dir = tmp / f"{label}-ours", tmp / f"{label}-hf"
+    ours = min((run_trainer("ours", path, workers, ours_dir) for _ in range(repeats)), key=lambda r: r["seconds"])
+    hf = min((run_trainer("hf", path, workers, hf_dir) for _ in range(repeats)), key=lambda r: r["seconds"])
+    print(f"[{label}] encoding ...", flush=True)
+    encoding = bench_encoding(ours_dir, path, workers, repeats, tmp)
+    return {"label": label, "input_bytes": path.stat().st_size, "workers": workers, "repeats": repeats,
+            "train_ours": ours, "train_hf": hf, "train_ratio": ours["seconds"] / hf["seconds"],
+            "encode": encoding,
+            "encode_ratio_single": encoding["ours_bytes_per_s"] / encoding["tiktoken_bytes_per_s"],
+            "encode_ratio_parallel": encoding["ours_parallel_bytes_per_s"] / encoding["tiktoken_bytes_per_s"]}
+
+
+def to_markdown(rows: list[dict], machine: str) -> str:
+    lines = [f"# Tokenizer benchmark ({machine})", "",
+             "| input | ours train s | HF train s | ratio (target <= 2) | ours peak MiB (target < 1024) | HF peak MiB "
+             "| tiktoken MB/s (1 thread) | ours MB/s (1 process) | ratio (target >= 0.5) | ours MB/s (tokenize, workers) "
+             "| ratio | identical ids |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        e = r["encode"]
+        lines.append(
+            f"| {r['label']} ({r['input_bytes'] / 1e6:.1f} MB) | {r['train_ours']['seconds']:.2f} | "
+            f"{r['train_hf']['seconds']:.2f} | {r['train_ratio']:.2f} | {r['train_ours']['peak_bytes'] / 2**20:.0f} | "
+            f"{r['train_hf']['peak_bytes'] / 2**20:.0f} | {e['tiktoken_bytes_per_s'] / 1e6:.2f} | "
+            f"{e['ours_bytes_per_s'] / 1e6:.2f} | {r['encode_ratio_single']:.2f} | "
+            f"{e['ours_parallel_bytes_per_s'] / 1e6:.2f} ({r['workers']}) | {r['encode_ratio_parallel']:.2f} | "
+            f"{e['identical_ids']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
+                        help="directory holding tinystories_sample/train.txt")
+    parser.add_argument("--big-mb", type=float, default=100.0, help="size of the repeated file (0: skip it)")
+    parser.add_argument("--repeats", type=int, default=3, help="timings of the small file keep the best of this many")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--train", nargs=4, metavar=("WHICH", "PATH", "WORKERS", "OUT_DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.train:
+        which, path, workers, out_dir = args.train
+        print(json.dumps((train_ours if which == "ours" else train_hf)(path, int(workers), out_dir)))
+        return 0
+
+    sample = args.data / "tinystories_sample" / "train.txt"
+    if not sample.is_file():
+        print(f"benchmark input not found: {sample}", file=sys.stderr)
+        return 1
+    load = os.getloadavg()[0]
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} at start"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        rows.append(bench_file("tinystories sample", sample, args.workers, args.repeats, tmp))
+        if args.big_mb > 0:
+            big = tmp / "big.txt"
+            data = sample.read_bytes()
+            with open(big, "wb") as file:
+                for _ in range(max(1, round(args.big_mb * 1e6 / len(data)))):
+                    file.write(data)
+            rows.append(bench_file("sample repeated", big, args.workers, 1, tmp))
+    markdown = to_markdown(rows, machine)
+    print(markdown)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "tokenizer.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    (RESULTS / "tokenizer.md").write_text(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
