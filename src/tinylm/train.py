@@ -248,7 +248,8 @@ class Trainer:
             self._restart_metrics(self.progress["step"] if resumed else 0)
 
     def _resume(self) -> None:
-        state = ckpt.load_training_state(self.checkpoint_path, map_location=self.device)
+        # Loaded on the CPU: RNG states must stay there; weights and moments move to their parameters.
+        state = ckpt.load_training_state(self.checkpoint_path)
         saved = RunConfig.from_dict(state["config"])
         mismatch = _config_difference(saved.to_dict(), self.config.to_dict())
         if mismatch:
@@ -380,7 +381,8 @@ class Trainer:
                         p["target_reached_step"] = p["step"]
                         stop_status = "early_stopped"
                 p["time_s"] = time.perf_counter() - session_start
-                last = stop_status is not None or p["step"] == self.total_steps or shared["preempt"] > 0
+                # No extra line on SIGTERM: the resumed run's metrics must read as an uninterrupted run's.
+                last = stop_status is not None or p["step"] == self.total_steps
                 if self.dist.is_main and (p["step"] % t.log_interval == 0 or val_loss is not None or last):
                     record = self._metrics_record(lr, loss, grad_norm, val_loss, window_tokens / max(window_train_s, 1e-9))
                     metrics.write(json.dumps(record) + "\n")
