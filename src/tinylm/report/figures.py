@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
-from matplotlib.ticker import EngFormatter, NullFormatter, ScalarFormatter  # noqa: E402
+from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from tinylm.fileio import atomic_path  # noqa: E402
@@ -64,10 +64,10 @@ def _finite(run: Run, x: str, y: str):
     return frame[x].to_numpy(float), frame[y].to_numpy(float)
 
 
-def _set_loss_limits(ax: plt.Axes, runs: list[Run], column: str) -> None:
-    """Fit the y axis to the runs that trained, so a diverged run's blow-up does not flatten them."""
-    stable = [r for r in runs if not r.diverged] or runs
-    values = np.concatenate([_finite(r, "step", column)[1] for r in stable] or [np.array([])])
+def _set_loss_limits(ax: plt.Axes, values: list[np.ndarray]) -> None:
+    """Fit the y axis to the plotted losses of the runs that trained, so that a diverged run's
+    blow-up does not flatten them."""
+    values = np.concatenate(values or [np.array([])])
     if values.size == 0:
         return
     low, high = float(values.min()), float(values.max())
@@ -80,35 +80,46 @@ def _set_loss_limits(ax: plt.Axes, runs: list[Run], column: str) -> None:
 
 
 def _mark_divergence(ax: plt.Axes, run: Run, x: float, y: float) -> None:
-    """An x where the run stopped; held at the top edge when the loss is off the plot."""
-    top = ax.get_ylim()[1]
-    ax.plot([x], [min(y, top)], marker="x", markersize=9, markeredgewidth=2.2, color=run.colour,
-            clip_on=False, zorder=5)
+    """An x where the run stopped; held just inside the top edge when the loss is off the plot."""
+    bottom, top = ax.get_ylim()
+    inside = top - 0.04 * (top - bottom) if ax.get_yscale() == "linear" else top / 1.04
+    ax.plot([x], [min(y, inside)], marker="x", markersize=9, markeredgewidth=2.2, color=run.colour, zorder=5)
 
 
-def _set_x(ax: plt.Axes, x: str, runs: list[Run]) -> None:
-    ax.set_xlabel(X_AXES[x])
+def _log_x(x: str, runs: list[Run]) -> bool:
+    """A log x axis when the runs' lengths span decades (e.g. batch 1 vs 128 at one token budget)."""
+    stable = [r for r in runs if not r.diverged] or runs  # a run that blew up early is short anyway
+    return _spans_decades([r.metrics[x].max() for r in stable])
+
+
+def _set_x(ax: plt.Axes, x: str, log: bool) -> None:
+    ax.set_xlabel(X_AXES[x] + (" (log scale)" if log else ""))
+    if log:
+        ax.set_xscale("log")
     if x == "tokens":
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    stable = [r for r in runs if not r.diverged] or runs  # a run that blew up early is short anyway
-    if x == "step" and _spans_decades([r.metrics["step"].max() for r in stable]):
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    elif log:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def loss_curves(runs: list[Run], x: str = "step", baseline: Run | None = None, title: str = "") -> plt.Figure:
     """Train loss (left) and validation loss (right) against steps, tokens or wall-clock time."""
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=WIDE, layout="constrained", sharex=True)
+    log = _log_x(x, runs)
     for column, ax in (("train_loss", ax_train), ("val_loss", ax_val)):
+        plotted = {}
         for run in runs:
             xs, ys = _finite(run, x, column)
-            keep = xs > 0 if x == "step" else np.ones_like(xs, dtype=bool)  # a log step axis drops step 0
+            keep = xs > 0 if log else np.ones_like(xs, dtype=bool)  # a log axis has no 0
+            plotted[run.name] = ys[keep]
             ax.plot(xs[keep], ys[keep], label=run.legend if column == "train_loss" else None,
                     marker="o" if column == "val_loss" else None, markersize=3, **_style(run, baseline))
-        _set_loss_limits(ax, runs, column)
+        stable = [r for r in runs if not r.diverged] or runs
+        _set_loss_limits(ax, [plotted[r.name] for r in stable])
         ax.set_ylabel(f"{'train' if column == 'train_loss' else 'validation'} loss {LOSS_UNIT}")
-        _set_x(ax, x, runs)
+        ax.set_title("Training loss" if column == "train_loss" else "Validation loss (fixed evaluation batches)")
+        _set_x(ax, x, log)
         for run in runs:
             xs, ys = _finite(run, x, column)
             if run.diverged and xs.size:
