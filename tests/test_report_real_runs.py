@@ -2,7 +2,7 @@
 
 One module-scoped fixture writes a small synthetic story corpus, trains two BPE tokenizers and
 their `tokenizer-report`, tokenizes the text, trains six tiny runs (three learning rates that train,
-one, lr=10, that must diverge, one at a smaller batch, one post-norm variant), probes the largest
+one, lr=10, that must diverge, one at a smaller batch, a post-norm and a SiLU variant), probes the largest
 batch and samples text with `tinylm generate`. Every test then checks one section's files, figure
 sizes, table rows and columns, and that the text states the numbers that are in the tables.
 """
@@ -33,6 +33,7 @@ RUNS = {
     "lr=10": (10.0, 8, {}),             # far past the edge: must diverge
     "batch=2": (3e-3, 2, {}),
     "post_norm": (3e-3, 8, {"norm": "post"}),
+    "SiLU": (3e-3, 8, {"ffn": "silu", "d_ff": 96}),
 }
 SWEEP = ["lr=1e-3", "lr=3e-3", "lr=1e-2", "lr=10"]
 
@@ -187,6 +188,22 @@ def test_variant_section_against_baseline(runs, tmp_path):
     text = paragraph(md)
     assert f"post_norm ends at {fmt_loss(table.loc[1, 'final_val_loss'])}, {fmt_signed(difference)}" in text
     assert fmt_signed(difference) in md.read_text().split("final_losses.csv")[1]  # ... and in the table
+
+
+def test_silu_section_states_parameter_counts(runs, tmp_path):
+    out = tmp_path / "silu"
+    md = report("silu", out, runs, ["lr=3e-3", "SiLU"], "--baseline", "lr=3e-3")
+    check_files("silu", out)
+    table = pd.read_csv(out / "final_losses.csv")
+    assert list(table["d_ff"]) == [64, 96]
+    summaries = [json.loads((runs[label] / "summary.json").read_text()) for label in ("lr=3e-3", "SiLU")]
+    assert list(table["params"]) == [s["params"] for s in summaries]
+    text = paragraph(md)
+    assert "SiLU: silu d_ff 96 = 3.00 d_model" in text
+    if summaries[0]["params"] == summaries[1]["params"]:  # 3 x 64 = 2 x 96: matched on purpose
+        assert f"Every run has {summaries[0]['params']:,} parameters." in text
+    else:
+        assert f"lr=3e-3 {summaries[0]['params']:,}, SiLU {summaries[1]['params']:,}" in text
 
 
 def test_owt_section_and_index(runs, tmp_path):

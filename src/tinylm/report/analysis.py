@@ -184,7 +184,9 @@ def variant_text(runs: list[Run], baseline: Run) -> str:
         verdict = "worse than" if difference > 0 else "better than" if difference < 0 else "equal to"
         parts.append(f"{run.label} ends at {fmt_loss(val)}, {fmt_signed(difference)} ({verdict} the baseline).")
     params = {r.label: r.summary.get("params") for r in runs}
-    if len(set(params.values()) - {None}) > 1:
+    if len(set(params.values())) == 1 and None not in params.values():
+        parts.append(f"Every run has {fmt_int(runs[0].summary['params'])} parameters.")
+    elif len(set(params.values()) - {None}) > 1:
         parts.append("Parameter counts: " + ", ".join(f"{label} {fmt_int(n)}" for label, n in params.items()) + ".")
     return " ".join(parts)
 

@@ -18,12 +18,21 @@ from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_int, fmt_
                                   fmt_ratio, fmt_signed, fmt_speed, fmt_token, write_table)
 
 VARIANTS = {
-    "no_rmsnorm": "Every RMSNorm removed, at the best rate of the sweep and at a lower rate, against the baseline.",
+    "no_rmsnorm": "Every RMSNorm removed, against the baseline.",
     "post_norm": "Post-norm (normalise after each residual addition) against the pre-norm baseline.",
     "nope": "No positional encoding (NoPE) against the RoPE baseline.",
-    "silu": "A plain SiLU feed-forward (d_ff = 4 d_model, two matrices) against SwiGLU (d_ff ≈ 8/3 d_model, "
-            "three matrices), at about the same parameter count.",
+    "silu": "A plain SiLU feed-forward (two matrices) against SwiGLU (three matrices).",
 }
+
+
+def _ffn_widths(runs: list[Run]) -> str:
+    """d_ff of each run as a multiple of d_model, e.g. "SiLU: d_ff 2048 = 4.00 d_model"."""
+    widths = []
+    for run in runs:
+        model = run.config["model"]
+        widths.append(f"{run.label}: {model['ffn']} d_ff {fmt_int(model['d_ff'])} = "
+                      f"{fmt_ratio(model['d_ff'] / model['d_model'])} d_model")
+    return "; ".join(widths) + "."
 
 
 @dataclass
@@ -274,7 +283,8 @@ def generate(section: Section, inputs: Inputs) -> None:
 def variant(section: Section, inputs: Inputs) -> None:
     baseline = _need(inputs.baseline, "--baseline", section.key)
     runs = [baseline] + [r for r in inputs.runs if r is not baseline]
-    section.paragraph(VARIANTS[section.key] + " " + analysis.variant_text(runs, baseline))
+    widths = " " + _ffn_widths(runs) if section.key == "silu" else ""
+    section.paragraph(VARIANTS[section.key] + widths + " " + analysis.variant_text(runs, baseline))
     section.figure(figures.loss_curves(runs, "step", baseline), "loss_vs_step",
                    "Train and validation loss against step: variants solid, baseline dashed")
     columns = [Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column("status", "status"),
