@@ -101,7 +101,7 @@ def test_colours_follow_the_run_across_sections(tmp_path):
 
 
 def test_formatting():
-    assert [fmt_rate(x) for x in (1e-2, 3e-3, 1.5e-4, 10.0, None)] == ["1e-2", "3e-3", "1.5e-4", "10", "—"]
+    assert [fmt_rate(x) for x in (1e-2, 3e-3, 1.5e-4, 0.3, 10.0, None)] == ["1e-2", "3e-3", "1.5e-4", "0.3", "10", "—"]
     assert fmt_bytes(512) == "512 B" and fmt_bytes(3 * 2**20) == "3.0 MiB"
     assert fmt_duration(5400) == "1.5 h" and fmt_duration(float("nan")) == "—"
     assert fmt_loss(float("inf")) == "—"

@@ -36,11 +36,11 @@ fmt_percent = _formatter("{:.1f}%")
 
 
 def fmt_rate(value: Any) -> str:
-    """A learning rate as written in configs: 3e-3, 1.5e-4, 1e-2."""
+    """A learning rate as written in configs: 3e-3, 1.5e-4, 1e-2, 0.3."""
     if _missing(value):
         return MISSING
     mantissa, exponent = f"{value:.3e}".split("e")
-    if int(exponent) >= 0:
+    if int(exponent) >= -1:  # 0.3, 10: plain; 3e-3: exponent
         return f"{value:g}"
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"
