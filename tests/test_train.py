@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import shutil
+import signal
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -215,3 +217,40 @@ def test_max_batch_on_cpu_stops_at_the_memory_budget(tmp_path):
     assert tried[-1]["peak_bytes"] > budget_mb * 2**20 >= max(t["peak_bytes"] for t in tried[:-1])
     assert result["largest_batch"] == tried[-2]["batch"] >= 2
     assert result["device"] == "cpu" and result["total_memory"] > 0
+
+
+def test_bf16_autocast_and_fused_attention_train_like_the_reference(tmp_path):
+    runs = {"reference": {}, "fast": {"precision": "bf16", "attention": "fused"}}
+    for name, settings in runs.items():
+        config = write_config(tmp_path / name, training={"max_steps": 10, "log_interval": 1, **settings})
+        assert train(config, tmp_path / name / "out", tmp_path / name / "ckpt") == 0
+        assert read_summary(tmp_path / name / "out")["status"] == "completed"
+    reference, fast = (read_metrics(tmp_path / name / "out") for name in runs)
+    # Same initial weights and batch: the first loss differs only by bf16 rounding.
+    assert fast[0]["train_loss"] == pytest.approx(reference[0]["train_loss"], rel=2e-2)
+    assert fast[-1]["train_loss"] == pytest.approx(reference[-1]["train_loss"], rel=0.1)
+
+
+def test_weights_and_biases_gets_every_metrics_line_when_enabled(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeRun:
+        def log(self, data, step):
+            calls.append(("log", step, data))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake_wandb = types.ModuleType("wandb")
+    fake_wandb.init = lambda **kwargs: calls.append(("init", kwargs)) or FakeRun()
+    monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
+    config = write_config(tmp_path, training={"max_steps": 10, "wandb": True})
+    assert train(config, tmp_path / "out", tmp_path / "ckpt") == 0
+
+    assert calls[0][0] == "init" and calls[0][1]["name"] == "tiny"
+    assert calls[0][1]["config"] == RunConfig.load(config).to_dict()
+    logged = [call for call in calls if call[0] == "log"]
+    metrics = read_metrics(tmp_path / "out")
+    assert [step for _, step, _ in logged] == [r["step"] for r in metrics]
+    assert logged[-1][2]["train_loss"] == metrics[-1]["train_loss"]
+    assert calls[-1] == ("finish",)
