@@ -9,7 +9,7 @@ import regex
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import tinylm.tokenizer.tokenizer as tokenizer_module
+import tinylm.tokenizer.pretokenize as pretokenize_module
 from tinylm.tokenizer import Tokenizer, train_bpe
 from tinylm.tokenizer.pretokenize import ASCII_REGEX, GPT2_PATTERN, GPT2_REGEX
 
@@ -195,7 +195,7 @@ def test_encode_iterable_equals_encode_wherever_the_pieces_are_cut(pieces, block
     vocab = {i: bytes([i]) for i in range(256)} | {256 + i: a + b for i, (a, b) in enumerate(merges)}
     tokenizer = Tokenizer(vocab, merges, specials)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tokenizer_module, "_STREAM_BLOCK_CHARS", block)  # exercise the partial path
+        patch.setattr(pretokenize_module, "STREAM_BLOCK_CHARS", block)  # exercise the partial path
         assert list(tokenizer.encode_iterable(iter(pieces))) == tokenizer.encode("".join(pieces))
 
 

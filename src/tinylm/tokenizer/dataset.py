@@ -21,9 +21,9 @@ from tinylm.fileio import atomic_path
 from tinylm.tokenizer.pretokenize import (
     DEFAULT_CHUNK_BYTES,
     check_input_file,
+    iter_text,
     parallel_chunks,
     process_pool,
-    read_chunk,
 )
 from tinylm.tokenizer.tokenizer import Tokenizer
 
@@ -53,9 +53,12 @@ def _load_worker_tokenizer(tokenizer_dir: str) -> None:
 def _encode_chunk(job: tuple[str, int, int, str, str]) -> tuple[int, int]:
     """Worker: encode bytes [start, end) of the file into a raw part file; (tokens, bytes read)."""
     path, start, end, part_path, dtype = job
-    ids = np.asarray(_worker_tokenizer.encode(read_chunk(path, start, end)), dtype=dtype)
-    ids.tofile(part_path)
-    return len(ids), end - start
+    tokens = 0
+    with open(part_path, "wb") as part:
+        for ids in _worker_tokenizer.encode_batches(iter_text(path, start=start, end=end)):
+            np.asarray(ids, dtype=dtype).tofile(part)
+            tokens += len(ids)
+    return tokens, end - start
 
 
 def tokenize_file(tokenizer_dir: str | os.PathLike, input_path: str | os.PathLike,

@@ -3,7 +3,8 @@
 Text is first cut at special tokens (longest first), then each piece between them is split by the
 GPT-2 pattern into pre-tokens; BPE never merges across either cut. Large files are processed as
 chunks whose boundaries sit at special tokens, so every chunk pre-tokenizes exactly as it would
-inside the whole file, and chunks can go to separate worker processes.
+inside the whole file, and chunks can go to separate worker processes. Each chunk is read as a
+stream of blocks (`Splitter.stream`), so memory stays bounded even inside a huge chunk.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import re
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Union
 
 import regex
 
@@ -33,9 +34,6 @@ ASCII_REGEX = re.compile(ASCII_PATTERN, re.ASCII)
 def pretokenize(text: str) -> list[str]:
     """The GPT-2 pre-tokens of `text` (which holds no special tokens)."""
     return ASCII_REGEX.findall(text) if text.isascii() else GPT2_REGEX.findall(text)
-
-DEFAULT_CHUNK_BYTES = 4 * 2**20   # pre-tokenization work unit: small enough for constant memory
-_SCAN_BYTES = 2**20               # how much is read at a time while looking for a chunk boundary
 
 
 def validate_special_tokens(special_tokens: list[str] | None) -> list[str]:
@@ -58,16 +56,76 @@ def special_token_regex(special_tokens: list[str]) -> regex.Pattern | None:
     return regex.compile("|".join(regex.escape(token) for token in ordered))
 
 
-def count_pretokens(text: str, special_regex: regex.Pattern | None) -> Counter[str]:
-    """How often each pre-token occurs in `text`; special tokens are cut out and not counted."""
-    counts: Counter[str] = Counter()
-    pieces = special_regex.split(text) if special_regex is not None else [text]
+# A pre-token's extent can depend on a few characters after it (look-ahead, "'ll"); a stream
+# holds back this many characters (plus the longest special token) until more text arrives.
+_LOOKAHEAD_CHARS = 8
+STREAM_BLOCK_CHARS = 1 << 16
+
+Piece = Union[list[str], str]  # the pre-tokens of a stretch of ordinary text, or a special token
+
+
+class Splitter:
+    """Cuts text into special tokens and GPT-2 pre-tokens, also when it arrives in pieces."""
+
+    def __init__(self, special_tokens: list[str]):
+        self.special_regex = special_token_regex(special_tokens)
+        self.longest_special = max((len(token) for token in special_tokens), default=0)
+
+    def split(self, text: str, final: bool = True) -> tuple[list[Piece], int]:
+        """(pieces, characters used) for the start of `text` that no following text can change.
+
+        With `final`, `text` is the end of the input and is used whole."""
+        pieces: list[Piece] = []
+        position = 0
+        certain = len(text) if final else len(text) - self.longest_special
+        if self.special_regex is not None:
+            for match in self.special_regex.finditer(text):
+                if match.start() > certain:
+                    break  # a longer special token might still begin here
+                pieces += [pretokenize(text[position:match.start()]), match.group()]
+                position = match.end()
+        pretokens = pretokenize(text[position:])
+        if final:
+            pieces.append(pretokens)
+            return pieces, len(text)
+        # Keep the pre-tokens that end well before the text does; they are not re-split later,
+        # since a cut inside their text could change them.
+        limit = certain - _LOOKAHEAD_CHARS - position
+        end, count = len(text) - position, len(pretokens)
+        while count and end > limit:
+            count -= 1
+            end -= len(pretokens[count])
+        pieces.append(pretokens[:count])
+        return pieces, position + end
+
+    def stream(self, texts: Iterable[str]) -> Iterator[list[Piece]]:
+        """Split a stream of text pieces as if they were one string, in bounded memory."""
+        parts: list[str] = []
+        size, block = 0, STREAM_BLOCK_CHARS
+        for text in texts:
+            parts.append(text)
+            size += len(text)
+            if size >= block:
+                joined = "".join(parts)
+                pieces, used = self.split(joined, final=False)
+                yield pieces
+                parts, size = [joined[used:]], len(joined) - used
+                block = max(STREAM_BLOCK_CHARS, 2 * size)  # a long unsplittable run: wait for more
+        yield self.split("".join(parts), final=True)[0]
+
+
+def count_pieces(pieces: list[Piece], counts: Counter[str]) -> None:
+    """Add the pre-tokens among `pieces` to `counts` (special tokens are not counted)."""
     for piece in pieces:
-        counts.update(pretokenize(piece))
-    return counts
+        if not isinstance(piece, str):
+            counts.update(piece)
 
 
 # ---- files -----------------------------------------------------------------------------------
+
+DEFAULT_CHUNK_BYTES = 4 * 2**20  # the work unit handed to one worker process at a time
+_SCAN_BYTES = 2**20              # how much is read at a time while looking for a chunk boundary
+
 
 def check_input_file(path: str | os.PathLike) -> Path:
     """The path of a readable, non-empty file, or FileNotFoundError/ValueError saying what is wrong."""
@@ -81,28 +139,16 @@ def check_input_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def decode_utf8(data: bytes, path: str | os.PathLike, offset: int) -> str:
-    """`data` (read from `path` at byte `offset`) as text; invalid UTF-8 names the bad byte's offset."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not valid UTF-8 at byte offset {offset + error.start} "
-                         f"({error.reason})") from None
-
-
-def read_chunk(path: str | os.PathLike, start: int, end: int) -> str:
+def iter_text(path: str | os.PathLike, block_bytes: int = 2**20, start: int = 0,
+              end: int | None = None) -> Iterator[str]:
+    """Stream bytes [start, end) of a UTF-8 file as text blocks in constant memory; invalid
+    UTF-8 names its file offset. `start` and `end` must fall between characters."""
+    decode = codecs.getincrementaldecoder("utf-8")()
+    offset = start  # file offset of the first byte not yet handed to the decoder
     with open(path, "rb") as file:
         file.seek(start)
-        return decode_utf8(file.read(end - start), path, start)
-
-
-def iter_text(path: str | os.PathLike, block_bytes: int = 2**20) -> Iterator[str]:
-    """Stream a UTF-8 file as text blocks in constant memory; bad bytes name their file offset."""
-    decode = codecs.getincrementaldecoder("utf-8")()
-    offset = 0  # file offset of the first byte not yet handed to the decoder
-    with open(path, "rb") as file:
         while True:
-            data = file.read(block_bytes)
+            data = file.read(block_bytes if end is None else min(block_bytes, end - offset))
             pending = len(decode.getstate()[0])  # bytes of a split character kept from last block
             try:
                 text = decode.decode(data, final=not data)

@@ -18,14 +18,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tinylm.fileio import write_json_atomic, write_text_atomic
-from tinylm.tokenizer.pretokenize import pretokenize, special_token_regex, validate_special_tokens
+from tinylm.tokenizer.pretokenize import Piece, Splitter, validate_special_tokens
 
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 
-# A pre-token's split can depend on a few characters after it (look-ahead, "'ll"); encode_iterable
-# holds back this many characters (plus the longest special token) until more text arrives.
-_LOOKAHEAD_CHARS = 8
-_STREAM_BLOCK_CHARS = 1 << 16
 _CACHE_ENTRIES = 1 << 18  # bounded so that streaming a huge file keeps constant memory
 
 
@@ -101,8 +97,7 @@ class Tokenizer:
                 learned[first + second] = merged_id
             self.merge_table.setdefault((learned[first], learned[second]), (rank, merged_id))
 
-        self._special_regex = special_token_regex(self.special_tokens)
-        self._longest_special = max((len(token) for token in self.special_tokens), default=0)
+        self._splitter = Splitter(self.special_tokens)
         self._cache: dict[str, list[int]] = {}
 
     # ---- files -------------------------------------------------------------------------------
@@ -185,10 +180,6 @@ class Tokenizer:
             word = merged
         return word
 
-    def _encode_ordinary(self, text: str, ids: list[int]) -> None:
-        """Append the ids of `text` (no special tokens in it) to `ids`."""
-        self._encode_pretokens(pretokenize(text), ids)
-
     def _encode_pretokens(self, pretokens: list[str], ids: list[int]) -> None:
         cache = self._cache
         missing = set(pretokens).difference(cache)
@@ -200,51 +191,27 @@ class Tokenizer:
                 cache[pretoken] = self._bpe(pretoken)
         ids.extend(chain.from_iterable(map(cache.__getitem__, pretokens)))
 
-    def _encode_prefix(self, text: str, final: bool) -> tuple[list[int], int]:
-        """(ids, characters used) for the part of `text` whose encoding cannot change, whatever
-        text may follow it. With `final`, `text` is the end of the input and is used whole."""
+    def _encode_pieces(self, pieces: list[Piece]) -> list[int]:
         ids: list[int] = []
-        position = 0
-        certain_special = len(text) if final else len(text) - self._longest_special
-        if self._special_regex is not None:
-            for match in self._special_regex.finditer(text):
-                if match.start() > certain_special:
-                    break  # a longer special token might still begin here
-                self._encode_ordinary(text[position:match.start()], ids)
-                ids.append(self.special_ids[match.group()])
-                position = match.end()
-        if final:
-            self._encode_ordinary(text[position:], ids)
-            return ids, len(text)
-        # Keep the pre-tokens that end well before the text does (look-ahead and specials to come).
-        tail = text[position:]
-        pretokens = pretokenize(tail)
-        limit = certain_special - _LOOKAHEAD_CHARS - position
-        end, count = len(tail), len(pretokens)
-        while count and end > limit:
-            count -= 1
-            end -= len(pretokens[count])
-        self._encode_pretokens(pretokens[:count], ids)  # not re-split: the cut would change them
-        return ids, position + end
+        for piece in pieces:
+            if isinstance(piece, str):
+                ids.append(self.special_ids[piece])
+            else:
+                self._encode_pretokens(piece, ids)
+        return ids
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special tokens become their single id."""
-        return self._encode_prefix(text, final=True)[0]
+        return self._encode_pieces(self._splitter.split(text)[0])
+
+    def encode_batches(self, iterable: Iterable[str]) -> Iterator[list[int]]:
+        """Encode a stream of text pieces as if it were one string, a list of ids at a time."""
+        for pieces in self._splitter.stream(iterable):
+            yield self._encode_pieces(pieces)
 
     def encode_iterable(self, iterable: Iterable[str]) -> Iterator[int]:
         """Lazily encode a stream of text pieces (say, a file's lines) as if it were one string."""
-        parts: list[str] = []
-        size, block = 0, _STREAM_BLOCK_CHARS
-        for piece in iterable:
-            parts.append(piece)
-            size += len(piece)
-            if size >= block:
-                text = "".join(parts)
-                ids, used = self._encode_prefix(text, final=False)
-                yield from ids
-                parts, size = [text[used:]], len(text) - used
-                block = max(_STREAM_BLOCK_CHARS, 2 * size)  # a long unsplittable run: wait for more
-        yield from self._encode_prefix("".join(parts), final=True)[0]
+        return chain.from_iterable(self.encode_batches(iterable))
 
     def decode(self, ids: list[int]) -> str:
         """Text of `ids`; bytes that are not valid UTF-8 become U+FFFD."""

@@ -24,12 +24,12 @@ from tqdm import tqdm
 from tinylm.fileio import write_json_atomic
 from tinylm.tokenizer.pretokenize import (
     DEFAULT_CHUNK_BYTES,
+    Splitter,
     check_input_file,
-    count_pretokens,
+    count_pieces,
+    iter_text,
     parallel_chunks,
     process_pool,
-    read_chunk,
-    special_token_regex,
     validate_special_tokens,
 )
 
@@ -45,7 +45,9 @@ def peak_rss_bytes() -> int:
 def _count_chunk(job: tuple[str, int, int, list[str]]) -> tuple[Counter[str], int, int]:
     """Worker: (pre-token counts, bytes read, peak RSS) of one chunk of the file."""
     path, start, end, special_tokens = job
-    counts = count_pretokens(read_chunk(path, start, end), special_token_regex(special_tokens))
+    counts: Counter[str] = Counter()
+    for pieces in Splitter(special_tokens).stream(iter_text(path, start=start, end=end)):
+        count_pieces(pieces, counts)
     return counts, end - start, peak_rss_bytes()
 
 
