@@ -63,7 +63,8 @@ def test_edge_of_stability_constructed_case(sweep):
 
 
 def test_edge_of_stability_when_nothing_or_everything_diverges(tmp_path):
-    stable = load_runs([("a", str(write_run(tmp_path / "a", 1e-3, 2.0))), ("b", str(write_run(tmp_path / "b", 1e-2, 2.1)))])
+    stable = load_runs([("a", str(write_run(tmp_path / "a", 1e-3, 2.0))),
+                        ("b", str(write_run(tmp_path / "b", 1e-2, 2.1)))])
     edge = analysis.edge_of_stability(stable)
     assert edge.smallest_diverging is None and edge.ratio is None
     assert "lies above the largest rate tried, 1e-2" in analysis.lr_sweep_text(stable, edge)
@@ -137,7 +138,8 @@ def test_index_orders_sections_and_rewrites_links(tmp_path):
     for key, body in (("owt", "![curves](loss.png) [site](https://example.org) [top](#x)"), ("lr_sweep", "[t](t.csv)")):
         (tmp_path / key).mkdir()
         (tmp_path / key / "section.md").write_text(f"## {key}\n\n{body}\n")
-    readme = write_index([tmp_path / "owt" / "section.md", tmp_path / "lr_sweep" / "section.md"], tmp_path / "README.md")
+    readme = write_index([tmp_path / "owt" / "section.md", tmp_path / "lr_sweep" / "section.md"],
+                         tmp_path / "README.md")
     text = readme.read_text()
     assert text.index("## lr_sweep") < text.index("## owt")
     assert "![curves](owt/loss.png)" in text and "[t](lr_sweep/t.csv)" in text

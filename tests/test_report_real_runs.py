@@ -232,7 +232,8 @@ def test_tokenizer_section(runs, tmp_path):
     assert list(per_corpus.columns[:2]) == ["tokenizer", "corpus"]
     text = paragraph(md)
     for name, info in source["tokenizers"].items():
-        assert f"The {name} tokenizer ({info['vocab_size']:,} tokens) trained in {fmt_duration(info['training_time_s'])}" in text
+        assert (f"The {name} tokenizer ({info['vocab_size']:,} tokens) trained in "
+                f"{fmt_duration(info['training_time_s'])}") in text
         assert fmt_bytes(info["peak_memory_bytes"]) in text
     for corpus, rows in per_corpus.groupby("corpus"):
         best = rows.loc[rows["bytes_per_token"].idxmax()]

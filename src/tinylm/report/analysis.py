@@ -48,6 +48,7 @@ def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:
             "position": run.config["model"].get("position"),
             "ffn": run.config["model"].get("ffn"),
             "d_ff": run.config["model"].get("d_ff"),
+            "vocab_size": run.config["model"].get("vocab_size"),
         })
     return pd.DataFrame(rows).astype(object)  # keep None as None, ints as ints
 
@@ -199,5 +200,8 @@ def comparison_text(run: Run, other: Run) -> str:
             f"{other.label} reaches {fmt_loss(other_val)} on its own validation set")
     if val is not None and other_val is not None:
         text += f" ({fmt_signed(val - other_val)} for {run.label})"
-    return text + (". The two use different tokenizers and texts, so the gap measures how much harder "
-                   "the data is for the same model and budget, not a like-for-like perplexity.")
+    vocabularies = " and ".join(fmt_int(r.config["model"]["vocab_size"]) for r in (run, other))
+    params = " and ".join(fmt_int(r.summary.get("params")) for r in (run, other))
+    return text + (f". The two use different texts and tokenizers ({vocabularies} tokens, so {params} parameters): "
+                   "the gap measures how much harder the data is for the same architecture and budget, not a "
+                   "like-for-like perplexity.")

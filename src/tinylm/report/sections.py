@@ -312,8 +312,9 @@ def owt(section: Section, inputs: Inputs) -> None:
     _curves(section, [run, baseline], baseline, "OpenWebText vs TinyStories")
     section.table(analysis.runs_frame([run, baseline], baseline), [
         Column("run", "run"), Column("status", "status"), Column("steps", "steps", fmt_int),
-        Column("params", "parameters", fmt_int), Column("final_train_loss", "final train loss", fmt_loss),
-        Column("final_val_loss", "final val loss", fmt_loss), Column("val_vs_baseline", "val loss - TinyStories", fmt_signed),
+        Column("vocab_size", "vocabulary", fmt_int), Column("params", "parameters", fmt_int),
+        Column("final_train_loss", "final train loss", fmt_loss), Column("final_val_loss", "final val loss", fmt_loss),
+        Column("val_vs_baseline", "val loss - TinyStories", fmt_signed),
     ], "final_losses", "Final losses, OpenWebText and TinyStories")
     section.paragraph(_generation_text(generated, "the OpenWebText run"))
     section.parts.append(_quoted_samples(generated))
