@@ -40,6 +40,17 @@ def test_tokenize_equals_encode_for_any_workers_and_chunks(tokenizer_dir, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out_1.npy", "out_2.npy", "out_3.npy"]
 
 
+def test_tokenize_streams_a_file_without_special_tokens(tokenizer_dir, tmp_path):
+    # No special token means no safe cut: one chunk, read and encoded as a stream of blocks.
+    trained = Tokenizer.from_dir(tokenizer_dir)
+    Tokenizer(trained.vocab, trained.merges).save(tmp_path / "plain")
+    text = "".join(f"{i} {STORY}  \n\n" for i in range(3000))  # ~300 kB, many stream blocks
+    source = tmp_path / "in.txt"
+    source.write_text(text, encoding="utf-8")
+    tokenize_file(tmp_path / "plain", source, tmp_path / "ids.npy", workers=2, chunk_bytes=1000)
+    assert np.load(tmp_path / "ids.npy").tolist() == Tokenizer.from_dir(tmp_path / "plain").encode(text)
+
+
 def test_tokenize_cli(tokenizer_dir, tmp_path, capsys):
     source = tmp_path / "in.txt"
     source.write_text(STORY * 50, encoding="utf-8")

@@ -45,9 +45,10 @@ def token_dtype(vocab_size: int, requested: str = "auto") -> np.dtype:
     return dtype
 
 
-def _load_worker_tokenizer(tokenizer_dir: str) -> None:
+def _set_worker_tokenizer(tokenizer: Tokenizer) -> None:
+    # Forked workers receive the object as is; spawned ones unpickle it.
     global _worker_tokenizer
-    _worker_tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    _worker_tokenizer = tokenizer
 
 
 def _encode_chunk(job: tuple[str, int, int, str, str]) -> tuple[int, int]:
@@ -86,7 +87,7 @@ def tokenize_file(tokenizer_dir: str | os.PathLike, input_path: str | os.PathLik
             _worker_tokenizer = tokenizer
             results = map(_encode_chunk, jobs)
         else:
-            pool = process_pool(min(workers, len(jobs)), _load_worker_tokenizer, (str(tokenizer_dir),))
+            pool = process_pool(min(workers, len(jobs)), _set_worker_tokenizer, (tokenizer,))
             results = pool.imap(_encode_chunk, jobs)
         counts = []
         with bar:
@@ -98,7 +99,8 @@ def tokenize_file(tokenizer_dir: str | os.PathLike, input_path: str | os.PathLik
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(total,))
             offset = 0
             for (_, _, _, part_path, _), tokens in zip(jobs, counts):
-                array[offset:offset + tokens] = np.fromfile(part_path, dtype=np_dtype)
+                if tokens:  # copied page by page through the memory maps, never whole in RAM
+                    array[offset:offset + tokens] = np.memmap(part_path, dtype=np_dtype, mode="r")
                 offset += tokens
             array.flush()
             del array
