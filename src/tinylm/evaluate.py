@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 
+from tinylm.checkpoint import load_model
+from tinylm.data import load_tokens, loss_sum_over_windows, sequential_windows
 from tinylm.fileio import write_json_atomic
+from tinylm.nn.functional import cross_entropy
+from tinylm.train import autocast_context, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluate_model(checkpoint: str, tokens_path: str, max_tokens: int | None = None, batch_size: int = 32,
                    device_name: str = "auto") -> dict:
-    from tinylm.checkpoint import load_model
-    from tinylm.data import load_tokens, loss_sum_over_windows, sequential_windows
-    from tinylm.nn.functional import cross_entropy
-    from tinylm.train import autocast_context, resolve_device
-
     if max_tokens is not None and max_tokens < 1:
         raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
     if batch_size < 1:

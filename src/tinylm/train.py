@@ -33,6 +33,7 @@ from typing import Any, Callable, ContextManager
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from tinylm import checkpoint as ckpt
 from tinylm.config import RunConfig
@@ -47,6 +48,9 @@ from tinylm.data import (
 )
 from tinylm.fileio import write_json_atomic, write_text_atomic
 from tinylm.memory import memory_stats
+from tinylm.nn import build_model, parameter_count
+from tinylm.nn.functional import cross_entropy, gradient_clipping
+from tinylm.optim import AdamW, cosine_lr
 
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143: checkpoint saved after SIGTERM, requeue to continue
 
@@ -105,8 +109,6 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inpu
 
     `before_update(loss, grad_norm)` may veto the update (return False), e.g. on a diverged loss.
     """
-    from tinylm.nn.functional import cross_entropy, gradient_clipping
-
     with precision():
         logits = model(inputs)                     # (batch, context, vocab)
     loss = cross_entropy(logits, targets)          # float32 scalar
@@ -192,6 +194,8 @@ class Trainer:
             raise ValueError(f"training.batch_size: {t.batch_size} is not divisible by the "
                              f"{self.dist.world_size} processes")
         self.device = resolve_device(t.device, self.dist.local_rank)
+        if self.dist.world_size > 1 and self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"training.devices: several processes need cpu or cuda, not {self.device.type}")
         config.data.check_files()
         self.train_tokens = self._checked_tokens("data.train_tokens", config.data.train_tokens)
         self.valid_tokens = self._checked_tokens("data.valid_tokens", config.data.valid_tokens)
@@ -215,9 +219,6 @@ class Trainer:
     # -- setup and resume --
 
     def _build(self) -> None:
-        from tinylm.nn import build_model, parameter_count
-        from tinylm.optim import AdamW
-
         c, t, o = self.config, self.config.training, self.config.optimizer
         torch.manual_seed(t.seed)
         np.random.seed(t.seed)
@@ -289,7 +290,6 @@ class Trainer:
         """Mean loss over `windows` of the validation array, shared out over the processes."""
         self.eval_model.eval()
         mine = windows[self.dist.rank::self.dist.world_size]
-        from tinylm.nn.functional import cross_entropy
         total, count = loss_sum_over_windows(self.eval_model, self.valid_tokens, mine,
                                              self.config.training.batch_size // self.dist.world_size,
                                              self.device, cross_entropy, self.precision)
@@ -324,79 +324,50 @@ class Trainer:
 
     def _loop(self) -> bool:
         """Run steps until the budget, a stop rule or a SIGTERM; True if stopped by SIGTERM."""
-        t, o, p = self.config.training, self.config.optimizer, self.progress
-        from tinylm.optim import cosine_lr
-
+        t, p = self.config.training, self.progress
         validation = self._validation_windows()
-        context = self.config.model.context_length
         metrics = open(self.out_dir / "metrics.jsonl", "a") if self.dist.is_main else None
         wandb_run = _start_wandb(self.config, self.out_dir) if self.dist.is_main and t.wandb else None
         progress_bar = _progress_bar(self.total_steps, p["step"], self.config.name, self.dist.is_main)
         session_start = time.perf_counter() - p["time_s"]
-        window_start, window_tokens, window_train_s = time.perf_counter(), 0, 0.0
+        logged_tokens, logged_train_s = 0, 0.0  # since the last metrics line, for its tokens/s
         self.train_model.train()
         try:
             while p["step"] < self.total_steps:
                 step_start = time.perf_counter()
-                # Indexed by the step being completed (1..total): no zero-lr first step, ends at min_lr.
-                lr = cosine_lr(p["step"] + 1, o.lr, o.min_lr, o.warmup_steps, self.total_steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                starts = train_batch_starts(len(self.train_tokens), t.batch_size, context, t.seed, p["step"])
-                inputs, targets = batch_from_starts(
-                    self.train_tokens, rank_slice(starts, self.dist.rank, self.dist.world_size), context, self.device)
-                shared: dict[str, float] = {}
-
-                def agree(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-                    # One sync a step: the global batch's loss and whether any process got SIGTERM.
-                    local = [float(loss) / self.dist.world_size, float(self.preempt_requested)]
-                    shared["loss"], shared["preempt"] = self.dist.sum(local, self.device)
-                    shared["grad_norm"] = float(grad_norm)
-                    shared["diverged"] = self._diverged(shared["loss"], shared["grad_norm"])
-                    return not shared["diverged"]  # a diverged step leaves the weights as they were
-
-                training_step(self.train_model, self.optimizer, inputs, targets, self.precision,
-                              o.grad_clip, before_update=agree)
-                loss, grad_norm = shared["loss"], shared["grad_norm"]
-                if p["initial_loss"] is None:
-                    p["initial_loss"] = loss
-                p["step"] += 1
-                p["last_train_loss"] = loss
-                stop_status = "diverged" if shared["diverged"] else None
-                if stop_status is None:
-                    p["tokens"] += self.tokens_per_step
-                else:
-                    p["diverged_at_step"] = p["step"]
+                step = self._one_step()
                 train_s = time.perf_counter() - step_start
+                p["step"] += 1
                 p["train_time_s"] += train_s
-                window_tokens += self.tokens_per_step
-                window_train_s += train_s
-
+                p["last_train_loss"] = step["loss"]
+                if p["initial_loss"] is None:
+                    p["initial_loss"] = step["loss"]
+                if step["diverged"]:
+                    p["status"], p["diverged_at_step"] = "diverged", p["step"]
+                else:
+                    p["tokens"] += self.tokens_per_step
                 val_loss = None
-                if stop_status is None and p["step"] % t.eval_interval == 0:
-                    val_loss, _ = self._evaluate(validation)
-                    if p["best_val_loss"] is None or val_loss < p["best_val_loss"]:
-                        p["best_val_loss"] = val_loss
-                    if t.early_stop_loss is not None and val_loss < t.early_stop_loss:
-                        p["target_reached_step"] = p["step"]
-                        stop_status = "early_stopped"
+                if p["status"] == "running" and p["step"] % t.eval_interval == 0:
+                    val_loss = self._periodic_evaluation(validation)
                 p["time_s"] = time.perf_counter() - session_start
+                logged_tokens, logged_train_s = logged_tokens + self.tokens_per_step, logged_train_s + train_s
+
                 # No extra line on SIGTERM: the resumed run's metrics must read as an uninterrupted run's.
-                last = stop_status is not None or p["step"] == self.total_steps
+                last = p["status"] != "running" or p["step"] == self.total_steps
                 if self.dist.is_main and (p["step"] % t.log_interval == 0 or val_loss is not None or last):
-                    record = self._metrics_record(lr, loss, grad_norm, val_loss, window_tokens / max(window_train_s, 1e-9))
+                    record = self._metrics_record(step, val_loss, logged_tokens / max(logged_train_s, 1e-9))
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                     if wandb_run is not None:
                         wandb_run.log({k: v for k, v in record.items() if v is not None}, step=p["step"])
-                    window_tokens, window_train_s = 0, 0.0
+                    logged_tokens, logged_train_s = 0, 0.0
                 progress_bar.update(1)
-                progress_bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
+                progress_bar.set_postfix(loss=f"{step['loss']:.3f}", lr=f"{step['lr']:.2e}",
                                          tok_s=f"{self.tokens_per_step / max(train_s, 1e-9):,.0f}", refresh=False)
-                if stop_status is not None:
-                    p["status"] = stop_status
+
+                if p["status"] != "running":
                     return False
-                if shared["preempt"] > 0:
+                if step["preempt"]:
                     self._save_checkpoint()
                     if self.dist.is_main:
                         print(f"SIGTERM: checkpoint saved at step {p['step']}; exiting with {EXIT_PREEMPTED}",
@@ -413,18 +384,56 @@ class Trainer:
             if wandb_run is not None:
                 wandb_run.finish()
 
+    def _one_step(self) -> dict[str, Any]:
+        """One optimizer step on this process's slice of the global batch of the current step.
+
+        Returns the step's lr, the global batch's loss, the gradient norm, whether the step
+        diverged (then the weights are left as they were) and whether any process got SIGTERM.
+        """
+        o, t, p = self.config.optimizer, self.config.training, self.progress
+        context = self.config.model.context_length
+        # Indexed by the step being completed (1..total): no zero-lr first step, ends at min_lr.
+        lr = cosine_lr(p["step"] + 1, o.lr, o.min_lr, o.warmup_steps, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        starts = train_batch_starts(len(self.train_tokens), t.batch_size, context, t.seed, p["step"])
+        inputs, targets = batch_from_starts(
+            self.train_tokens, rank_slice(starts, self.dist.rank, self.dist.world_size), context, self.device)
+        result: dict[str, Any] = {"lr": lr}
+
+        def agree(loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+            # One sync a step, shared by all processes so they all take the same decisions.
+            loss_sum, preempt = self.dist.sum([float(loss) / self.dist.world_size, float(self.preempt_requested)],
+                                              self.device)
+            result.update(loss=loss_sum, grad_norm=float(grad_norm), preempt=preempt > 0)
+            result["diverged"] = self._diverged(result["loss"], result["grad_norm"])
+            return not result["diverged"]
+
+        training_step(self.train_model, self.optimizer, inputs, targets, self.precision, o.grad_clip,
+                      before_update=agree)
+        return result
+
+    def _periodic_evaluation(self, validation: list[tuple[int, int]]) -> float:
+        """Loss on the fixed validation batches; tracks the best, applies the early-stop target."""
+        t, p = self.config.training, self.progress
+        val_loss, _ = self._evaluate(validation)
+        if p["best_val_loss"] is None or val_loss < p["best_val_loss"]:
+            p["best_val_loss"] = val_loss
+        if t.early_stop_loss is not None and val_loss < t.early_stop_loss:
+            p["status"], p["target_reached_step"] = "early_stopped", p["step"]
+        return val_loss
+
     def _diverged(self, loss: float, grad_norm: float) -> bool:
         initial = self.progress["initial_loss"]
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             return True
         return initial is not None and loss > self.config.training.divergence_factor * initial
 
-    def _metrics_record(self, lr: float, loss: float, grad_norm: float, val_loss: float | None,
-                        tokens_per_s: float) -> dict[str, Any]:
+    def _metrics_record(self, step: dict[str, Any], val_loss: float | None, tokens_per_s: float) -> dict[str, Any]:
         allocated, peak, total = memory_stats(self.device)
         p = self.progress
-        return {"step": p["step"], "tokens": p["tokens"], "time_s": round(p["time_s"], 3), "lr": lr,
-                "train_loss": _finite_or_none(loss), "grad_norm": _finite_or_none(grad_norm),
+        return {"step": p["step"], "tokens": p["tokens"], "time_s": round(p["time_s"], 3), "lr": step["lr"],
+                "train_loss": _finite_or_none(step["loss"]), "grad_norm": _finite_or_none(step["grad_norm"]),
                 "tokens_per_s": round(tokens_per_s, 1), "val_loss": val_loss,
                 "mem_allocated_bytes": allocated, "mem_peak_bytes": peak, "mem_total_bytes": total,
                 "mem_percent": round(100.0 * peak / total, 3)}
@@ -434,6 +443,8 @@ class Trainer:
     def _finish(self) -> None:
         """Final evaluation on the validation array; checkpoint, model.pt and summary.json."""
         p, t = self.progress, self.config.training
+        # Saved first: a job killed during the (possibly long) final evaluation reruns only that.
+        self._save_checkpoint()
         final_val_loss, final_val_tokens = None, 0
         if p["status"] != "diverged":
             windows = sequential_windows(len(self.valid_tokens), self.config.model.context_length,
@@ -441,7 +452,6 @@ class Trainer:
             final_val_loss, final_val_tokens = self._evaluate(windows)
             if p["best_val_loss"] is None or final_val_loss < p["best_val_loss"]:
                 p["best_val_loss"] = final_val_loss
-        self._save_checkpoint()  # marks the run finished: a rerun only rewrites the outputs
         if not self.dist.is_main:
             return
         ckpt.save_model(self.out_dir / "model.pt", self.model, self.config)
@@ -476,8 +486,6 @@ def _config_difference(saved: dict, current: dict, prefix: str = "") -> tuple[st
 
 
 def _progress_bar(total: int, initial: int, name: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=name, unit="step", disable=not enabled,
                 mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
 
