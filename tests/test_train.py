@@ -189,6 +189,9 @@ def test_bad_inputs_give_one_line_errors_naming_the_culprit(tmp_path, capsys):
     err = run_expecting_error(capsys, config, tmp_path)
     assert "data.train_tokens" in err and "token id 63" in err and "vocab_size is 40" in err
 
+    config = write_config(tmp_path, model={"vocab_size": 40}, training={"devices": 2})  # before any launch
+    assert "vocab_size is 40" in run_expecting_error(capsys, config, tmp_path)
+
     config = write_config(tmp_path, model={"context_length": 5000})
     assert "model.context_length" in run_expecting_error(capsys, config, tmp_path)
 

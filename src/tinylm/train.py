@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = RunConfig.load(args.config)
     checkpoint_dir = args.checkpoint_dir or args.out_dir
     if config.training.devices > 1 and "LOCAL_RANK" not in os.environ:
-        config.data.check_files()  # fail here, not in N processes at once
+        open_token_arrays(config)  # bad input fails here, not in N processes at once
         return launch_distributed(args, config.training.devices, checkpoint_dir)
     return Trainer(config, args.out_dir, checkpoint_dir).train()
 
@@ -118,6 +118,25 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inpu
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), grad_norm
+
+
+def open_token_arrays(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The memory-mapped train and validation arrays, checked against the model's vocab and context."""
+    config.data.check_files()
+    arrays = []
+    for key in ("train_tokens", "valid_tokens"):
+        path = getattr(config.data, key)
+        tokens = load_tokens(path)
+        context = config.model.context_length
+        if len(tokens) <= context:
+            raise ValueError(f"data.{key}: {path!r} has {len(tokens)} tokens, fewer than "
+                             f"model.context_length + 1 = {context + 1}")
+        largest = int(tokens.max())  # one pass over the memory map
+        if largest >= config.model.vocab_size:
+            raise ValueError(f"data.{key}: {path!r} holds token id {largest}, but model.vocab_size is "
+                             f"{config.model.vocab_size}")
+        arrays.append(tokens)
+    return arrays[0], arrays[1]
 
 
 # ---- multi-process launch -------------------------------------------------------------------
@@ -196,25 +215,11 @@ class Trainer:
         self.device = resolve_device(t.device, self.dist.local_rank)
         if self.dist.world_size > 1 and self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"training.devices: several processes need cpu or cuda, not {self.device.type}")
-        config.data.check_files()
-        self.train_tokens = self._checked_tokens("data.train_tokens", config.data.train_tokens)
-        self.valid_tokens = self._checked_tokens("data.valid_tokens", config.data.valid_tokens)
+        self.train_tokens, self.valid_tokens = open_token_arrays(config)
         self.precision = autocast_context(self.device, t.precision)
         self.total_steps = config.total_steps
         self.tokens_per_step = t.batch_size * config.model.context_length
         self.preempt_requested = False
-
-    def _checked_tokens(self, key: str, path: str) -> np.ndarray:
-        tokens = load_tokens(path)
-        context = self.config.model.context_length
-        if len(tokens) <= context:
-            raise ValueError(f"{key}: {path!r} has {len(tokens)} tokens, fewer than "
-                             f"model.context_length + 1 = {context + 1}")
-        largest = int(tokens.max())  # one pass over the memory map
-        if largest >= self.config.model.vocab_size:
-            raise ValueError(f"{key}: {path!r} holds token id {largest}, but model.vocab_size is "
-                             f"{self.config.model.vocab_size}")
-        return tokens
 
     # -- setup and resume --
 
