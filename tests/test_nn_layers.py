@@ -63,6 +63,18 @@ def test_rmsnorm_matches_torch_and_keeps_dtype():
     torch.testing.assert_close(out, oracle(x_bf16.float()).bfloat16())  # computed in float32, rounded once
 
 
+def test_rmsnorm_and_swiglu_gradcheck_float64():
+    torch.manual_seed(4)
+    norm = RMSNorm(6, dtype=torch.float64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(6, dtype=torch.float64) + 0.5)
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(norm, (x,))
+    assert torch.autograd.gradcheck(lambda w: torch.func.functional_call(norm, {"weight": w}, (x,)),
+                                    (norm.weight.detach().clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(SwiGLU(6, 10, dtype=torch.float64), (x,))
+
+
 def test_rope_matches_complex_rotation_and_broadcasts_positions():
     rope = RotaryPositionalEmbedding(theta=10000.0, d_k=8, max_seq_len=32)
     x = torch.randn(2, 3, 5, 8)  # (batch, heads, seq, d_k)

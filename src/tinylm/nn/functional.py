@@ -13,8 +13,12 @@ import torch
 
 
 def softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """exp(x) / sum(exp(x)) along `dim`, shifted by the maximum so exp never overflows."""
-    shifted = x - x.amax(dim=dim, keepdim=True)
+    """exp(x) / sum(exp(x)) along `dim`, shifted by the maximum so exp never overflows.
+
+    The shift is detached: softmax does not change when a constant is subtracted, so its gradient
+    through the maximum is zero, and autograd need not compute it.
+    """
+    shifted = x - x.amax(dim=dim, keepdim=True).detach()
     exps = torch.exp(shifted)
     return exps / exps.sum(dim=dim, keepdim=True)
 
@@ -45,7 +49,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     neither overflow nor lose precision; low-precision (bf16) logits are upcast first.
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    maxima = logits.amax(dim=-1, keepdim=True)                                   # (..., 1)
+    maxima = logits.amax(dim=-1, keepdim=True).detach()  # (..., 1); shift-invariant, as in softmax
     log_sum_exp = torch.log(torch.exp(logits - maxima).sum(dim=-1)) + maxima.squeeze(-1)  # (...)
     target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)         # (...)
     return (log_sum_exp - target_logits).mean()
