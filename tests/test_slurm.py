@@ -14,7 +14,6 @@ Slurm configuration exists but no controller answers, and the other tests should
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -24,19 +23,18 @@ from pathlib import Path
 import pytest
 
 from cluster.slurm_cluster import ClusterUnavailable, SlurmCluster, ensure_installed
+from cluster.workflow import REPO, assert_same_results, result_files, run_snakemake, write_config
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / ".venv-slurm"
 PLUGIN_REQUIREMENTS = ("snakemake-executor-plugin-slurm>=2.0,<3", "snakemake-executor-plugin-slurm-jobstep>=0.6,<1")
 PLUGIN_MODULES = ("snakemake_executor_plugin_slurm", "snakemake_executor_plugin_slurm_jobstep")
-# Every stage that runs on a cluster node: download, BPE training, tokenization, training of two
-# runs (one with a learning rate that may diverge) and evaluation.
-TARGETS = ("results/runs/baseline/eval.json", "results/runs/lr_sweep-lr=1/summary.json")
-SNAKEMAKE_TIMEOUT_S = 300
-# Readings of the clock and of memory differ between two runs; everything else must not.
-VOLATILE_KEY = re.compile(r"time|_per_s|mem")
+# One report section: every kind of job (download, BPE training, tokenization, run configs, training,
+# evaluation, report), two runs, a few minutes in all.
+TARGETS = ("lr_sweep",)
+REMOTE_RULES = {"train_bpe", "tokenize", "train", "evaluate"}
+LOCAL_RULES = {"download", "write_run_config", "report_lr_sweep", "lr_sweep"}  # declared local in the workflow
 
 
 def _import_check(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -88,73 +86,38 @@ def _filled_profile(cluster: SlurmCluster, directory: Path) -> Path:
     return directory
 
 
-def _snakemake(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(REPO / "config" / "test.yaml"), *args, *TARGETS]
-    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=SNAKEMAKE_TIMEOUT_S)
-    (workdir / "snakemake.out").write_text(result.stdout + result.stderr)
-    return result
-
-
-def _comparable(path: Path):
-    """A file's content without the readings that legitimately differ between runs."""
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not VOLATILE_KEY.search(k)}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    if path.suffix == ".json":
-        return strip(json.loads(path.read_text()))
-    if path.suffix == ".jsonl":
-        return [strip(json.loads(line)) for line in path.read_text().splitlines()]
-    if path.suffix == ".pt":
-        import torch
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return {key: value.tolist() if hasattr(value, "tolist") else value for key, value in state.items()}
-    return path.read_bytes()
-
-
-def _result_files(workdir: Path) -> dict[str, Path]:
-    """Every declared result, by path relative to `workdir` (logs and checkpoints are not results)."""
-    results = workdir / "results"
-    return {str(p.relative_to(workdir)): p for p in sorted(results.rglob("*"))
-            if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "checkpoints", "cache")}
-
-
 def test_pipeline_on_slurm_equals_local_run(cluster, plugin_env, shared_data, tmp_path):
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_dir.mkdir()
     local_dir.mkdir()
     profile = _filled_profile(cluster, tmp_path / "profile")
+    config = write_config(tmp_path / "config.yaml", shared_data)
 
-    run = _snakemake(slurm_dir, "--profile", str(profile), "--slurm-init-seconds-before-status-checks", "2",
-                     "--slurm-keep-successful-logs", env={**plugin_env, **cluster.env})
+    run = run_snakemake(slurm_dir, config, "--profile", str(profile), "--slurm-init-seconds-before-status-checks",
+                        "2", "--slurm-keep-successful-logs", *TARGETS, env={**plugin_env, **cluster.env})
     assert run.returncode == 0, f"Slurm run failed:\n{run.stderr[-4000:]}\n{cluster.logs_tail()}"
     log = run.stdout + run.stderr
 
     # Which jobs ran where: "rule X:" is a remote job, "localrule X:" ran in the snakemake process.
     remote_rules = re.findall(r"^rule (\w+):", log, flags=re.M)
     local_rules = set(re.findall(r"^localrule (\w+):", log, flags=re.M))
-    submissions = dict(re.findall(r"^Job (\d+) has been submitted with SLURM jobid (\d+)", log, flags=re.M))
-    assert {"download", "train_bpe", "tokenize", "train", "evaluate"} <= set(remote_rules), log[-3000:]
-    assert local_rules <= {"write_run_config"}, f"unexpected local rules: {local_rules}"
-    assert len(submissions) == len(remote_rules), "a remote job has no Slurm job id in the log"
+    slurm_ids = re.findall(r"^Job \d+ has been submitted with SLURM jobid (\d+)", log, flags=re.M)
+    assert set(remote_rules) == REMOTE_RULES, log[-3000:]
+    assert local_rules <= LOCAL_RULES, f"unexpected local rules: {local_rules - LOCAL_RULES}"
+    assert len(slurm_ids) == len(remote_rules), "a remote job has no Slurm job id in the log"
 
     # Slurm's side: each of those job ids ran and completed, and left its log.
     states = dict(line.split("|") for line in
                   cluster.client("squeue", "--noheader", "--states=all", "--format=%i|%T").stdout.split())
-    for snakemake_id, slurm_id in submissions.items():
+    for slurm_id in slurm_ids:
         assert states.get(slurm_id) == "COMPLETED", f"Slurm job {slurm_id}: {states.get(slurm_id)}"
     slurm_logs = list((slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"))
-    assert sorted(p.stem for p in slurm_logs) == sorted(submissions.values())
+    assert sorted(p.stem for p in slurm_logs) == sorted(slurm_ids)
 
-    local = _snakemake(local_dir, "--cores", "2")
+    local = run_snakemake(local_dir, config, "--cores", "2", *TARGETS)
     assert local.returncode == 0, f"local run failed:\n{local.stderr[-4000:]}"
-
-    slurm_files, local_files = _result_files(slurm_dir), _result_files(local_dir)
-    assert sorted(slurm_files) == sorted(local_files)
-    assert any(name.endswith("metrics.jsonl") for name in slurm_files)
-    for name in slurm_files:
-        assert _comparable(slurm_files[name]) == _comparable(local_files[name]), f"{name} differs"
+    # Report pages show timings, so of those only the list of files must agree.
+    names = list(result_files(slurm_dir))
+    assert names == list(result_files(local_dir))
+    assert any(name.endswith("metrics.jsonl") for name in names)
+    assert_same_results(slurm_dir, local_dir, [name for name in names if not name.startswith("results/report/")])

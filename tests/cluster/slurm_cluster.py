@@ -100,6 +100,7 @@ class SlurmCluster:
         self.munge_socket = self.workdir / "munge" / "munge.socket"
         self.processes: dict[str, subprocess.Popen] = {}
         self.linked_client_config = False
+        self.created_link_parent = False
 
     @property
     def env(self) -> dict[str, str]:
@@ -186,6 +187,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             CLIENT_CONFIG_LINK.unlink()  # left behind by a test cluster that was killed
         if CLIENT_CONFIG_LINK.exists() or CLIENT_CONFIG_LINK.is_symlink():
             raise ClusterUnavailable(f"{CLIENT_CONFIG_LINK} already exists: another Slurm node runs here")
+        self.created_link_parent = not CLIENT_CONFIG_LINK.parent.exists()
         CLIENT_CONFIG_LINK.parent.mkdir(parents=True, exist_ok=True)
         CLIENT_CONFIG_LINK.symlink_to(self.workdir, target_is_directory=True)
         self.linked_client_config = True
@@ -228,7 +230,9 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         finally:
             if self.linked_client_config:
                 CLIENT_CONFIG_LINK.unlink()
-                self.linked_client_config = False
+                if self.created_link_parent:
+                    CLIENT_CONFIG_LINK.parent.rmdir()
+                self.linked_client_config = self.created_link_parent = False
             for name in reversed(list(self.processes)):
                 process = self.processes.pop(name)
                 if process.poll() is None:
