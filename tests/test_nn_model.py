@@ -208,7 +208,16 @@ def test_torch_compile_equals_reference():
     torch.testing.assert_close(fused.lm_head.weight.grad, reference.lm_head.weight.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_tiny_model_overfits_one_batch():
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not stall when the CPU is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_model_overfits_one_batch(one_thread):
     torch.manual_seed(4)
     model = build_model(TINY)
     ids = torch.randint(0, TINY.vocab_size, (4, TINY.context_length + 1))
