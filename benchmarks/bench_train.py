@@ -219,11 +219,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="override the per-size batch size")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile setups")
     parser.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on the CPU")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=str(RESULTS / "bench_train"), help="output path without extension")
     args = parser.parse_args()
 
     import transformers
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     meta = {"device": str(device), "device_name": device_name, "torch": torch.__version__,
