@@ -146,12 +146,14 @@ def test_result_does_not_depend_on_workers_or_chunks(tmp_path, shared_data, chun
 
 
 def test_training_is_deterministic_and_stats_are_filled(tmp_path):
-    path = write(tmp_path, CORPORA["unicode"][0] * 20)
+    path = write(tmp_path, (CORPORA["sennrich"][0] + EOT) * 20)
     stats: dict = {}
     first = train_bpe(path, 300, [EOT], stats=stats)
     assert first == train_bpe(path, 300, [EOT])
     assert stats["vocab_size"] == len(first[0]) and stats["num_merges"] == len(first[1])
-    longest = max(first[0].values(), key=len)
+    learned = [token for token_id, token in first[0].items() if token_id != 256]  # 256: the special
+    longest = max(learned, key=lambda token: (len(token), token))
+    assert len(longest) < len(EOT)  # so the special token must not count as the longest
     assert stats["longest_token_bytes"] == len(longest)
     assert stats["longest_token"] == longest.decode("utf-8", errors="replace")
     assert stats["input_bytes"] == path.stat().st_size and stats["peak_memory_bytes"] > 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tinylm.fileio import write_json_atomic, write_text_atomic
 from tinylm.tokenizer.pretokenize import check_input_file, iter_text
-from tinylm.tokenizer.tokenizer import Tokenizer
+from tinylm.tokenizer.tokenizer import Tokenizer, longest_token
 
 PILE_BYTES = 825e9
 
@@ -64,11 +64,10 @@ def read_prefix(path: str | Path, max_bytes: int) -> str:
     return "".join(parts)
 
 
-def tokenizer_summary(directory: Path) -> dict:
+def tokenizer_summary(directory: Path, tokenizer: Tokenizer) -> dict:
     stats_path = directory / "stats.json"
     stats = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
-    tokenizer = Tokenizer.from_dir(directory)
-    longest = max(tokenizer.vocab.values(), key=lambda token: (len(token), token))
+    longest = longest_token(tokenizer.vocab, tokenizer.special_ids.values())
     return {
         "dir": str(directory),
         "vocab_size": len(tokenizer.vocab),
@@ -85,25 +84,25 @@ def build_report(tokenizers: dict[str, Path], corpora: dict[str, Path], document
                  scan_bytes: int | None = 64 * 2**20) -> dict:
     samples = {name: sample_documents(path, documents, separator, seed, scan_bytes) for name, path in corpora.items()}
     prefixes = {name: read_prefix(path, throughput_bytes) for name, path in corpora.items()}
+    loaded = {name: Tokenizer.from_dir(directory) for name, directory in tokenizers.items()}
     report = {
         "settings": {"documents": documents, "seed": seed, "throughput_bytes": throughput_bytes,
                      "separator": separator, "pile_bytes": PILE_BYTES},
-        "tokenizers": {name: tokenizer_summary(directory) for name, directory in tokenizers.items()},
+        "tokenizers": {name: tokenizer_summary(tokenizers[name], tokenizer) for name, tokenizer in loaded.items()},
         "corpora": {name: {"path": str(path), "sampled_documents": len(samples[name]),
                            "sampled_bytes": sum(len(d.encode("utf-8")) for d in samples[name])}
                     for name, path in corpora.items()},
         "compression": [],
         "throughput": [],
     }
-    for tokenizer_name, directory in tokenizers.items():
+    for tokenizer_name, tokenizer in loaded.items():
         for corpus_name in corpora:
-            tokenizer = Tokenizer.from_dir(directory)
             sample_bytes = sum(len(d.encode("utf-8")) for d in samples[corpus_name])
             sample_tokens = sum(len(tokenizer.encode(d)) for d in samples[corpus_name])
             report["compression"].append({
                 "tokenizer": tokenizer_name, "corpus": corpus_name, "bytes": sample_bytes,
                 "tokens": sample_tokens, "bytes_per_token": sample_bytes / sample_tokens})
-            tokenizer = Tokenizer.from_dir(directory)  # empty cache: throughput on unseen text
+            tokenizer.clear_cache()  # throughput on unseen text
             text = prefixes[corpus_name]
             started = time.perf_counter()
             tokenizer.encode(text)

@@ -53,6 +53,13 @@ def text_to_token(text: str, source: str | os.PathLike) -> bytes:
                          f"{error.args[0]!r}") from None
 
 
+def longest_token(vocab: dict[int, bytes], special_ids: Iterable[int] = ()) -> bytes:
+    """The longest learned token (special tokens aside); ties go to the greater bytes."""
+    special_ids = set(special_ids)
+    return max((token for token_id, token in vocab.items() if token_id not in special_ids),
+               key=lambda token: (len(token), token))
+
+
 class Tokenizer:
     """Byte-level BPE tokenizer: `vocab` id -> bytes, `merges` in creation order, special tokens."""
 
@@ -222,6 +229,10 @@ class Tokenizer:
             raise ValueError(f"token id {ids[bad]!r} at position {bad} is not in the vocabulary "
                              f"(size {len(self.vocab)})") from None
         return data.decode("utf-8", errors="replace")
+
+    def clear_cache(self) -> None:
+        """Forget the cached pre-token encodings (to time encoding of unseen text, or free memory)."""
+        self._cache.clear()
 
     def __len__(self) -> int:
         return len(self.vocab)

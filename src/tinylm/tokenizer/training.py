@@ -32,6 +32,7 @@ from tinylm.tokenizer.pretokenize import (
     process_pool,
     validate_special_tokens,
 )
+from tinylm.tokenizer.tokenizer import Tokenizer, longest_token
 
 Pair = tuple[int, int]
 
@@ -227,7 +228,7 @@ def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: li
     merges = bpe_merges(word_counts, vocab, vocab_size - len(vocab), progress)
 
     if stats is not None:
-        longest = max(vocab.values(), key=lambda token: (len(token), token))
+        longest = longest_token(vocab, range(256, 256 + len(special_tokens)))
         stats.update({
             "input": str(path),
             "input_bytes": path.stat().st_size,
@@ -264,8 +265,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinylm.tokenizer.tokenizer import Tokenizer
-
     stats: dict = {}
     vocab, merges = train_bpe(args.input, args.vocab_size, args.special_tokens, workers=args.workers,
                               chunk_bytes=int(args.chunk_mb * 2**20), progress=not args.no_progress,
