@@ -123,6 +123,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(reference, tmp_path):
     assert not (tmp_path / "out" / "summary.json").exists()
     assert load_training_state(tmp_path / "ckpt" / "checkpoint.pt")["progress"]["step"] < 240
 
+    shutil.rmtree(tmp_path / "out")  # as Snakemake does with a failed job's outputs
     assert train(config, tmp_path / "out", tmp_path / "ckpt") == 0
     assert_same_run(tmp_path / "out", reference / "out")
 

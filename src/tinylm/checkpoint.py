@@ -116,7 +116,7 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
     """Everything a run needs to continue exactly: weights, optimizer, RNGs, config, progress.
 
     `progress` holds the trainer's counters (step, tokens, elapsed time, initial/best losses,
-    status); plain numbers, strings and None only.
+    status, metrics lines logged so far); plain numbers, strings, lists and None only.
     """
     _save({"model": model_state_dict(model), "optimizer": optimizer.state_dict(),
            "iteration": int(progress["step"]), "config": config.to_dict(), "rng": rng_state(),

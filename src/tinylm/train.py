@@ -238,9 +238,9 @@ class Trainer:
             "step": 0, "tokens": 0, "time_s": 0.0, "train_time_s": 0.0, "status": "running",
             "initial_loss": None, "last_train_loss": None, "best_val_loss": None,
             "target_reached_step": None, "diverged_at_step": None,
+            "metrics_lines": [],  # metrics.jsonl so far (rank 0), carried by every checkpoint
         }
-        resumed = self.checkpoint_path.is_file()
-        if resumed:
+        if self.checkpoint_path.is_file():
             self._resume()
         # Wrappers go on after loading, so checkpoints always hold the bare model's keys.
         self.eval_model = torch.compile(self.model) if t.compile else self.model
@@ -251,7 +251,10 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.out_dir / "config.json")
-            self._restart_metrics(self.progress["step"] if resumed else 0)
+            # The lines logged up to the checkpoint come from the checkpoint itself: Snakemake deletes
+            # a failed job's outputs, and lines logged after the checkpoint are redone on resume.
+            write_text_atomic(self.out_dir / "metrics.jsonl",
+                              "".join(line + "\n" for line in self.progress["metrics_lines"]))
 
     def _resume(self) -> None:
         # Loaded on the CPU: RNG states must stay there; weights and moments move to their parameters.
@@ -269,21 +272,6 @@ class Trainer:
         if self.dist.is_main:
             print(f"resuming {self.config.name} from {self.checkpoint_path} at step {self.progress['step']}",
                   file=sys.stderr)
-
-    def _restart_metrics(self, step: int) -> None:
-        """Keep the metrics lines logged up to `step` (the checkpoint); drop anything after it."""
-        path = self.out_dir / "metrics.jsonl"
-        kept = []
-        if step > 0 and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut off by the kill
-                if record["step"] > step:
-                    break
-                kept.append(line + "\n")
-        write_text_atomic(path, "".join(kept))
 
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
@@ -361,7 +349,9 @@ class Trainer:
                 last = p["status"] != "running" or p["step"] == self.total_steps
                 if self.dist.is_main and (p["step"] % t.log_interval == 0 or val_loss is not None or last):
                     record = self._metrics_record(step, val_loss, logged_tokens / max(logged_train_s, 1e-9))
-                    metrics.write(json.dumps(record) + "\n")
+                    line = json.dumps(record)
+                    p["metrics_lines"].append(line)
+                    metrics.write(line + "\n")
                     metrics.flush()
                     if wandb_run is not None:
                         wandb_run.log({k: v for k, v in record.items() if v is not None}, step=p["step"])
