@@ -3,10 +3,11 @@
 
 Inputs: the TinyStories sample (vocab 10000, special token <|endoftext|>) and a ~100 MB file made
 by repeating it, to show how the cost grows. Training runs each trainer in a fresh process (so
-peak memory is its own); the small file is timed best-of-3. Targets (issue 2): training <= 2x
-`tokenizers`, encoding >= 0.5x single-thread `tiktoken`, peak training memory < 1 GiB.
+peak memory is its own). The small file is timed best-of-5, ours and theirs alternating so that
+both see the same machine load. Targets (issue 2): training <= 2x `tokenizers`, encoding >= 0.5x
+single-thread `tiktoken`, peak training memory < 1 GiB.
 
-    .venv/bin/python benchmarks/bench_tokenizer.py [--data DIR] [--big-mb 100] [--repeats 3]
+    .venv/bin/python benchmarks/bench_tokenizer.py [--data DIR] [--big-mb 100] [--repeats 5]
 
 Prints a table and writes benchmarks/results/tokenizer.{json,md}.
 """
@@ -75,16 +76,8 @@ def tiktoken_from(tokenizer):
                              special_tokens=dict(tokenizer.special_ids))
 
 
-def best_time(function, repeats: int) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - started)
-    return best, result
-
-
 def bench_encoding(tokenizer_dir: Path, path: Path, workers: int, repeats: int, tmp: Path) -> dict:
+    """Best-of-`repeats` encode times; tiktoken and ours alternate, so both see the same load."""
     import numpy as np
     from tinylm.tokenizer import Tokenizer
     from tinylm.tokenizer.dataset import tokenize_file
@@ -93,23 +86,30 @@ def bench_encoding(tokenizer_dir: Path, path: Path, workers: int, repeats: int, 
     nbytes = len(text.encode("utf-8"))
     tokenizer = Tokenizer.from_dir(tokenizer_dir)
     encoding = tiktoken_from(tokenizer)
-    tiktoken_s, expected = best_time(lambda: encoding.encode(text, allowed_special="all"), repeats)
-    expected = np.array(expected, dtype=np.uint32)  # a list of 25M ints would take ~1 GB
-
-    def encode_unseen():  # an empty pre-token cache, as on text never seen before
-        tokenizer.clear_cache()
-        return tokenizer.encode(text)
-
-    ours_s, ids = best_time(encode_unseen, repeats)
-    identical = np.array_equal(np.array(ids, dtype=np.uint32), expected)
-    del text, ids
     out = tmp / "ids.npy"
-    # End to end: loading the tokenizer, reading the file, workers, writing the .npy.
-    parallel_s, _ = best_time(lambda: tokenize_file(tokenizer_dir, path, out, workers=workers), repeats)
-    identical = identical and np.array_equal(np.load(out), expected)
+    best = {"tiktoken": float("inf"), "ours": float("inf"), "ours_parallel": float("inf")}
+    identical = True
+    for _ in range(repeats):
+        started = time.perf_counter()
+        expected = encoding.encode(text, allowed_special="all")
+        best["tiktoken"] = min(best["tiktoken"], time.perf_counter() - started)
+        expected = np.array(expected, dtype=np.uint32)  # a list of 25M ints would take ~1 GB
+
+        tokenizer.clear_cache()  # an empty pre-token cache, as on text never seen before
+        started = time.perf_counter()
+        ids = tokenizer.encode(text)
+        best["ours"] = min(best["ours"], time.perf_counter() - started)
+        identical &= np.array_equal(np.array(ids, dtype=np.uint32), expected)
+        del ids
+
+        # End to end: loading the tokenizer, reading the file, worker processes, writing the .npy.
+        started = time.perf_counter()
+        tokenize_file(tokenizer_dir, path, out, workers=workers)
+        best["ours_parallel"] = min(best["ours_parallel"], time.perf_counter() - started)
+        identical &= np.array_equal(np.load(out), expected)
     return {"bytes": nbytes, "tokens": len(expected), "identical_ids": bool(identical),
-            "tiktoken_bytes_per_s": nbytes / tiktoken_s, "ours_bytes_per_s": nbytes / ours_s,
-            "ours_parallel_bytes_per_s": nbytes / parallel_s}
+            "tiktoken_bytes_per_s": nbytes / best["tiktoken"], "ours_bytes_per_s": nbytes / best["ours"],
+            "ours_parallel_bytes_per_s": nbytes / best["ours_parallel"]}
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -117,8 +117,12 @@ def bench_encoding(tokenizer_dir: Path, path: Path, workers: int, repeats: int, 
 def bench_file(label: str, path: Path, workers: int, repeats: int, tmp: Path) -> dict:
     print(f"[{label}] {path.stat().st_size / 1e6:.1f} MB, training ...", flush=True)
     ours_dir, hf_dir = tmp / f"{label}-ours", tmp / f"{label}-hf"
-    ours = min((run_trainer("ours", path, workers, ours_dir) for _ in range(repeats)), key=lambda r: r["seconds"])
-    hf = min((run_trainer("hf", path, workers, hf_dir) for _ in range(repeats)), key=lambda r: r["seconds"])
+    ours_runs, hf_runs = [], []
+    for _ in range(repeats):  # alternating, so both see the same machine load
+        ours_runs.append(run_trainer("ours", path, workers, ours_dir))
+        hf_runs.append(run_trainer("hf", path, workers, hf_dir))
+    ours = min(ours_runs, key=lambda run: run["seconds"])
+    hf = min(hf_runs, key=lambda run: run["seconds"])
     print(f"[{label}] encoding ...", flush=True)
     encoding = bench_encoding(ours_dir, path, workers, repeats, tmp)
     return {"label": label, "input_bytes": path.stat().st_size, "workers": workers, "repeats": repeats,
@@ -151,7 +155,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
                         help="directory holding tinystories_sample/train.txt")
     parser.add_argument("--big-mb", type=float, default=100.0, help="size of the repeated file (0: skip it)")
-    parser.add_argument("--repeats", type=int, default=3, help="timings of the small file keep the best of this many")
+    parser.add_argument("--repeats", type=int, default=5, help="timings of the small file keep the best of this many")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--train", nargs=4, metavar=("WHICH", "PATH", "WORKERS", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
