@@ -126,7 +126,9 @@ def probe_max_batch(config: RunConfig, memory_budget_bytes: int | None, max_batc
         if not fits:
             break
         largest, batch = batch, batch * 2
-    return {"largest_batch": largest, "device": str(device), "total_memory": total,
+    measure = ("peak RSS above the process's baseline (model, gradients, optimizer state, activations)"
+               if device.type == "cpu" else f"peak {device.type} memory allocated by PyTorch")
+    return {"largest_batch": largest, "device": str(device), "total_memory": total, "peak_measure": measure,
             "memory_budget_bytes": memory_budget_bytes, "context_length": config.model.context_length,
             "tried": tried}
 
