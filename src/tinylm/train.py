@@ -48,7 +48,7 @@ from tinylm.data import (
 )
 from tinylm.fileio import write_json_atomic, write_text_atomic
 from tinylm.memory import memory_stats
-from tinylm.nn import build_model, parameter_count
+from tinylm.nn import build_model, model_flops_utilization, parameter_count, training_flops_per_token
 from tinylm.nn.functional import cross_entropy, gradient_clipping
 from tinylm.optim import AdamW, cosine_lr
 
@@ -435,6 +435,12 @@ class Trainer:
 
     # -- final outputs --
 
+    def _model_flops_utilization(self, tokens_per_s: float) -> float | None:
+        """Fraction of the H100's bf16 peak, on an H100 only (elsewhere that peak means nothing)."""
+        if self.device.type != "cuda" or "H100" not in torch.cuda.get_device_name(self.device):
+            return None
+        return round(model_flops_utilization(tokens_per_s / self.dist.world_size, self.config.model), 4)
+
     def _finish(self) -> None:
         """Final evaluation on the validation array; checkpoint, model.pt and summary.json."""
         p, t = self.progress, self.config.training
@@ -460,6 +466,8 @@ class Trainer:
             "peak_mem_bytes": peak, "mem_total_bytes": total, "mem_percent": round(100.0 * peak / total, 3),
             "tokens_per_s": round(p["tokens"] / p["train_time_s"], 1) if p["train_time_s"] > 0 else None,
             "params": self.params, "device": str(self.device), "processes": self.dist.world_size,
+            "train_flops_per_token": training_flops_per_token(self.config.model),
+            "mfu": self._model_flops_utilization(p["tokens"] / p["train_time_s"] if p["train_time_s"] > 0 else 0.0),
         }
         write_json_atomic(self.out_dir / "summary.json", summary)
         print(f"{self.config.name}: {p['status']} after {p['step']} steps, final validation loss "
