@@ -5,7 +5,6 @@ import json
 import signal
 
 import pytest
-
 from tiny_run import (
     TRAJECTORY_KEYS,
     one_thread,
@@ -16,6 +15,7 @@ from tiny_run import (
     train,
     write_config,
 )
+
 from tinylm.checkpoint import load_training_state
 from tinylm.train import EXIT_PREEMPTED
 

@@ -11,7 +11,6 @@ import types
 import numpy as np
 import pytest
 import torch
-
 from tiny_run import (
     one_thread,
     read_metrics,
@@ -22,6 +21,7 @@ from tiny_run import (
     trajectory,
     write_config,
 )
+
 from tinylm.checkpoint import load_model, load_training_state
 from tinylm.cli import main
 from tinylm.config import RunConfig

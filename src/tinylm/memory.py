@@ -11,11 +11,15 @@ import argparse
 import gc
 import resource
 import sys
+from typing import TYPE_CHECKING
 
 import psutil
 
 from tinylm.config import ModelConfig, RunConfig
 from tinylm.fileio import write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _linux_peak_rss() -> int | None:
