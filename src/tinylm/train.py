@@ -26,6 +26,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -299,7 +300,8 @@ class Trainer:
 
     def train(self) -> int:
         self.dist.start(self.device)
-        previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        in_main_thread = threading.current_thread() is threading.main_thread()  # where signals can be caught
+        previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
         try:
             self._build()
             if self.progress["status"] == "running":
@@ -309,7 +311,8 @@ class Trainer:
             self._finish()
             return 0
         finally:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_sigterm)
             self.dist.stop()
 
     def _on_sigterm(self, _signum, _frame) -> None:
