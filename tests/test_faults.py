@@ -20,11 +20,11 @@ import numpy as np
 import psutil
 import pytest
 
-from cluster.workflow import assert_same_results, run_snakemake, snakemake_command, write_config
+from cluster.workflow import (INTERRUPTIBLE_TRAINING as TRAINING, assert_same_results, run_snakemake,
+                              snakemake_command, write_config)
 
 pytestmark = pytest.mark.slow
 
-TRAINING = {"max_steps": 600, "checkpoint_interval": 50, "eval_interval": 200, "log_interval": 25}
 RUN_DIR = "results/runs/baseline"
 SUMMARY = f"{RUN_DIR}/summary.json"
 RUN_RESULTS = [f"{RUN_DIR}/{name}" for name in ("metrics.jsonl", "summary.json", "config.json", "model.pt")]

@@ -18,12 +18,14 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from cluster.slurm_cluster import ClusterUnavailable, SlurmCluster, ensure_installed
-from cluster.workflow import REPO, assert_same_results, result_files, run_snakemake, write_config
+from cluster.workflow import (INTERRUPTIBLE_TRAINING, REPO, assert_same_results, result_files, run_snakemake,
+                              snakemake_command, write_config)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -35,6 +37,8 @@ PLUGIN_MODULES = ("snakemake_executor_plugin_slurm", "snakemake_executor_plugin_
 TARGETS = ("lr_sweep",)
 REMOTE_RULES = {"train_bpe", "tokenize", "train", "evaluate"}
 LOCAL_RULES = {"download", "write_run_config", "report_lr_sweep", "lr_sweep"}  # declared local in the workflow
+CHECKPOINT = "results/checkpoints/baseline/checkpoint.pt"
+TIMEOUT_S = 300
 
 
 def _import_check(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -86,17 +90,41 @@ def _filled_profile(cluster: SlurmCluster, directory: Path) -> Path:
     return directory
 
 
+def _requeue_baseline_training(cluster: SlurmCluster, snakemake: subprocess.Popen, workdir: Path) -> str:
+    """Once the baseline's training job has saved a checkpoint, requeue it as a preemption would
+    (SIGTERM, then back to the queue); return its Slurm job id."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and snakemake.poll() is None:
+        if (workdir / CHECKPOINT).exists():
+            jobs = cluster.client("squeue", "--noheader", "--format=%i|%T|%k").stdout.split()
+            running = [job.split("|")[0] for job in jobs if job.endswith("|RUNNING|rule_train_wildcards_baseline")]
+            if running:
+                cluster.client("scontrol", "requeue", running[0])
+                return running[0]
+        time.sleep(0.05)
+    raise AssertionError(f"the baseline training job never ran with a checkpoint (snakemake: {snakemake.poll()})")
+
+
 def test_pipeline_on_slurm_equals_local_run(cluster, plugin_env, shared_data, tmp_path):
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_dir.mkdir()
     local_dir.mkdir()
     profile = _filled_profile(cluster, tmp_path / "profile")
-    config = write_config(tmp_path / "config.yaml", shared_data)
+    config = write_config(tmp_path / "config.yaml", shared_data, training=INTERRUPTIBLE_TRAINING)
 
-    run = run_snakemake(slurm_dir, config, "--profile", str(profile), "--slurm-init-seconds-before-status-checks",
-                        "2", "--slurm-keep-successful-logs", *TARGETS, env={**plugin_env, **cluster.env})
-    assert run.returncode == 0, f"Slurm run failed:\n{run.stderr[-4000:]}\n{cluster.logs_tail()}"
-    log = run.stdout + run.stderr
+    command = snakemake_command(slurm_dir, config, "--profile", str(profile), "--slurm-keep-successful-logs",
+                                "--slurm-init-seconds-before-status-checks", "2", *TARGETS)
+    with open(slurm_dir / "snakemake.out", "w") as out:
+        snakemake = subprocess.Popen(command, env={**plugin_env, **cluster.env}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            preempted = _requeue_baseline_training(cluster, snakemake, slurm_dir)
+            snakemake.wait(TIMEOUT_S)
+        finally:
+            if snakemake.poll() is None:
+                snakemake.terminate()  # it cancels its Slurm jobs on the way out
+                snakemake.wait()
+    log = (slurm_dir / "snakemake.out").read_text()
+    assert snakemake.returncode == 0, f"Slurm run failed:\n{log[-4000:]}\n{cluster.logs_tail()}"
 
     # Which jobs ran where: "rule X:" is a remote job, "localrule X:" ran in the snakemake process.
     remote_rules = re.findall(r"^rule (\w+):", log, flags=re.M)
@@ -106,13 +134,18 @@ def test_pipeline_on_slurm_equals_local_run(cluster, plugin_env, shared_data, tm
     assert local_rules <= LOCAL_RULES, f"unexpected local rules: {local_rules - LOCAL_RULES}"
     assert len(slurm_ids) == len(remote_rules), "a remote job has no Slurm job id in the log"
 
-    # Slurm's side: each of those job ids ran and completed, and left its log.
+    # Slurm's side: each of those job ids ran and completed (the preempted one after its requeue)
+    # and left its log.
     states = dict(line.split("|") for line in
                   cluster.client("squeue", "--noheader", "--states=all", "--format=%i|%T").stdout.split())
     for slurm_id in slurm_ids:
         assert states.get(slurm_id) == "COMPLETED", f"Slurm job {slurm_id}: {states.get(slurm_id)}"
+    restarts = cluster.client("scontrol", "show", "job", preempted).stdout
+    assert "Restarts=1" in restarts, restarts
     slurm_logs = list((slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert sorted(p.stem for p in slurm_logs) == sorted(slurm_ids)
+    resumed = re.search(r"resuming baseline from \S+ at step (\d+)", (slurm_dir / "results/logs/train/baseline.log").read_text())
+    assert resumed and int(resumed[1]) > 0, "the requeued training started over"
 
     local = run_snakemake(local_dir, config, "--cores", "2", *TARGETS)
     assert local.returncode == 0, f"local run failed:\n{local.stderr[-4000:]}"

@@ -128,7 +128,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+# a requeued job waits cred_expire seconds before it starts again (default 120)
+AuthInfo=socket={self.munge_socket},cred_expire=20
 StateSaveLocation={w}/state
 SlurmdSpoolDir={w}/spool
 SlurmctldPidFile={w}/slurmctld.pid
