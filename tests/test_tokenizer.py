@@ -13,8 +13,6 @@ import tinylm.tokenizer.pretokenize as pretokenize_module
 from tinylm.tokenizer import Tokenizer, train_bpe
 from tinylm.tokenizer.pretokenize import ASCII_REGEX, GPT2_PATTERN, GPT2_REGEX
 
-tiktoken = pytest.importorskip("tiktoken")
-
 EOT = "<|endoftext|>"
 VARIED_TEXTS = [
     "Once upon a time, there was a little girl named Lily. She's happy; they'll see, we've won!",
@@ -52,7 +50,16 @@ def tiktoken_gpt2(gpt2_files, tmp_path_factory):
     shutil.copy(gpt2_files[0], cache / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
-        return tiktoken.get_encoding("gpt2")
+        return pytest.importorskip("tiktoken").get_encoding("gpt2")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Tokenizer:
+    """Trained on the varied texts alone, so that these tests run without the shared data."""
+    path = tmp_path_factory.mktemp("small") / "train.txt"
+    path.write_text("".join(VARIED_TEXTS) * 5, encoding="utf-8")
+    vocab, merges = train_bpe(path, 500, [EOT])
+    return Tokenizer(vocab, merges, [EOT])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +90,7 @@ def test_gpt2_matches_tiktoken_on_arbitrary_text(gpt2, tiktoken_gpt2, text):
 
 def test_trained_matches_tiktoken_built_from_our_ranks(trained, shared_data):
     ranks = {token: token_id for token_id, token in trained.vocab.items() if token_id not in trained.special_ids.values()}
-    encoding = tiktoken.Encoding("ours", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+    encoding = pytest.importorskip("tiktoken").Encoding("ours", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                  special_tokens=dict(trained.special_ids))
     for corpus in ("tinystories_sample", "owt_sample"):
         text = (shared_data / corpus / "valid.txt").read_text(encoding="utf-8")[:300_000]
@@ -94,8 +101,8 @@ def test_trained_matches_tiktoken_built_from_our_ranks(trained, shared_data):
 
 @settings(max_examples=300, deadline=None)
 @given(st.text())
-def test_round_trip_on_arbitrary_strings(trained, text):
-    assert trained.decode(trained.encode(text)) == text
+def test_round_trip_on_arbitrary_strings(small, text):
+    assert small.decode(small.encode(text)) == text
 
 
 @settings(max_examples=300, deadline=None)
@@ -120,17 +127,17 @@ def test_special_tokens_longest_first():
     assert Tokenizer(vocab, []).encode(EOT) == list(EOT.encode())
 
 
-def test_decode_invalid_utf8_gives_replacement_character(trained):
-    assert trained.decode([0xff]) == "\ufffd"
+def test_decode_invalid_utf8_gives_replacement_character(small):
+    assert small.decode([0xff]) == "\ufffd"
     euro = "€".encode()
-    assert trained.decode([euro[0], euro[1]]) == "\ufffd"
-    assert trained.decode([]) == ""
+    assert small.decode([euro[0], euro[1]]) == "\ufffd"
+    assert small.decode([]) == ""
 
 
 @pytest.mark.parametrize("bad", [-1, 10**6, "a"])
-def test_decode_rejects_ids_outside_the_vocabulary(trained, bad):
+def test_decode_rejects_ids_outside_the_vocabulary(small, bad):
     with pytest.raises(ValueError, match=f"token id {bad!r} at position 1"):
-        trained.decode([65, bad])
+        small.decode([65, bad])
 
 
 def test_save_and_load_round_trip(trained, tmp_path, shared_data):
@@ -199,11 +206,11 @@ def test_encode_iterable_equals_encode_wherever_the_pieces_are_cut(pieces, block
         assert list(tokenizer.encode_iterable(iter(pieces))) == tokenizer.encode("".join(pieces))
 
 
-def test_encode_iterable_is_lazy(trained):
+def test_encode_iterable_is_lazy(small):
     def endless():
         while True:
             yield "the cat sat on the mat. " * 100
 
-    ids = trained.encode_iterable(endless())
+    ids = small.encode_iterable(endless())
     first = [next(ids) for _ in range(1000)]
-    assert trained.decode(first).startswith("the cat sat")
+    assert small.decode(first).startswith("the cat sat")
