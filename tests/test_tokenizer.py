@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import tinylm.tokenizer.pretokenize as pretokenize_module
+import tinylm.tokenizer.tokenizer as tokenizer_module
 from tinylm.tokenizer import Tokenizer, train_bpe
 from tinylm.tokenizer.pretokenize import ASCII_REGEX, GPT2_PATTERN, GPT2_REGEX
 
@@ -86,6 +87,21 @@ def test_gpt2_matches_tiktoken_on_real_text(gpt2, tiktoken_gpt2, shared_data):
 @given(st.text(max_size=60))
 def test_gpt2_matches_tiktoken_on_arbitrary_text(gpt2, tiktoken_gpt2, text):
     assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
+
+
+def test_gpt2_matches_tiktoken_on_long_pretokens(gpt2, tiktoken_gpt2):
+    text = "-" * 5000 + " " + "ab" * 3000 + " " + "日本" * 500 + "=" * 70 + "\n" * 300 + "x" * 65
+    assert gpt2.encode(text) == tiktoken_gpt2.encode(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "e", "t", "h", "-", "=", "é", "日", "ll", "the", "aa", " "]),
+                min_size=1, max_size=120).map("".join))
+def test_long_word_merge_loop_equals_the_simple_one(small, word):
+    ids = [small.byte_ids[byte] for byte in word.encode()]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokenizer_module, "_LONG_WORD", 10**9)
+        assert small._bpe_long(ids) == small._bpe(word)
 
 
 def test_trained_matches_tiktoken_built_from_our_ranks(trained, shared_data):

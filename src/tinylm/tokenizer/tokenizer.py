@@ -11,6 +11,7 @@ Files (GPT-2 formats, so GPT-2's own `encoder.json` + `vocab.bpe` load the same 
 """
 from __future__ import annotations
 
+import heapq
 import json
 import os
 from itertools import chain
@@ -23,6 +24,7 @@ from tinylm.tokenizer.pretokenize import Piece, Splitter, validate_special_token
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 
 _CACHE_ENTRIES = 1 << 18  # bounded so that streaming a huge file keeps constant memory
+_LONG_WORD = 64  # bytes; longer pre-tokens use the heap-based merge loop
 
 
 def gpt2_bytes_to_unicode() -> dict[int, str]:
@@ -166,6 +168,8 @@ class Tokenizer:
     def _bpe(self, pretoken: str) -> list[int]:
         """Ids of one pre-token: repeatedly merge the adjacent pair with the earliest merge."""
         word = [self.byte_ids[byte] for byte in pretoken.encode("utf-8")]
+        if len(word) > _LONG_WORD:
+            return self._bpe_long(word)
         table = self.merge_table
         while len(word) > 1:
             best = best_pair = None
@@ -186,6 +190,38 @@ class Tokenizer:
                     i += 1
             word = merged
         return word
+
+    def _bpe_long(self, word: list[int]) -> list[int]:
+        """`_bpe` in O(n log n) for long pre-tokens (say a run of 10,000 dashes).
+
+        A heap holds (rank, position) of every mergeable adjacent pair; popping merges the earliest
+        merge at its leftmost place first, which is what `_bpe` does: a merge's result only takes
+        part in later merges, so no pair created here can outrank the one being applied.
+        """
+        table = self.merge_table
+        tokens: list[int | None] = list(word)
+        after = list(range(1, len(word) + 1))  # next live position; len(word) = none
+        before = list(range(-1, len(word) - 1))  # previous live position; -1 = none
+        heap = [(table[pair][0], i) for i, pair in enumerate(zip(word, word[1:])) if pair in table]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = after[i]
+            if tokens[i] is None or j == len(word):
+                continue
+            entry = table.get((tokens[i], tokens[j]))
+            if entry is None or entry[0] != rank:
+                continue  # this pair has changed since it was pushed
+            tokens[i], tokens[j] = entry[1], None
+            after[i] = after[j]
+            if after[j] < len(word):
+                before[after[j]] = i
+            for left, right in ((before[i], i), (i, after[i])):
+                if left >= 0 and right < len(word):
+                    neighbour = table.get((tokens[left], tokens[right]))
+                    if neighbour is not None:
+                        heapq.heappush(heap, (neighbour[0], left))
+        return [token for token in tokens if token is not None]
 
     def _encode_pretokens(self, pretokens: list[str], ids: list[int]) -> None:
         cache = self._cache
