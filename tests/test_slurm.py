@@ -4,8 +4,10 @@ A single-node cluster (munged, slurmctld, slurmd; tests/cluster/slurm_cluster.py
 for this module. The test config goes through profiles/slurm, with only the placeholders filled in
 and the squeue status command switched on, as its README tells a user of a cluster without
 accounting. Every job that is not a declared local rule must have gone through `sbatch` and
-completed in Slurm, and the results must equal a local run of the same targets (training on CPU is
-deterministic; timings and memory readings are left out of the comparison).
+completed in Slurm. The baseline's training job is requeued mid-run, as Slurm does to a preempted
+job (SIGTERM, back to the queue), and must resume from its checkpoint. The results must equal a
+local run of the same targets (training on CPU is deterministic; timings and memory readings are
+left out of the comparison).
 
 Needs root, Debian's apt (slurm-wlm, munge) and PyPI; skips with the reason otherwise. The executor
 plugin is installed into .venv-slurm/ and put on PYTHONPATH for these runs only: where it can be
@@ -144,7 +146,8 @@ def test_pipeline_on_slurm_equals_local_run(cluster, plugin_env, shared_data, tm
     assert "Restarts=1" in restarts, restarts
     slurm_logs = list((slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert sorted(p.stem for p in slurm_logs) == sorted(slurm_ids)
-    resumed = re.search(r"resuming baseline from \S+ at step (\d+)", (slurm_dir / "results/logs/train/baseline.log").read_text())
+    train_log = (slurm_dir / "results" / "logs" / "train" / "baseline.log").read_text()
+    resumed = re.search(r"resuming baseline from \S+ at step (\d+)", train_log)
     assert resumed and int(resumed[1]) > 0, "the requeued training started over"
 
     local = run_snakemake(local_dir, config, "--cores", "2", *TARGETS)

@@ -2,15 +2,15 @@
 
 `SlurmCluster(workdir)` writes a munge key and a `slurm.conf` into `workdir`, starts `munged`,
 `slurmctld` and `slurmd` in the foreground as child processes (so their process ids are known) and
-stops exactly those processes again. Nothing outside `workdir` is configured: Slurm clients find the
-cluster through the SLURM_CONF variable of `cluster.env`, and the daemons talk to munge through a
-socket inside `workdir`, on ports picked free at start.
+stops exactly those processes again. Configuration, state and logs stay in `workdir` (but for one
+link, below): Slurm clients find the cluster through the SLURM_CONF variable of `cluster.env`, the
+daemons talk to munge through a socket inside `workdir` and to each other on ports picked free.
 
 The setting suits a container: no cgroups (proctrack/linuxproc, task/none), no accounting database
 (accounting_storage/none). Without accounting, `sacct` knows nothing, so finished jobs are kept in
 the controller for MinJobAge seconds, long enough for `squeue --states=all` to report how they ended.
 
-One path outside `workdir` is used: `/run/slurm/conf`, where Slurm clients look for the
+The one path outside `workdir`: `/run/slurm/conf`, where Slurm clients look for the
 configuration of a "configless" node, becomes a link to `workdir` while the cluster runs.
 snakemake-executor-plugin-slurm-jobstep removes SLURM_CONF from the environment of the `srun` it
 starts inside each job, so job steps need the configuration at a default location, as on a real
@@ -43,8 +43,13 @@ class ClusterUnavailable(RuntimeError):
     """This machine cannot run the test cluster (not root, no packages, daemons fail)."""
 
 
+def _binary(name: str) -> str | None:
+    """Full path of a Slurm or munge program; the daemons live in sbin, which may not be on PATH."""
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+
+
 def _missing_binaries() -> list[str]:
-    return [name for name in DAEMON_BINARIES if shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None]
+    return [name for name in DAEMON_BINARIES if _binary(name) is None]
 
 
 def ensure_installed(log_path: Path) -> None:
@@ -76,7 +81,7 @@ def _free_port() -> int:
 
 def _node_hardware() -> str:
     """This machine's `CPUs=... RealMemory=...` as slurmd itself detects it (`slurmd -C`)."""
-    line = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+    line = subprocess.run([_binary("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
     return " ".join(field for field in line.split() if not field.startswith(("NodeName=", "UpTime=")))
 
 
@@ -159,8 +164,9 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
     def _spawn(self, name: str, command: list[str]) -> None:
         log = open(self.workdir / f"{name}.stdout", "wb")
-        self.processes[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                                cwd=self.workdir, start_new_session=True)
+        self.processes[name] = subprocess.Popen([_binary(command[0]), *command[1:]], stdout=log,
+                                                stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
+                                                start_new_session=True)
         log.close()
 
     def _wait(self, what: str, ready, timeout: float) -> None:
