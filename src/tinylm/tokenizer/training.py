@@ -233,7 +233,8 @@ def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: li
             "input": str(path),
             "input_bytes": path.stat().st_size,
             "training_time_s": time.perf_counter() - started,
-            # Upper bound: the main process plus every concurrent worker at its own peak.
+            # Upper bound: this process's high-water mark (since it started: exact for the CLI)
+            # plus every concurrent worker at its own peak.
             "peak_memory_bytes": peak_rss_bytes() + workers_peak,
             "vocab_size": len(vocab),
             "num_merges": len(merges),
