@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,18 @@ def test_tokenize_streams_a_file_without_special_tokens(tokenizer_dir, tmp_path)
     source.write_text(text, encoding="utf-8")
     tokenize_file(tmp_path / "plain", source, tmp_path / "ids.npy", workers=2, chunk_bytes=1000)
     assert np.load(tmp_path / "ids.npy").tolist() == Tokenizer.from_dir(tmp_path / "plain").encode(text)
+
+
+def test_tokenize_removes_parts_left_by_a_killed_run(tokenizer_dir, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text(STORY * 20, encoding="utf-8")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    stale = tmp_path / f".ids.npy.parts-{dead.pid}"
+    stale.mkdir()
+    (stale / "000000.bin").write_bytes(b"\0\0")
+    tokenize_file(tokenizer_dir, source, tmp_path / "ids.npy", workers=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.npy", "in.txt"]
 
 
 def test_tokenize_cli(tokenizer_dir, tmp_path, capsys):

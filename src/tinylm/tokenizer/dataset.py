@@ -62,6 +62,20 @@ def _encode_chunk(job: tuple[str, int, int, str, str]) -> tuple[int, int]:
     return tokens, end - start
 
 
+def _remove_stale_parts(output_path: Path) -> None:
+    """Delete part directories left beside `output_path` by killed runs (their process is gone)."""
+    for stale in output_path.parent.glob(f".{output_path.name}.parts-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        try:
+            os.kill(int(pid), 0)
+        except ValueError:
+            continue  # not one of ours
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def tokenize_file(tokenizer_dir: str | os.PathLike, input_path: str | os.PathLike,
                   output_path: str | os.PathLike, workers: int | None = None, dtype: str = "auto",
                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: bool = False) -> dict:
@@ -76,6 +90,7 @@ def tokenize_file(tokenizer_dir: str | os.PathLike, input_path: str | os.PathLik
     chunks = parallel_chunks(path, tokenizer.special_tokens, chunk_bytes, workers)
 
     output_path = Path(output_path)
+    _remove_stale_parts(output_path)
     parts_dir = output_path.parent / f".{output_path.name}.parts-{os.getpid()}"
     parts_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(path), start, end, str(parts_dir / f"{index:06d}.bin"), np_dtype.name)
