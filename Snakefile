@@ -8,7 +8,8 @@
 import shlex
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+import yaml
+from snakemake.utils import min_version, update_config, validate
 
 min_version("9.0")
 
@@ -16,6 +17,19 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+def typed(value):
+    """`--config key={a: 3}` reads nested values as text; read them the way the YAML config file would."""
+    if isinstance(value, dict):
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    if isinstance(value, str):
+        parsed = yaml.safe_load(value) if value.strip() else value
+        return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+    return value
+
+
+update_config(config, typed(dict(workflow.config_settings.config)))
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

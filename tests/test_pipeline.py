@@ -1,0 +1,154 @@
+"""The Snakemake pipeline through its command line, in temporary working directories.
+
+One full run of config/test.yaml (module fixture) serves the output, rerun and change tests; the
+other tests are dry runs. Expected job counts are worked out here from the config files themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinylm.config import ModelConfig, OptimizerConfig, TrainingConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ["tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "post_norm", "nope", "silu", "owt"]
+RUN_FILES = ["metrics.jsonl", "summary.json", "config.json", "model.pt", "eval.json"]
+
+
+def snakemake(workdir: Path, *args: str, configfile: str = "config/test.yaml", check: bool = True):
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(REPO / configfile), "--cores", "2", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run: rule -> number of jobs."""
+    table = output[output.index("Job stats:"):].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def scheduled(output: str, rule: str) -> list[str]:
+    """The `run` wildcard of every job of `rule` in a dry run printed with -p."""
+    blocks = re.split(r"\n(?=(?:local)?rule \w+:)", output)
+    return sorted(re.search(r"wildcards: run=(\S+)", b)[1] for b in blocks
+                  if re.match(rf"(?:local)?rule {rule}:", b.strip()))
+
+
+def data_overrides(shared_data: Path) -> str:
+    """--config value pointing the test config's corpora at the shared samples wherever they are."""
+    corpora = {corpus: {split: {"source": str(shared_data / f"{folder}/{split}.txt")} for split in ("train", "valid")}
+               for corpus, folder in (("tinystories", "tinystories_sample"), ("owt", "owt_sample"))}
+    return "corpora=" + json.dumps(corpora)
+
+
+def static_run_count(configfile: str) -> int:
+    """Runs known before the batch-size probe: the baseline, lr sweep rates other than the
+    baseline's, the no-RMSNorm rates, and one run each for post-norm, NoPE, SiLU and OpenWebText."""
+    cfg = yaml.safe_load((REPO / configfile).read_text())
+    base_lr = float(cfg["baseline"]["optimizer"]["lr"])
+    sweep = {float(lr) for lr in cfg["experiments"]["lr_sweep"]["sweep"]["optimizer.lr"]}
+    no_rmsnorm = cfg["experiments"]["no_rmsnorm"]["sweep"]["optimizer.lr"]
+    return 1 + len(sweep - {base_lr}) + len(no_rmsnorm) + 4
+
+
+@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/reference.yaml"])
+def test_dry_run_lists_the_expected_jobs(tmp_path, configfile):
+    counts = job_counts(snakemake(tmp_path, "--dry-run", configfile=configfile).stdout)
+    runs = static_run_count(configfile)
+    grid = 1  # the TinyStories sampling-settings grid beside the main samples of TinyStories and OWT
+    expected = {"download": 4, "train_bpe": 2, "tokenize": 4, "tokenizer_report": 1, "max_batch": 1,
+                "write_run_config": runs, "train": runs, "evaluate": runs, "generate_text": 2 + grid}
+    assert {rule: counts.get(rule) for rule in expected} == expected
+    # The batch-size runs are added once the probe has run (a checkpoint), so none are listed yet.
+
+
+def test_schema_lists_exactly_the_run_config_fields():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    for name, cls in (("model", ModelConfig), ("optimizer", OptimizerConfig), ("training", TrainingConfig)):
+        assert set(schema["$defs"][name]["properties"]) == {f.name for f in dataclasses.fields(cls)}, name
+
+
+@pytest.mark.parametrize("override, key", [
+    ("typo_key=1", "typo_key"),
+    ("baseline={model: {d_modle: 8}}", "d_modle"),
+    ("experiments={nope: {overrides: {optimizer.lrr: 1.0e-3}}}", "optimizer.lrr"),
+])
+def test_config_typo_fails_naming_the_key(tmp_path, override, key):
+    result = snakemake(tmp_path, "--dry-run", "--config", override, check=False)
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, shared_data):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    override = data_overrides(shared_data)
+    snakemake(workdir, "--config", override)
+    return workdir, override
+
+
+@pytest.mark.slow
+def test_full_run_produces_every_section(full_run):
+    workdir, _ = full_run
+    results = workdir / "results"
+    for section in SECTIONS:
+        page = results / "report" / section / "section.md"
+        assert page.is_file() and page.stat().st_size > 0, page
+    assert (results / "report" / "README.md").stat().st_size > 0
+    probe = json.loads((results / "max_batch" / "batch_size.json").read_text())
+    batches = sorted({b for b in (1, 4) if b <= probe["largest_batch"]} | {probe["largest_batch"]})
+    # Names from config/test.yaml; the lr sweep at the baseline's rate (3e-3) is the baseline itself.
+    expected = {"baseline", "lr_sweep-lr=10", "no_rmsnorm-lr=3e-3", "no_rmsnorm-lr=1e-4", "post_norm", "nope",
+                "silu", "owt"} | {f"batch_size-batch={b}" for b in batches}
+    assert {p.name for p in (results / "runs").iterdir()} == expected
+    for run in expected:
+        for name in RUN_FILES:
+            assert (results / "runs" / run / name).stat().st_size > 0, (run, name)
+        config = json.loads((results / "runs" / run / "config.json").read_text())
+        assert config["name"] == run
+    assert json.loads((results / "runs" / "nope" / "config.json").read_text())["model"]["position"] == "none"
+    for path in ("generate/tinystories/T=0.8_p=0.95.json", "generate/tinystories/grid.json",
+                 "generate/owt/T=0.8_p=0.95.json", "tokenizers/report.json"):
+        assert (results / path).stat().st_size > 0, path
+
+
+@pytest.mark.slow
+def test_immediate_rerun_schedules_nothing(full_run):
+    workdir, override = full_run
+    result = snakemake(workdir, "--dry-run", "--config", override)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_changing_one_runs_lr_retrains_only_that_run(full_run):
+    workdir, override = full_run
+    result = snakemake(workdir, "--dry-run", "-p", "--config", override,
+                       "experiments={nope: {overrides: {optimizer.lr: 1.0e-3}}}")
+    counts = job_counts(result.stdout)
+    assert scheduled(result.stdout, "train") == ["nope"]
+    assert counts["write_run_config"] == 1 and counts["evaluate"] == 1
+    for upstream in ("download", "train_bpe", "tokenize", "max_batch", "generate_text", "tokenizer_report"):
+        assert upstream not in counts
+
+
+@pytest.mark.slow
+def test_changing_the_vocabulary_retrains_everything_downstream(full_run):
+    workdir, override = full_run
+    result = snakemake(workdir, "--dry-run", "-p", "--config", override,
+                       "tokenizers={tinystories: {vocab_size: 301}}")
+    counts = job_counts(result.stdout)
+    runs = [p.name for p in (workdir / "results" / "runs").iterdir()]
+    # Batch-size runs are scheduled once the re-run probe (a checkpoint) reports the largest batch.
+    assert scheduled(result.stdout, "train") == sorted(r for r in runs if r != "owt" and not r.startswith("batch_size"))
+    assert counts["max_batch"] == 1
+    assert counts["train_bpe"] == 1 and counts["tokenize"] == 2 and "download" not in counts
