@@ -6,7 +6,6 @@
 #
 # Local settings come from profiles/default (loaded automatically); see config/README.md.
 import shlex
-from pathlib import Path
 
 import yaml
 from snakemake.utils import min_version, update_config, validate
@@ -37,10 +36,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/train.smk"
-if Path(workflow.basedir, "workflow/rules/report.smk").exists():  # TEMPORARY until the report rules land
-
-    include: "workflow/rules/report.smk"
-
+include: "workflow/rules/report.smk"
 
 
 wildcard_constraints:

@@ -129,13 +129,17 @@ def test_immediate_rerun_schedules_nothing(full_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def dry_run_with(full_run, change: str) -> tuple[str, dict[str, int]]:
+    """The printed dry run of the finished test pipeline with one `--config` change."""
+    workdir, override = full_run
+    result = snakemake(workdir, "--dry-run", "-p", "--config", override, change)
+    return result.stdout, job_counts(result.stdout)
+
+
 @pytest.mark.slow
 def test_changing_one_runs_lr_retrains_only_that_run(full_run):
-    workdir, override = full_run
-    result = snakemake(workdir, "--dry-run", "-p", "--config", override,
-                       "experiments={nope: {overrides: {optimizer.lr: 1.0e-3}}}")
-    counts = job_counts(result.stdout)
-    assert scheduled(result.stdout, "train") == ["nope"]
+    output, counts = dry_run_with(full_run, "experiments={nope: {overrides: {optimizer.lr: 1.0e-3}}}")
+    assert scheduled(output, "train") == ["nope"]
     assert counts["write_run_config"] == 1 and counts["evaluate"] == 1
     for upstream in ("download", "train_bpe", "tokenize", "max_batch", "generate_text", "tokenizer_report"):
         assert upstream not in counts
@@ -143,12 +147,9 @@ def test_changing_one_runs_lr_retrains_only_that_run(full_run):
 
 @pytest.mark.slow
 def test_changing_the_vocabulary_retrains_everything_downstream(full_run):
-    workdir, override = full_run
-    result = snakemake(workdir, "--dry-run", "-p", "--config", override,
-                       "tokenizers={tinystories: {vocab_size: 301}}")
-    counts = job_counts(result.stdout)
-    runs = [p.name for p in (workdir / "results" / "runs").iterdir()]
+    output, counts = dry_run_with(full_run, "tokenizers={tinystories: {vocab_size: 301}}")
+    runs = [p.name for p in (full_run[0] / "results" / "runs").iterdir()]
     # Batch-size runs are scheduled once the re-run probe (a checkpoint) reports the largest batch.
-    assert scheduled(result.stdout, "train") == sorted(r for r in runs if r != "owt" and not r.startswith("batch_size"))
+    assert scheduled(output, "train") == sorted(r for r in runs if r != "owt" and not r.startswith("batch_size"))
     assert counts["max_batch"] == 1
     assert counts["train_bpe"] == 1 and counts["tokenize"] == 2 and "download" not in counts

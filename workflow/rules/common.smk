@@ -189,9 +189,10 @@ def experiment_runs(section):
     for values in itertools.product(*sweep.values()):
         # The value "baseline" in a sweep stands for the baseline's own setting.
         point = {k: (dotted_get(baseline_dict(), k) if v == "baseline" else v) for k, v in zip(sweep, values)}
-        swept = "-".join(setting_text(k, v) for k, v in point.items())
+        settings = [setting_text(k, v) for k, v in point.items()]
+        swept = "-".join(settings)
         name = f"{section}-{swept}" if swept else section
-        label = " ".join(part for part in (prefix, swept.replace("-", " ")) if part) or section
+        label = " ".join([prefix] * bool(prefix) + settings) or section
         where = f"experiments.{section}" + (f" ({swept})" if swept else "")
         runs.append((name, label, make_run(name, tok, corpus, {**overrides, **point}, where)))
     return runs
