@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
-import resource
 import sys
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tinylm.fileio import write_json_atomic
+from tinylm.memory import peak_rss_bytes
 from tinylm.tokenizer.pretokenize import (
     DEFAULT_CHUNK_BYTES,
     Splitter,
@@ -35,12 +35,6 @@ from tinylm.tokenizer.pretokenize import (
 from tinylm.tokenizer.tokenizer import Tokenizer, longest_token
 
 Pair = tuple[int, int]
-
-
-def peak_rss_bytes() -> int:
-    """This process's resident-set high-water mark, in bytes."""
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # macOS reports bytes, Linux KiB
 
 
 def _count_chunk(job: tuple[str, int, int, list[str]]) -> tuple[Counter[str], int, int]:
