@@ -172,8 +172,12 @@ def test_crashing_job_is_retried_then_reported_with_its_log(prepared, config, tm
 def test_second_invocation_refuses_while_the_first_runs(prepared, uninterrupted, config, tmp_path):
     workdir = copy_workdir(prepared, tmp_path / "work")
     first = Pipeline(workdir, config, SUMMARY)
-    first.wait_for(lambda: first.job("train"), "the training job")
-    second = run_snakemake(workdir, config, "--cores", "2", SUMMARY, timeout=60)
+    trainer = first.wait_for(lambda: first.job("train"), "the training job")
+    trainer.suspend()  # so the first invocation surely still runs while the second one starts
+    try:
+        second = run_snakemake(workdir, config, "--cores", "2", SUMMARY, timeout=60)
+    finally:
+        trainer.resume()
     assert second.returncode != 0
     assert "cannot be locked" in second.stdout + second.stderr
     assert first.wait() == 0, (workdir / "snakemake.out").read_text()[-3000:]

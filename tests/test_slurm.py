@@ -96,15 +96,18 @@ def _requeue_baseline_training(cluster: SlurmCluster, snakemake: subprocess.Pope
     """Once the baseline's training job has saved a checkpoint, requeue it as a preemption would
     (SIGTERM, then back to the queue); return its Slurm job id."""
     deadline = time.monotonic() + TIMEOUT_S
+    jobs = []
     while time.monotonic() < deadline and snakemake.poll() is None:
         if (workdir / CHECKPOINT).exists():
+            # The plugin's job comment names the rule and its wildcards.
             jobs = cluster.client("squeue", "--noheader", "--format=%i|%T|%k").stdout.split()
             running = [job.split("|")[0] for job in jobs if job.endswith("|RUNNING|rule_train_wildcards_baseline")]
             if running:
                 cluster.client("scontrol", "requeue", running[0])
                 return running[0]
         time.sleep(0.05)
-    raise AssertionError(f"the baseline training job never ran with a checkpoint (snakemake: {snakemake.poll()})")
+    raise AssertionError(f"no running baseline training job with a checkpoint (snakemake exit status "
+                         f"{snakemake.poll()}; jobs id|state|comment: {jobs})")
 
 
 def test_pipeline_on_slurm_equals_local_run(cluster, plugin_env, shared_data, tmp_path):
