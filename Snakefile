@@ -5,6 +5,7 @@
 #   snakemake --configfile config/reference.yaml
 #
 # Local settings come from profiles/default (loaded automatically); see config/README.md.
+import os
 import shlex
 
 import yaml
@@ -13,7 +14,7 @@ from snakemake.utils import min_version, update_config, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
 def typed(value):
