@@ -137,7 +137,7 @@ def test_interrupted_training_resumes_on_rerun(prepared, uninterrupted, config, 
         assert step >= logged
     else:  # a kill loses the steps since the last periodic checkpoint, no more
         assert step % TRAINING["checkpoint_interval"] == 0
-        assert step >= logged - logged % TRAINING["checkpoint_interval"] > 0
+        assert step > 0 and step >= logged - logged % TRAINING["checkpoint_interval"]
     assert_same_results(workdir, uninterrupted, RUN_RESULTS)
 
 
