@@ -209,11 +209,13 @@ def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
             on_scale = budget <= 3 * max(shown, default=0)
             ax_mem.axhline(budget / mib if on_scale else np.nan, color="#d62728", linestyle=":", linewidth=1,
                            label=f"memory budget ({budget / mib:,.0f} MiB{'' if on_scale else ', off the scale'})")
-    for run in ordered:
+    labelled = False
+    for run in ordered:  # the x axis names the batch, so one legend entry covers every run
         peak = run.final("peak_mem_bytes")
         if peak is not None:
             ax_mem.plot([run.batch_size], [peak / mib], marker="o", markersize=7, linestyle="none",
-                        color=run.colour, label=f"training: {run.legend}")
+                        color=run.colour, label=None if labelled else "training run (peak)")
+            labelled = True
         speed = run.final("tokens_per_s")
         if speed is not None:
             ax_speed.bar(str(run.batch_size), speed, color=run.colour, label=run.legend)
@@ -225,7 +227,7 @@ def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
         percent = ax_mem.secondary_yaxis("right", functions=(lambda m: m * mib / total * 100,
                                                             lambda p: p / 100 * total / mib))
         percent.set_ylabel("% of device memory")
-    ax_mem.legend(loc="best", fontsize=7)
+    ax_mem.legend(loc="best")
     ax_speed.set_xlabel("batch size (sequences)")
     ax_speed.set_ylabel("throughput (tokens/s)")
     ax_speed.set_title("Training throughput")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.colors import to_hex
 
 # Twenty colours that stay apart on white: matplotlib's tab10, then the dark half of tab20b/tab20c.
 PALETTE = [
@@ -130,6 +131,16 @@ def load_runs(specs: list[tuple[str, str]], colour_order: list[str] | None = Non
     for run in runs:
         run.colour = PALETTE[order.index(run.name) % len(PALETTE)]
     return runs
+
+
+def colour_by_order(runs: list[Run]) -> None:
+    """Colours along a sequential colour map, for runs that differ in one ordered setting (batch size)
+    and appear in one section only."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    for i, run in enumerate(runs):
+        run.colour = to_hex(cmap(0.9 * i / max(len(runs) - 1, 1)))
 
 
 def find_run(runs: list[Run], label: str | None) -> Run | None:

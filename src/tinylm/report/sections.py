@@ -13,9 +13,9 @@ import pandas as pd
 
 from tinylm.fileio import write_text_atomic
 from tinylm.report import CURVES, OUTPUTS, TITLES, analysis, figures
-from tinylm.report.runs import Run
-from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_int, fmt_loss, fmt_percent, fmt_rate,
-                                  fmt_ratio, fmt_signed, fmt_speed, fmt_token, write_table)
+from tinylm.report.runs import Run, colour_by_order
+from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_excerpt, fmt_int, fmt_loss, fmt_percent,
+                                  fmt_rate, fmt_ratio, fmt_signed, fmt_speed, fmt_token, write_table)
 
 VARIANTS = {
     "no_rmsnorm": "Every RMSNorm removed, against the baseline.",
@@ -178,6 +178,7 @@ def lr_sweep(section: Section, inputs: Inputs) -> None:
 
 def batch_size(section: Section, inputs: Inputs) -> None:
     runs = sorted(inputs.runs, key=lambda r: r.batch_size)
+    colour_by_order(runs)  # small to large batch: dark to light
     section.paragraph(analysis.batch_size_text(runs, inputs.max_batch))
     section.figure(figures.memory_and_speed(runs, inputs.max_batch), "memory",
                    "Peak memory (MiB and % of device memory) and throughput per batch size")
@@ -208,13 +209,15 @@ def _samples_frame(generated: dict) -> pd.DataFrame:
 
 SAMPLE_COLUMNS = [Column("seed", "seed", fmt_int), Column("num_new_tokens", "new tokens", fmt_int),
                   Column("stopped_at_eot", "ended at end-of-text"),
-                  Column("distinct_word_ratio", "distinct words", fmt_ratio), Column("completion", "completion")]
+                  Column("distinct_word_ratio", "distinct words", fmt_ratio),
+                  Column("completion", "completion (beginning; whole text in the CSV)", fmt_excerpt)]
 
 
 def _quoted_samples(generated: dict) -> str:
     blocks = []
     for sample in generated["samples"]:
-        quoted = "\n".join("> " + line if line.strip() else ">" for line in sample["text"].splitlines())
+        paragraphs = [p.strip() for p in sample["text"].split("\n\n") if p.strip()]
+        quoted = "\n>\n".join("\n".join("> " + line for line in p.splitlines()) for p in paragraphs)
         blocks.append(f"Seed {sample['seed']}:\n\n{quoted}\n")
     return "\n".join(blocks)
 
@@ -238,12 +241,11 @@ def sampling_grid(generated: dict) -> pd.DataFrame:
     rows = []
     for (temperature, top_p), group in samples.groupby(["temperature", "top_p"], sort=True):
         ratios = group["distinct_word_ratio"].dropna()
-        first = group.iloc[0]["completion"].strip()
         rows.append({"temperature": temperature, "top_p": top_p, "samples": len(group),
                      "mean_new_tokens": group["num_new_tokens"].mean(),
                      "ended_at_eot": group["stopped_at_eot"].mean() * 100,
                      "distinct_word_ratio": ratios.mean() if len(ratios) else None,
-                     "beginning": first[:100] + ("…" if len(first) > 100 else "")})
+                     "beginning": group.iloc[0]["completion"]})
     return pd.DataFrame(rows).astype(object)
 
 
@@ -272,9 +274,10 @@ def generate(section: Section, inputs: Inputs) -> None:
     section.paragraph(sampling_grid_text(grid))
     section.table(grid, [
         Column("temperature", "temperature"), Column("top_p", "top-p"), Column("samples", "samples", fmt_int),
-        Column("mean_new_tokens", "mean new tokens", fmt_ratio), Column("ended_at_eot", "ended at end-of-text",
-                                                                        fmt_percent),
-        Column("distinct_word_ratio", "distinct words", fmt_ratio), Column("beginning", "beginning (first seed)"),
+        Column("mean_new_tokens", "mean new tokens", fmt_ratio),
+        Column("ended_at_eot", "ended at end-of-text", fmt_percent),
+        Column("distinct_word_ratio", "distinct words", fmt_ratio),
+        Column("beginning", "beginning (first seed)", fmt_excerpt),
     ], "sampling_settings", "Effect of temperature and top-p (same prompt; temperature 0 is greedy)")
 
 

@@ -73,6 +73,14 @@ def fmt_token(value: Any) -> str:
     return MISSING if _missing(value) else "`" + repr(str(value)).replace("`", "'") + "`"
 
 
+def fmt_excerpt(value: Any, length: int = 100) -> str:
+    """The first `length` characters of a text on one line, with … when cut."""
+    if _missing(value):
+        return MISSING
+    text = " ".join(str(value).split())
+    return text if len(text) <= length else text[:length].rstrip() + "…"
+
+
 def fmt_text(value: Any) -> str:
     if _missing(value):
         return MISSING
@@ -90,7 +98,7 @@ class Column:
 
 def markdown_table(frame: pd.DataFrame, columns: list[Column]) -> str:
     lines = ["| " + " | ".join(c.header for c in columns) + " |",
-             "|" + "|".join("---" if c.fmt in (fmt_text, fmt_token) else "---:" for c in columns) + "|"]
+             "|" + "|".join("---" if c.fmt in (fmt_text, fmt_token, fmt_excerpt) else "---:" for c in columns) + "|"]
     for _, row in frame.iterrows():
         cells = [c.fmt(_plain(row[c.key])).replace("|", "\\|").replace("\n", " ") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
