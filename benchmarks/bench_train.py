@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -140,6 +141,11 @@ def max_logit_difference(setups: list[Setup], inputs: torch.Tensor) -> float:
     return (ours.model(inputs).float() - peer.forward(inputs).float()).abs().max().item()
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (busy processes), where the OS reports one."""
+    return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -192,7 +198,9 @@ def markdown(results: list[dict], meta: dict) -> str:
     mfu = meta["device"].startswith("cuda")
     lines = [f"# Training throughput: tinylm vs HF LlamaForCausalLM ({meta['device_name']})", "",
              f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} CPU threads; "
-             f"best of {meta['rounds']} interleaved rounds of ~{meta['round_seconds']} s (at least one step).", ""]
+             f"best of {meta['rounds']} interleaved rounds of ~{meta['round_seconds']} s (at least one step); "
+             f"1-minute load average {meta['load_average_before']} before, {meta['load_average_after']} after "
+             "(other jobs on a shared machine make CPU timings noisy).", ""]
     for result in results:
         m = result["model"]
         lines += [f"## {result['size']}: vocab {m['vocab_size']}, ctx {m['context_length']}, d_model {m['d_model']}, "
@@ -231,7 +239,8 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     meta = {"device": str(device), "device_name": device_name, "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-            "round_seconds": args.round_seconds, "rounds": args.rounds}
+            "round_seconds": args.round_seconds, "rounds": args.rounds,
+            "load_average_before": load_average()}
     results = []
     for name in args.sizes:
         cfg, cpu_batch, gpu_batch = SIZES[name]
@@ -240,6 +249,7 @@ def main() -> None:
               f"FLOPs/token, batch {batch_size}", flush=True)
         results.append(bench_size(name, cfg, batch_size, device, args.round_seconds, args.rounds, args.compile,
                                   args.cpu_bf16))
+    meta["load_average_after"] = load_average()
     text = markdown(results, meta)
     print(text)
     write_json_atomic(args.out + ".json", {"meta": meta, "results": results})
