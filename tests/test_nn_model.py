@@ -10,6 +10,7 @@ from tinylm.nn import (
     TransformerLM,
     build_model,
     forward_flops_per_token,
+    model_flops_utilization,
     parameter_count,
     training_flops_per_token,
 )
@@ -257,5 +258,9 @@ def test_parameter_count_and_flops_match_hand_counts():
     per_layer = 2 * (4 * d * d + 3 * d * f) + 2 * 2 * t * d
     assert forward_flops_per_token(cfg) == n * per_layer + 2 * d * v
     assert training_flops_per_token(cfg) == 3 * forward_flops_per_token(cfg)
+    assert forward_flops_per_token(cfg, seq_len=1) == n * (per_layer - 2 * 2 * (t - 1) * d) + 2 * d * v
+    # 546,133 tokens/s (327.68M tokens in 10 minutes) on an H100 (989 TFLOP/s bf16):
+    assert model_flops_utilization(327_680_000 / 600, cfg) == pytest.approx(
+        327_680_000 / 600 * training_flops_per_token(cfg) / 989e12)
     # The 6N rule of thumb (N without the embedding lookup, which costs no FLOPs) is within 10 %.
     assert training_flops_per_token(cfg) == pytest.approx(6 * parameter_count(cfg, include_embedding=False), rel=0.1)
