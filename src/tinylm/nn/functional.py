@@ -49,9 +49,10 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     neither overflow nor lose precision; low-precision (bf16) logits are upcast first.
     """
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    maxima = logits.amax(dim=-1, keepdim=True).detach()  # (..., 1); shift-invariant, as in softmax
-    log_sum_exp = torch.log(torch.exp(logits - maxima).sum(dim=-1)) + maxima.squeeze(-1)  # (...)
-    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)         # (...)
+    # log softmax(x)_t = (x_t - m) - log(sum(exp(x - m))) for any m; m = max keeps exp <= 1.
+    shifted = logits - logits.amax(dim=-1, keepdim=True).detach()  # (..., vocab); m's gradient is 0
+    log_sum_exp = torch.log(torch.exp(shifted).sum(dim=-1))         # (...)
+    target_logits = shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (...)
     return (log_sum_exp - target_logits).mean()
 
 
