@@ -212,16 +212,17 @@ def build_static_runs():
         if config["experiments"][section].get("compare_baseline", True):
             labels.setdefault(BASELINE_RUN, "baseline")
         sections[section] = labels
-    return runs, sections
+    return runs, sections, by_content
 
 
-STATIC_RUNS, STATIC_SECTIONS = build_static_runs()
+STATIC_RUNS, STATIC_SECTIONS, STATIC_BY_CONTENT = build_static_runs()
 
 
 # ---- batch-size section ------------------------------------------------------------------------
 
 def batch_size_run(batch):
-    """The baseline at `batch` with the section's token budget, scaled lr and token-based intervals."""
+    """The baseline at `batch` with the section's token budget (in whole steps), scaled lr and
+    intervals fixed in tokens."""
     exp = config["experiments"]["batch_size"]
     base = STATIC_RUNS[BASELINE_RUN]
     scale = batch / base.training.batch_size
@@ -230,11 +231,11 @@ def batch_size_run(batch):
     # Intervals count steps; keep them fixed in tokens so every batch size is logged,
     # evaluated and warmed up over the same share of the budget.
     per_tokens = lambda steps: max(1, round(steps / scale))
+    steps = math.ceil(exp["max_tokens"] / (batch * base.model.context_length))
     overrides = {
-        "training.batch_size": batch, "training.max_steps": None, "training.max_tokens": exp["max_tokens"],
+        "training.batch_size": batch, "training.max_steps": steps, "training.max_tokens": None,
         "optimizer.lr": lr,
-        "optimizer.warmup_steps": min(per_tokens(base.optimizer.warmup_steps),
-                                      math.ceil(exp["max_tokens"] / (batch * base.model.context_length)) // 2),
+        "optimizer.warmup_steps": min(per_tokens(base.optimizer.warmup_steps), steps // 2),
         "training.eval_interval": per_tokens(base.training.eval_interval),
         "training.log_interval": per_tokens(base.training.log_interval),
         "training.checkpoint_interval": per_tokens(base.training.checkpoint_interval),
@@ -270,7 +271,9 @@ def section_runs(section):
     if section in STATIC_SECTIONS:
         return dict(STATIC_SECTIONS[section])
     if section == "batch_size":
-        return {f"batch_size-batch={b}": f"batch={b}" for b in batch_sizes()}
+        # A batch-size run identical to an earlier run (the baseline's batch and budget) is that run.
+        return {STATIC_BY_CONTENT.get(content_key(batch_size_run(b)), f"batch_size-batch={b}"): f"batch={b}"
+                for b in batch_sizes()}
     if section == "generate":
         return {run: label for run, label in STATIC_SECTIONS["lr_sweep"].items()} | (
             {} if BASELINE_RUN in STATIC_SECTIONS["lr_sweep"] else {BASELINE_RUN: "baseline"})
