@@ -161,13 +161,18 @@ def test_lr_sweep_finds_the_diverging_rate(runs, tmp_path):
 
 def test_batch_size_section(runs, tmp_path):
     out = tmp_path / "batch_size"
-    md = report("batch_size", out, runs, ["batch=2", "lr=3e-3"], "--max-batch", str(runs["max_batch"]))
+    md = report("batch_size", out, runs, ["batch=2", "lr=3e-3"], "--baseline", "lr=3e-3",
+                "--max-batch", str(runs["max_batch"]))
     check_files("batch_size", out)
     table = pd.read_csv(out / "batch_size.csv")
     assert list(table["batch_size"]) == [2, 8]
     assert list(table.columns) == ["run", "batch_size", "lr", "peak_mem_bytes", "mem_percent", "tokens_per_s",
                                    "final_val_loss", "status"]
     text = paragraph(md)
+    configs = [json.loads((runs[label] / "config.json").read_text()) for label in ("batch=2", "lr=3e-3")]
+    budgets = [c["training"]["max_steps"] * c["training"]["batch_size"] * c["model"]["context_length"]
+               for c in configs]
+    assert f"Batch sizes 2, 8 trained on budgets of {budgets[0]:,} to {budgets[1]:,} tokens" in text
     fastest = table.loc[table["tokens_per_s"].idxmax()]
     assert f"Throughput peaks at batch {fastest['batch_size']} with {fastest['tokens_per_s']:,.0f} tokens/s" in text
     best = table.loc[table["final_val_loss"].idxmin()]

@@ -75,8 +75,9 @@ def report_arguments(section):
         args = []
         for run, label in labels.items():
             args += ["--run", label, run_dir(run)]
-        baseline = section_baseline(section)
-        if section not in ("lr_sweep", "batch_size") and baseline in labels:
+        # The baseline is dashed wherever it is shown beside others, except in the plain lr sweep.
+        baseline = section_baseline(section) or BASELINE_RUN
+        if section != "lr_sweep" and baseline in labels:
             args += ["--baseline", labels[baseline]]
         if labels:
             # Every run of the report in one fixed order: a run has the same colour in every section.

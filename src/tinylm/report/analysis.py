@@ -127,13 +127,21 @@ def target_text(runs: list[Run]) -> str:
 
 # ---- batch size ------------------------------------------------------------------------------
 
+def token_budget(run: Run) -> int:
+    """Training tokens the run was configured for (steps x batch x context, or max_tokens)."""
+    training, context = run.config["training"], run.config["model"]["context_length"]
+    if training.get("max_tokens"):
+        return int(training["max_tokens"])
+    return int(training["max_steps"]) * run.batch_size * context
+
+
 def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
     ordered = sorted(runs, key=lambda r: r.batch_size)
-    budgets = {r.config["training"].get("max_tokens") for r in ordered}
-    budget = budgets.pop() if len(budgets) == 1 else None
-    parts = [f"Batch sizes {', '.join(fmt_int(r.batch_size) for r in ordered)} trained"
-             + (f" on the same budget of {fmt_int(budget)} tokens" if budget else "")
-             + ", each at its configured learning rate."]
+    budgets = sorted({token_budget(r) for r in ordered})
+    budget = (f"the same budget of {fmt_int(budgets[0])} tokens" if len(budgets) == 1
+              else f"budgets of {fmt_int(budgets[0])} to {fmt_int(budgets[-1])} tokens")
+    parts = [f"Batch sizes {', '.join(fmt_int(r.batch_size) for r in ordered)} trained on {budget}, each at its "
+             f"configured learning rate."]
     if max_batch:
         limit = max_batch.get("memory_budget_bytes")
         parts.append("The largest batch whose training step fits "

@@ -178,11 +178,13 @@ def lr_sweep(section: Section, inputs: Inputs) -> None:
 
 def batch_size(section: Section, inputs: Inputs) -> None:
     runs = sorted(inputs.runs, key=lambda r: r.batch_size)
-    colour_by_order(runs)  # small to large batch: dark to light
+    # Small to large batch: dark to light. The baseline, when it is one of them, keeps its colour
+    # (it appears in other sections) and its dashes.
+    colour_by_order([r for r in runs if r is not inputs.baseline])
     section.paragraph(analysis.batch_size_text(runs, inputs.max_batch))
     section.figure(figures.memory_and_speed(runs, inputs.max_batch), "memory",
                    "Peak memory (MiB and % of device memory) and throughput per batch size")
-    _curves(section, runs, None, "Batch sizes")
+    _curves(section, runs, inputs.baseline, "Batch sizes")
     section.table(analysis.runs_frame(runs), [
         Column("run", "run"), Column("batch_size", "batch", fmt_int), Column("lr", "learning rate", fmt_rate),
         Column("peak_mem_bytes", "peak memory", fmt_bytes), Column("mem_percent", "% of device memory", fmt_percent),
