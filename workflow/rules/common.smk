@@ -11,6 +11,7 @@ Exported for the report rules (workflow/rules/report.smk) and the Snakefile targ
                                  checkpoint, so call it only inside input/params functions.
                                  "tokenizer" has no runs; "generate" lists the runs it picks from.
     section_baseline(section)    the baseline run name for that section, or None
+    all_static_runs()            every run name known before the batch-size probe, baseline first
     run_dir(run)                 "results/runs/<run>"
     run_files(run)               {"metrics", "summary", "config", "model", "eval"} paths of one run
     section_run_files(section, kinds=("metrics", "summary", "config"))
@@ -27,7 +28,8 @@ Exported for the report rules (workflow/rules/report.smk) and the Snakefile targ
 
 Runs are the `baseline` (config key `baseline`) plus, per experiment, the baseline with overrides and
 an optional sweep. Two runs with the same content are one run: the first name wins, so the lr sweep
-at the baseline's rate is the run `baseline` itself.
+at the baseline's rate (and the batch-size run at the baseline's batch and budget) is the run
+`baseline` itself, with that section's label.
 """
 import copy
 import itertools
@@ -274,9 +276,10 @@ def section_runs(section):
         # A batch-size run identical to an earlier run (the baseline's batch and budget) is that run.
         return {STATIC_BY_CONTENT.get(content_key(batch_size_run(b)), f"batch_size-batch={b}"): f"batch={b}"
                 for b in batch_sizes()}
-    if section == "generate":
-        return {run: label for run, label in STATIC_SECTIONS["lr_sweep"].items()} | (
-            {} if BASELINE_RUN in STATIC_SECTIONS["lr_sweep"] else {BASELINE_RUN: "baseline"})
+    if section == "generate":  # the TinyStories runs the best one is picked from
+        runs = dict(STATIC_SECTIONS["lr_sweep"])
+        runs.setdefault(BASELINE_RUN, "baseline")
+        return runs
     if section == "tokenizer":
         return {}
     raise ValueError(f"unknown report section {section!r}")
