@@ -56,7 +56,7 @@ def llama_peer(cfg: ModelConfig, device: torch.device):
     config = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
                          num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                          num_key_value_heads=cfg.num_heads, max_position_embeddings=cfg.context_length,
-                         rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                         rms_norm_eps=1e-5, rope_theta=cfg.rope_theta,  # transformers 5 files it under rope_parameters
                          tie_word_embeddings=False, attention_bias=False, mlp_bias=False, use_cache=False)
     return LlamaForCausalLM(config).to(device)
 
