@@ -34,15 +34,9 @@ def report_outputs(section):
     return files
 
 
-def readable_label(label):
-    """common.smk joins swept settings with spaces in place of "-", which also eats the minus of an
-    exponent ("lr=3e 3"); put it back: "lr=3e-3"."""
-    return re.sub(r"(\de) (\d)", r"\1-\2", label)
-
-
 def report_labels(section):
     """{run name: label} for the section; section_runs reads the max-batch checkpoint for batch_size."""
-    labels = {run: readable_label(label) for run, label in section_runs(section).items()}
+    labels = section_runs(section)
     if section == "owt" and BASELINE_RUN in labels:
         labels[BASELINE_RUN] = OWT_BASELINE_LABEL
     return labels
