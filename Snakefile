@@ -6,6 +6,7 @@
 #
 # Local settings come from profiles/default (loaded automatically); see config/README.md.
 import os
+import re
 import shlex
 
 import yaml
@@ -47,9 +48,12 @@ wildcard_constraints:
     split="train|valid",
 
 
+# Run beside Snakemake even under a cluster executor: targets, config files, and downloads
+# (compute nodes often have no outside network).
 localrules:
     all,
     write_run_config,
+    download,
     tokenizer,
     lr_sweep,
     batch_size,
