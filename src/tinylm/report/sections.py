@@ -263,7 +263,8 @@ def sampling_grid_text(grid: pd.DataFrame) -> str:
     return text + (f" The most repetitive text (distinct-word ratio {fmt_ratio(low['distinct_word_ratio'])}) "
                    f"comes from temperature {low['temperature']}, top-p {low['top_p']}; the most varied "
                    f"({fmt_ratio(high['distinct_word_ratio'])}) from temperature {high['temperature']}, "
-                   f"top-p {high['top_p']}.")
+                   f"top-p {high['top_p']} (the ratio falls as texts grow longer, so it compares texts of "
+                   f"similar length best).")
 
 
 def generate(section: Section, inputs: Inputs) -> None:
