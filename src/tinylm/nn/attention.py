@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tinylm.config import ATTENTIONS
 from tinylm.nn.functional import scaled_dot_product_attention
 from tinylm.nn.layers import Linear
-
-ATTENTION_BACKENDS = ("reference", "fused")
 
 
 class RotaryPositionalEmbedding(nn.Module):
@@ -87,8 +86,8 @@ class MultiHeadSelfAttention(nn.Module):
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
-        if attention not in ATTENTION_BACKENDS:
-            raise ValueError(f"attention={attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention={attention!r} is not one of {', '.join(ATTENTIONS)}")
         self.d_model, self.num_heads, self.d_head = d_model, num_heads, d_model // num_heads
         self.rope = rope
         self.attention = attention

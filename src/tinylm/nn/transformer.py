@@ -12,13 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tinylm.config import FFNS, NORMS, POSITIONS
 from tinylm.nn.attention import KVCache, MultiHeadSelfAttention, RotaryPositionalEmbedding
 from tinylm.nn.ffn import SiLUFeedForward, SwiGLU
 from tinylm.nn.layers import Embedding, Linear, RMSNorm
-
-NORMS = ("pre", "post", "none")
-POSITIONS = ("rope", "none")
-FFNS = ("swiglu", "silu")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
