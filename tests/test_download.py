@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
-import threading
-
 import pytest
+from local_http import LocalHTTPServer, QuietHandler
 
 from tinylm.cli import main
 from tinylm.download import SourceUnavailable, document_cut, download
@@ -24,7 +22,7 @@ class Server:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
                 body = server.files.get(self.path)
@@ -46,18 +44,9 @@ class Server:
                 if limit is not None:
                     self.close_connection = True
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        self.http = LocalHTTPServer(Handler)
+        self.url = self.http.base_url
+        self.close = self.http.close
 
 
 @pytest.fixture

@@ -5,14 +5,12 @@ baseline run (so there is time to interrupt it) and compares with an uninterrupt
 """
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pytest
 
 from cluster.workflow import (INTERRUPTIBLE_TRAINING as TRAINING, assert_same_results, run_snakemake,
                               snakemake_command, write_config)
+from local_http import LocalHTTPServer, QuietHandler
 
 pytestmark = pytest.mark.slow
 
@@ -193,7 +192,7 @@ class SlowServer:
         self.sent = 0
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 start = int(self.headers.get("Range", "bytes=0-").removeprefix("bytes=").split("-")[0])
                 self.send_response(206 if start else 200)
@@ -209,18 +208,9 @@ class SlowServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client was killed
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/train.txt"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        self.http = LocalHTTPServer(Handler)
+        self.url = f"{self.http.base_url}/train.txt"
+        self.close = self.http.close
 
 
 def test_interrupted_download_and_tokenization_leave_no_output(prepared, config, shared_data, tmp_path):
