@@ -19,7 +19,8 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+# setup.py builds the compiled encoder, so editing its source reinstalls (and rebuilds) it.
+$(VENV)/.run-deps: pyproject.toml setup.py src/tinylm/tokenizer/_encoder.c | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e .
 	touch $@

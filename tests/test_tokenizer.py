@@ -211,12 +211,13 @@ def test_encode_iterable_over_a_multi_megabyte_file_equals_encode(trained, share
 @example(pieces=["x'l", "l"], block=1, specials=[])
 @example(pieces=["\n\n", "<<<", "<<<<<"], block=1, specials=[])
 @example(pieces=["a" * 20, "<|endof", "text|>", EOT, "b"], block=1, specials=[EOT, EOT + EOT])
-def test_encode_iterable_equals_encode_wherever_the_pieces_are_cut(pieces, block, specials):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_encode_iterable_equals_encode_wherever_the_pieces_are_cut(pieces, block, specials, compiled):
     # Merges inside every kind of pre-token whose end depends on what follows it.
     merges = [(b" ", b"l"), (b"l", b"l"), (b" l", b"l"), (b"'", b"ll"), (b" ", b" "),
               (b"\n", b"\n"), (b"\n", b" ")]
     vocab = {i: bytes([i]) for i in range(256)} | {256 + i: a + b for i, (a, b) in enumerate(merges)}
-    tokenizer = Tokenizer(vocab, merges, specials)
+    tokenizer = Tokenizer(vocab, merges, specials, compiled=compiled)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pretokenize_module, "STREAM_BLOCK_CHARS", block)  # exercise the partial path
         assert list(tokenizer.encode_iterable(iter(pieces))) == tokenizer.encode("".join(pieces))

@@ -2,7 +2,11 @@
 
 Encoding cuts special tokens out first (longest first), splits the rest with the GPT-2 pattern,
 and turns each pre-token into ids by applying merges in rank order (earliest learned first).
-Pre-token encodings are cached, since natural text repeats the same words over and over.
+Natural text repeats the same words over and over, so ids are cached and most text is encoded by
+looking them up. Two paths do this and give the same ids: the compiled one (`_encoder.c`: it
+pre-tokenizes and looks up pre-tokens without making a Python object per word) where it was built,
+else a Python one that caches the ids of each segment (a whitespace run and the word after it, see
+`pretokenize.segment`) and of each pre-token. Both call `Tokenizer._bpe` on a cache miss.
 
 Files (GPT-2 formats, so GPT-2's own `encoder.json` + `vocab.bpe` load the same way):
 - vocab.json: {token: id}, each token's bytes written in GPT-2's printable byte alphabet;
@@ -16,15 +20,29 @@ import json
 import os
 from itertools import chain
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from tinylm.fileio import write_json_atomic, write_text_atomic
-from tinylm.tokenizer.pretokenize import Piece, Splitter, validate_special_tokens
+from tinylm.tokenizer.pretokenize import (
+    Piece,
+    SpecialToken,
+    Splitter,
+    character_class,
+    pretokenize,
+    segment,
+    validate_special_tokens,
+)
+
+try:  # built by setup.py where a C compiler is available
+    from tinylm.tokenizer._encoder import Encoder as CompiledEncoder
+except ImportError:
+    CompiledEncoder = None
 
 VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "special_tokens.json"
 
-_CACHE_ENTRIES = 1 << 18  # bounded so that streaming a huge file keeps constant memory
+_CACHE_ENTRIES = 1 << 18  # per cache; bounded so that streaming a huge file keeps constant memory
 _LONG_WORD = 64  # bytes; longer pre-tokens use the heap-based merge loop
+_NO_MERGE = (1 << 62, -1)  # (rank, merged id) of a pair that no merge joins; it ranks last
 
 
 def gpt2_bytes_to_unicode() -> dict[int, str]:
@@ -66,7 +84,8 @@ class Tokenizer:
     """Byte-level BPE tokenizer: `vocab` id -> bytes, `merges` in creation order, special tokens."""
 
     def __init__(self, vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]],
-                 special_tokens: list[str] | None = None):
+                 special_tokens: list[str] | None = None, *, compiled: bool = True):
+        """`compiled=False` encodes with the Python path even where the compiled one is built."""
         self.vocab = dict(vocab)
         self.merges = list(merges)
         self.special_tokens = validate_special_tokens(special_tokens)
@@ -107,7 +126,10 @@ class Tokenizer:
             self.merge_table.setdefault((learned[first], learned[second]), (rank, merged_id))
 
         self._splitter = Splitter(self.special_tokens)
-        self._cache: dict[str, list[int]] = {}
+        self._pretoken_ids = _Memo(self._bpe)
+        self._segment_ids = _Memo(self._encode_segment)
+        self._compiled = (CompiledEncoder(self._bpe, character_class, _CACHE_ENTRIES)
+                          if compiled and CompiledEncoder is not None else None)
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -166,29 +188,26 @@ class Tokenizer:
     # ---- encoding ----------------------------------------------------------------------------
 
     def _bpe(self, pretoken: str) -> list[int]:
-        """Ids of one pre-token: repeatedly merge the adjacent pair with the earliest merge."""
+        """Ids of one pre-token: repeatedly merge the adjacent pair with the earliest merge.
+
+        Merging its leftmost occurrence first is the same as merging all of them at once: a pair
+        made by the merge only takes part in later merges."""
         word = [self.byte_ids[byte] for byte in pretoken.encode("utf-8")]
         if len(word) > _LONG_WORD:
             return self._bpe_long(word)
-        table = self.merge_table
-        while len(word) > 1:
-            best = best_pair = None
-            for pair in zip(word, word[1:]):
-                entry = table.get(pair)
-                if entry is not None and (best is None or entry < best):
-                    best, best_pair = entry, pair
-            if best is None:
+        lookup = self.merge_table.get
+        entries = [lookup(pair, _NO_MERGE) for pair in zip(word, word[1:])]  # entries[i]: word[i], word[i+1]
+        while entries:
+            best = min(entries)
+            if best is _NO_MERGE:
                 break
-            (first, second), merged_id = best_pair, best[1]
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == first and word[i + 1] == second:
-                    merged.append(merged_id)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            word = merged
+            i = entries.index(best)
+            word[i] = best[1]
+            del word[i + 1], entries[i]
+            if i > 0:
+                entries[i - 1] = lookup((word[i - 1], word[i]), _NO_MERGE)
+            if i < len(entries):
+                entries[i] = lookup((word[i], word[i + 1]), _NO_MERGE)
         return word
 
     def _bpe_long(self, word: list[int]) -> list[int]:
@@ -223,24 +242,20 @@ class Tokenizer:
                         heapq.heappush(heap, (neighbour[0], left))
         return [token for token in tokens if token is not None]
 
-    def _encode_pretokens(self, pretokens: list[str], ids: list[int]) -> None:
-        cache = self._cache
-        missing = set(pretokens).difference(cache)
-        if missing:
-            if len(cache) + len(missing) > _CACHE_ENTRIES:
-                cache.clear()
-                missing = set(pretokens)
-            for pretoken in missing:
-                cache[pretoken] = self._bpe(pretoken)
-        ids.extend(chain.from_iterable(map(cache.__getitem__, pretokens)))
+    def _encode_segment(self, segment: str) -> list[int]:
+        return list(chain.from_iterable(map(self._pretoken_ids.__getitem__, pretokenize(segment))))
 
     def _encode_pieces(self, pieces: list[Piece]) -> list[int]:
         ids: list[int] = []
         for piece in pieces:
-            if isinstance(piece, str):
+            if isinstance(piece, SpecialToken):
                 ids.append(self.special_ids[piece])
+            elif self._compiled is not None:
+                ids += self._compiled.encode(piece)
             else:
-                self._encode_pretokens(piece, ids)
+                if len(self._segment_ids) > _CACHE_ENTRIES or len(self._pretoken_ids) > _CACHE_ENTRIES:
+                    self.clear_cache()
+                ids.extend(chain.from_iterable(map(self._segment_ids.__getitem__, segment(piece))))
         return ids
 
     def encode(self, text: str) -> list[int]:
@@ -267,8 +282,35 @@ class Tokenizer:
         return data.decode("utf-8", errors="replace")
 
     def clear_cache(self) -> None:
-        """Forget the cached pre-token encodings (to time encoding of unseen text, or free memory)."""
-        self._cache.clear()
+        """Forget the cached segment and pre-token encodings (to time encoding of unseen text, or
+        free memory)."""
+        self._segment_ids.clear()
+        self._pretoken_ids.clear()
+        if self._compiled is not None:
+            self._compiled.clear()
 
     def __len__(self) -> int:
         return len(self.vocab)
+
+    def __reduce__(self):
+        # Pickled as its definition (spawned worker processes receive it so): the caches stay
+        # behind, and the compiled encoder cannot be pickled anyway.
+        return _rebuild_tokenizer, (self.vocab, self.merges, self.special_tokens, self._compiled is not None)
+
+
+def _rebuild_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str],
+                       compiled: bool) -> Tokenizer:
+    return Tokenizer(vocab, merges, special_tokens, compiled=compiled)
+
+
+class _Memo(dict):
+    """A dict that computes, stores and returns the value of a missing key. Lookups of keys already
+    there stay in C, which matters when looking up every segment of a file."""
+
+    def __init__(self, compute: Callable[[str], list[int]]):
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key: str) -> list[int]:
+        value = self[key] = self.compute(key)
+        return value

@@ -26,9 +26,10 @@ from tinylm.tokenizer.pretokenize import (
     DEFAULT_CHUNK_BYTES,
     Splitter,
     check_input_file,
-    count_pieces,
+    count_segments,
     iter_text,
     parallel_chunks,
+    pretoken_counts,
     process_pool,
     validate_special_tokens,
 )
@@ -40,10 +41,10 @@ Pair = tuple[int, int]
 def _count_chunk(job: tuple[str, int, int, list[str]]) -> tuple[Counter[str], int, int]:
     """Worker: (pre-token counts, bytes read, peak RSS) of one chunk of the file."""
     path, start, end, special_tokens = job
-    counts: Counter[str] = Counter()
+    segment_counts: Counter[str] = Counter()
     for pieces in Splitter(special_tokens).stream(iter_text(path, start=start, end=end)):
-        count_pieces(pieces, counts)
-    return counts, end - start, peak_rss_bytes()
+        count_segments(pieces, segment_counts)
+    return pretoken_counts(segment_counts), end - start, peak_rss_bytes()
 
 
 def count_file_pretokens(path: str | os.PathLike, special_tokens: list[str], workers: int = 1,

@@ -1,0 +1,122 @@
+"""The compiled encoder (`tokenizer/_encoder.c`) against the Python path and the GPT-2 pattern."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import regex
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tinylm.tokenizer import Tokenizer, train_bpe
+from tinylm.tokenizer.pretokenize import GPT2_PATTERN, character_class, segment
+from tinylm.tokenizer.tokenizer import CompiledEncoder
+
+EOT = "<|endoftext|>"
+needs_compiled = pytest.mark.skipif(CompiledEncoder is None,
+                                    reason="the compiled encoder was not built (no C compiler at install)")
+
+# Characters where the pattern's cases meet: contractions, the optional space, every whitespace
+# kind (also Unicode's), letters and numbers beyond ASCII, and characters of several UTF-8 lengths.
+TRICKY = st.text(st.sampled_from(list("'sdmtlvre ll\n\t\r\x0b\x0c\x1c\x85\xa0\u2003\u3000aZé日ß²½①٣Ⅻ.,!-😀_")),
+                 max_size=80)
+
+
+def pretokens_from_compiled(text: str, max_entries: int = 1 << 10) -> list[str]:
+    """The pre-tokens the compiled scanner finds: each distinct one gets its own id."""
+    seen: dict[str, int] = {}
+    encoder = CompiledEncoder(lambda pretoken: [seen.setdefault(pretoken, len(seen))], character_class,
+                              max_entries)
+    ids = encoder.encode(text)
+    names = {token_id: pretoken for pretoken, token_id in seen.items()}
+    return [names[token_id] for token_id in ids]
+
+
+@needs_compiled
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(TRICKY, st.text()))
+@example("'s'll'LL 're'x' ''s")
+@example("a  \n b\n\n\tc   ")
+@example(" ")
+def test_compiled_scanner_splits_like_the_gpt2_pattern(text):
+    assert pretokens_from_compiled(text) == regex.findall(GPT2_PATTERN, text)
+
+
+@needs_compiled
+def test_compiled_scanner_on_real_text(shared_data):
+    for corpus in ("tinystories_sample", "owt_sample"):
+        text = (shared_data / corpus / "valid.txt").read_text(encoding="utf-8")[:500_000]
+        assert pretokens_from_compiled(text, max_entries=1 << 20) == regex.findall(GPT2_PATTERN, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(TRICKY, st.text()))
+def test_segments_pretokenize_as_the_whole_text(text):
+    assert [p for part in segment(text) for p in regex.findall(GPT2_PATTERN, part)] == \
+        regex.findall(GPT2_PATTERN, text)
+    assert "".join(segment(text)) == text
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory) -> tuple[Tokenizer, Tokenizer]:
+    """One vocabulary, encoded by the compiled path (where built) and by the Python path."""
+    path = tmp_path_factory.mktemp("both") / "train.txt"
+    path.write_text("The cat's hat, 12 ½ cats; l'été à Paris 日本語 😀\n\n they'll  see\t" * 40
+                    + EOT + "naïve café 3.14 ٣٤ '' x", encoding="utf-8")
+    vocab, merges = train_bpe(path, 400, [EOT])
+    return Tokenizer(vocab, merges, [EOT]), Tokenizer(vocab, merges, [EOT], compiled=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(TRICKY, st.text(max_size=20), st.just(EOT)), max_size=8).map("".join))
+def test_compiled_and_python_paths_give_the_same_ids(both, text):
+    compiled, python = both
+    assert compiled.encode(text) == python.encode(text)
+    assert python.decode(python.encode(text)) == text
+
+
+def test_both_paths_on_real_text(both, shared_data):
+    compiled, python = both
+    text = (shared_data / "owt_sample" / "valid.txt").read_text(encoding="utf-8")[:300_000]
+    assert compiled.encode(text) == python.encode(text)
+
+
+@needs_compiled
+def test_bounded_cache_still_encodes_correctly(both):
+    compiled, python = both
+    small_cache = CompiledEncoder(python._bpe, character_class, 3)
+    text = "the cat sat on the mat, and then the dog sat on the cat " * 20
+    assert small_cache.encode(text) == python.encode(text)
+    assert small_cache.cached <= 3
+    small_cache.clear()
+    assert small_cache.cached == 0
+
+
+@needs_compiled
+def test_compiled_encoder_rejects_bad_arguments(both):
+    with pytest.raises(TypeError, match="str"):
+        CompiledEncoder(both[1]._bpe, character_class, 10).encode(b"bytes")
+    with pytest.raises(TypeError, match="list of ids"):
+        CompiledEncoder(lambda pretoken: None, character_class, 10).encode("text")
+    with pytest.raises(ValueError, match="max_entries"):
+        CompiledEncoder(both[1]._bpe, character_class, 0)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_lone_surrogates_are_a_clear_error(both, compiled):
+    tokenizer = both[0] if compiled else both[1]
+    with pytest.raises(UnicodeEncodeError):
+        tokenizer.encode("fine \ud800 not")
+
+
+def test_pickled_tokenizer_encodes_the_same(both):
+    """Spawned worker processes (`tinylm tokenize` on macOS and Windows) receive it pickled."""
+    text = "The cat's hat " + EOT + " naïve 😀"
+    for tokenizer in both:
+        tokenizer.encode(text)  # fill the caches, which pickling leaves behind
+        copy = pickle.loads(pickle.dumps(tokenizer))
+        assert copy.encode(text) == tokenizer.encode(text)
+        assert (copy._compiled is None) == (tokenizer._compiled is None)
+    vocab = {i: bytes([i]) for i in range(256)}
+    added = Tokenizer(vocab, [], ["<new>"])  # a special token new to the vocabulary gets an id
+    assert pickle.loads(pickle.dumps(added)).encode("a<new>") == added.encode("a<new>") == [97, 256]
