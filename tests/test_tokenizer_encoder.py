@@ -22,14 +22,12 @@ TRICKY = st.text(st.sampled_from(list("'sdmtlvre ll\n\t\r\x0b\x0c\x1c\x85\xa0\u2
                  max_size=80)
 
 
-def pretokens_from_compiled(text: str, max_entries: int = 1 << 10) -> list[str]:
-    """The pre-tokens the compiled scanner finds: each distinct one gets its own id."""
-    seen: dict[str, int] = {}
-    encoder = CompiledEncoder(lambda pretoken: [seen.setdefault(pretoken, len(seen))], character_class,
-                              max_entries)
-    ids = encoder.encode(text)
-    names = {token_id: pretoken for pretoken, token_id in seen.items()}
-    return [names[token_id] for token_id in ids]
+def compiled_encoder(tokenizer: Tokenizer, max_entries: int = 1 << 10) -> CompiledEncoder:
+    return CompiledEncoder(tokenizer.merge_table, tokenizer.byte_ids, tokenizer._bpe, 64, character_class,
+                           max_entries)
+
+
+BYTES_ONLY = Tokenizer({i: bytes([i]) for i in range(256)}, [], compiled=False)
 
 
 @needs_compiled
@@ -39,14 +37,14 @@ def pretokens_from_compiled(text: str, max_entries: int = 1 << 10) -> list[str]:
 @example("a  \n b\n\n\tc   ")
 @example(" ")
 def test_compiled_scanner_splits_like_the_gpt2_pattern(text):
-    assert pretokens_from_compiled(text) == regex.findall(GPT2_PATTERN, text)
+    assert compiled_encoder(BYTES_ONLY).pretokenize(text) == regex.findall(GPT2_PATTERN, text)
 
 
 @needs_compiled
 def test_compiled_scanner_on_real_text(shared_data):
     for corpus in ("tinystories_sample", "owt_sample"):
         text = (shared_data / corpus / "valid.txt").read_text(encoding="utf-8")[:500_000]
-        assert pretokens_from_compiled(text, max_entries=1 << 20) == regex.findall(GPT2_PATTERN, text)
+        assert compiled_encoder(BYTES_ONLY).pretokenize(text) == regex.findall(GPT2_PATTERN, text)
 
 
 @settings(max_examples=300, deadline=None)
@@ -82,9 +80,21 @@ def test_both_paths_on_real_text(both, shared_data):
 
 
 @needs_compiled
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "e", "t", "h", "-", "=", "é", "日", "ll", "the", "aa", " "]),
+                min_size=1, max_size=150).map("".join))
+def test_compiled_merges_equal_python_merges_on_long_words(both, word):
+    """Words up to `long_word` bytes merge in C, longer ones in Python's heap loop."""
+    compiled, python = both
+    for long_word in (3, 64, 1000):
+        encoder = CompiledEncoder(python.merge_table, python.byte_ids, python._bpe, long_word, character_class, 100)
+        assert encoder.encode(word) == python.encode(word)
+
+
+@needs_compiled
 def test_bounded_cache_still_encodes_correctly(both):
     compiled, python = both
-    small_cache = CompiledEncoder(python._bpe, character_class, 3)
+    small_cache = compiled_encoder(python, max_entries=3)
     text = "the cat sat on the mat, and then the dog sat on the cat " * 20
     assert small_cache.encode(text) == python.encode(text)
     assert small_cache.cached <= 3
@@ -94,12 +104,17 @@ def test_bounded_cache_still_encodes_correctly(both):
 
 @needs_compiled
 def test_compiled_encoder_rejects_bad_arguments(both):
+    python = both[1]
     with pytest.raises(TypeError, match="str"):
-        CompiledEncoder(both[1]._bpe, character_class, 10).encode(b"bytes")
+        compiled_encoder(python).encode(b"bytes")
     with pytest.raises(TypeError, match="list of ids"):
-        CompiledEncoder(lambda pretoken: None, character_class, 10).encode("text")
+        CompiledEncoder(python.merge_table, python.byte_ids, lambda pretoken: None, 1, character_class, 10).encode("ab")
     with pytest.raises(ValueError, match="max_entries"):
-        CompiledEncoder(both[1]._bpe, character_class, 0)
+        CompiledEncoder(python.merge_table, python.byte_ids, python._bpe, 64, character_class, 0)
+    with pytest.raises(ValueError, match="256"):
+        CompiledEncoder(python.merge_table, python.byte_ids[:10], python._bpe, 64, character_class, 10)
+    with pytest.raises(OverflowError):
+        CompiledEncoder({(1, 2): (0, 2**40)}, python.byte_ids, python._bpe, 64, character_class, 10)
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])

@@ -1,9 +1,10 @@
 /* The encoding hot loop of tinylm.tokenizer.Tokenizer, compiled.
  *
  * `Encoder.encode(text)` splits text (which holds no special tokens) into GPT-2 pre-tokens and
- * returns their ids, looking each pre-token up in a cache of pre-token bytes -> ids. Only a cache
- * miss calls back into Python (`bpe`, the Tokenizer's own merge loop), so the merge rules live in
- * one place; what this file adds is a scanner that never creates a Python object per pre-token.
+ * returns their ids, looking each pre-token up in a cache of pre-token bytes -> ids, so that no
+ * Python object is made per pre-token. A miss applies the merges the way `Tokenizer._bpe` does
+ * (the leftmost pair with the earliest merge, until none is left); pre-tokens longer than
+ * `long_word` bytes go to Python's `bpe_long`, which does that in O(n log n).
  *
  * The scanner implements the GPT-2 pattern
  *     '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -28,11 +29,24 @@ typedef struct {
     size_t key_at, key_len, ids_at, ids_len;
 } Slot;
 
+/* One merge: the pair (first, second) of ids, its rank and the id it makes. first == second ==
+ * UINT32_MAX marks an empty slot (no id is that large). */
+typedef struct {
+    uint32_t first, second, rank, merged;
+} Merge;
+
+#define NO_ID UINT32_MAX
+#define NO_RANK UINT32_MAX
+
 typedef struct {
     PyObject_HEAD
-    PyObject *bpe;       /* pre-token str -> list[int] */
+    PyObject *bpe_long;  /* pre-token str -> list[int], for pre-tokens longer than long_word */
     PyObject *classify;  /* code point -> SPACE, LETTER, NUMBER or OTHER */
-    Py_ssize_t max_entries;
+    Py_ssize_t max_entries, long_word;
+    uint32_t byte_ids[256];
+    Merge *merges;
+    size_t merges_mask;  /* the merge table has merges_mask + 1 slots, a power of two */
+    uint32_t *word, *ranks;  /* scratch for one pre-token: long_word entries each */
     uint8_t *classes;    /* CODE_POINTS entries, UNKNOWN until asked */
     Slot *slots;
     size_t capacity, count;  /* capacity is a power of two, kept at least twice count */
@@ -157,6 +171,104 @@ static Py_ssize_t pretoken_end(Encoder *self, const unsigned char *s, Py_ssize_t
     return j;         /* \s+: one whitespace character before a non-space */
 }
 
+/* ---- merges ---------------------------------------------------------------------------- */
+
+static inline size_t merge_slot(const Encoder *self, uint32_t first, uint32_t second)
+{
+    uint64_t h = (((uint64_t)first << 32) | second) * 0x9E3779B97F4A7C15ull;
+    size_t at = (size_t)(h >> 32) & self->merges_mask;
+    while (self->merges[at].first != NO_ID
+           && (self->merges[at].first != first || self->merges[at].second != second))
+        at = (at + 1) & self->merges_mask;
+    return at;
+}
+
+static inline uint32_t rank_of(const Encoder *self, uint32_t first, uint32_t second)
+{
+    const Merge *merge = &self->merges[merge_slot(self, first, second)];
+    return merge->first == NO_ID ? NO_RANK : merge->rank;
+}
+
+/* Ids of the pre-token key[0:len] (len <= long_word) into self->word; returns how many. */
+static size_t merge_bytes(Encoder *self, const unsigned char *key, size_t len)
+{
+    uint32_t *word = self->word, *ranks = self->ranks;  /* ranks[k]: pair word[k], word[k + 1] */
+    size_t n = len;
+    for (size_t k = 0; k < n; k++)
+        word[k] = self->byte_ids[key[k]];
+    for (size_t k = 0; k + 1 < n; k++)
+        ranks[k] = rank_of(self, word[k], word[k + 1]);
+    while (n > 1) {
+        size_t best = 0;
+        for (size_t k = 1; k + 1 < n; k++)
+            if (ranks[k] < ranks[best])
+                best = k;
+        if (ranks[best] == NO_RANK)
+            break;
+        word[best] = self->merges[merge_slot(self, word[best], word[best + 1])].merged;
+        memmove(word + best + 1, word + best + 2, (n - best - 2) * sizeof(uint32_t));
+        memmove(ranks + best, ranks + best + 1, (n - best - 2) * sizeof(uint32_t));
+        n--;
+        if (best > 0)
+            ranks[best - 1] = rank_of(self, word[best - 1], word[best]);
+        if (best + 1 < n)
+            ranks[best] = rank_of(self, word[best], word[best + 1]);
+    }
+    return n;
+}
+
+static int load_merges(Encoder *self, PyObject *merges, PyObject *byte_ids)
+{
+    PyObject *ids = PySequence_Fast(byte_ids, "byte_ids must be a sequence");
+    if (!ids)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(ids) != 256) {
+        Py_DECREF(ids);
+        PyErr_SetString(PyExc_ValueError, "byte_ids must hold 256 ids");
+        return -1;
+    }
+    for (int b = 0; b < 256; b++) {
+        unsigned long id = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(ids, b));
+        if ((id == (unsigned long)-1 && PyErr_Occurred()) || id >= NO_ID) {
+            Py_DECREF(ids);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_OverflowError, "token ids must fit 32 bits");
+            return -1;
+        }
+        self->byte_ids[b] = (uint32_t)id;
+    }
+    Py_DECREF(ids);
+
+    if (!PyDict_Check(merges)) {
+        PyErr_SetString(PyExc_TypeError, "merges must be a dict (first, second) -> (rank, merged id)");
+        return -1;
+    }
+    size_t slots = 16;
+    while (slots < 2 * (size_t)PyDict_Size(merges))
+        slots *= 2;
+    self->merges = PyMem_Malloc(slots * sizeof(Merge));
+    if (!self->merges) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(self->merges, 0xFF, slots * sizeof(Merge));
+    self->merges_mask = slots - 1;
+    PyObject *pair, *entry;
+    Py_ssize_t at = 0;
+    while (PyDict_Next(merges, &at, &pair, &entry)) {
+        unsigned long first, second, rank, merged;
+        if (!PyArg_ParseTuple(pair, "kk", &first, &second) || !PyArg_ParseTuple(entry, "kk", &rank, &merged))
+            return -1;
+        if (first >= NO_ID || second >= NO_ID || rank >= NO_RANK || merged >= NO_ID) {
+            PyErr_SetString(PyExc_OverflowError, "token ids and ranks must fit 32 bits");
+            return -1;
+        }
+        self->merges[merge_slot(self, (uint32_t)first, (uint32_t)second)] =
+            (Merge){(uint32_t)first, (uint32_t)second, (uint32_t)rank, (uint32_t)merged};
+    }
+    return 0;
+}
+
 /* ---- the cache ------------------------------------------------------------------------------ */
 
 static uint64_t hash_bytes(const unsigned char *key, size_t len)
@@ -204,7 +316,41 @@ static void clear_cache(Encoder *self)
     self->count = self->keys_len = self->ids_len = 0;
 }
 
-/* The cache slot of pre-token key[0:len], computing its ids through `bpe` on a miss. */
+/* Append the ids of the long pre-token key[0:len], computed by Python's bpe_long, to the ids arena. */
+static Py_ssize_t merge_in_python(Encoder *self, const unsigned char *key, size_t len)
+{
+    PyObject *text = PyUnicode_DecodeUTF8((const char *)key, (Py_ssize_t)len, "strict");
+    if (!text)
+        return -1;
+    PyObject *result = PyObject_CallOneArg(self->bpe_long, text);
+    Py_DECREF(text);
+    if (!result)
+        return -1;
+    PyObject *ids = PySequence_Fast(result, "bpe_long must return a list of ids");
+    Py_DECREF(result);
+    if (!ids)
+        return -1;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(ids);
+    if (reserve((void **)&self->ids, &self->ids_cap, self->ids_len + (size_t)count, sizeof(uint32_t)) < 0)
+        goto error;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        unsigned long id = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(ids, k));
+        if (id == (unsigned long)-1 && PyErr_Occurred())
+            goto error;
+        if (id >= NO_ID) {
+            PyErr_Format(PyExc_OverflowError, "token id %lu does not fit 32 bits", id);
+            goto error;
+        }
+        self->ids[self->ids_len + (size_t)k] = (uint32_t)id;
+    }
+    Py_DECREF(ids);
+    return count;
+error:
+    Py_DECREF(ids);
+    return -1;
+}
+
+/* The cache slot of pre-token key[0:len], merging its bytes on a miss. */
 static Slot *ids_of(Encoder *self, const unsigned char *key, size_t len)
 {
     uint64_t hash = hash_bytes(key, len);
@@ -212,35 +358,19 @@ static Slot *ids_of(Encoder *self, const unsigned char *key, size_t len)
     if (slot->key_len)
         return slot;
 
-    PyObject *text = PyUnicode_DecodeUTF8((const char *)key, (Py_ssize_t)len, "strict");
-    if (!text)
-        return NULL;
-    PyObject *result = PyObject_CallOneArg(self->bpe, text);
-    Py_DECREF(text);
-    if (!result)
-        return NULL;
-    PyObject *ids = PySequence_Fast(result, "bpe must return a list of ids");
-    Py_DECREF(result);
-    if (!ids)
-        return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(ids);
-
     if ((Py_ssize_t)self->count >= self->max_entries)  /* bounded memory on endless streams */
         clear_cache(self);
-    if (reserve((void **)&self->keys, &self->keys_cap, self->keys_len + len, 1) < 0
-        || reserve((void **)&self->ids, &self->ids_cap, self->ids_len + (size_t)count, sizeof(uint32_t)) < 0)
-        goto error;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        unsigned long id = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(ids, k));
-        if (id == (unsigned long)-1 && PyErr_Occurred())
-            goto error;
-        if (id > UINT32_MAX) {
-            PyErr_Format(PyExc_OverflowError, "token id %lu does not fit 32 bits", id);
-            goto error;
-        }
-        self->ids[self->ids_len + (size_t)k] = (uint32_t)id;
+    Py_ssize_t count;
+    if ((Py_ssize_t)len <= self->long_word) {
+        count = (Py_ssize_t)merge_bytes(self, key, len);
+        if (reserve((void **)&self->ids, &self->ids_cap, self->ids_len + (size_t)count, sizeof(uint32_t)) < 0)
+            return NULL;
+        memcpy(self->ids + self->ids_len, self->word, (size_t)count * sizeof(uint32_t));
+    } else if ((count = merge_in_python(self, key, len)) < 0) {
+        return NULL;
     }
-    Py_DECREF(ids);
+    if (reserve((void **)&self->keys, &self->keys_cap, self->keys_len + len, 1) < 0)
+        return NULL;
     memcpy(self->keys + self->keys_len, key, len);
     if (2 * (self->count + 1) > self->capacity && grow_slots(self) < 0)
         return NULL;
@@ -250,51 +380,57 @@ static Slot *ids_of(Encoder *self, const unsigned char *key, size_t len)
     self->ids_len += (size_t)count;
     self->count++;
     return slot;
-error:
-    Py_DECREF(ids);
-    return NULL;
 }
 
 /* ---- the Python type ------------------------------------------------------------------------ */
 
 static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"bpe", "classify", "max_entries", NULL};
-    PyObject *bpe, *classify;
-    Py_ssize_t max_entries;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOn", names, &bpe, &classify, &max_entries))
+    static char *names[] = {"merges", "byte_ids", "bpe_long", "long_word", "classify", "max_entries", NULL};
+    PyObject *merges, *byte_ids, *bpe_long, *classify;
+    Py_ssize_t long_word, max_entries;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnOn", names, &merges, &byte_ids, &bpe_long,
+                                     &long_word, &classify, &max_entries))
         return -1;
-    if (!PyCallable_Check(bpe) || !PyCallable_Check(classify)) {
-        PyErr_SetString(PyExc_TypeError, "bpe and classify must be callable");
+    if (!PyCallable_Check(bpe_long) || !PyCallable_Check(classify)) {
+        PyErr_SetString(PyExc_TypeError, "bpe_long and classify must be callable");
         return -1;
     }
-    if (max_entries < 1) {
-        PyErr_SetString(PyExc_ValueError, "max_entries must be positive");
+    if (max_entries < 1 || long_word < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_entries and long_word must be positive");
         return -1;
     }
     if (self->slots) {
         PyErr_SetString(PyExc_RuntimeError, "Encoder is already initialized");
         return -1;
     }
+    if (load_merges(self, merges, byte_ids) < 0)
+        return -1;
     self->classes = PyMem_Calloc(CODE_POINTS, 1);
+    self->word = PyMem_Malloc((size_t)long_word * sizeof(uint32_t));
+    self->ranks = PyMem_Malloc((size_t)long_word * sizeof(uint32_t));
     self->capacity = 1024;
     self->slots = PyMem_Calloc(self->capacity, sizeof(Slot));
-    if (!self->classes || !self->slots) {
+    if (!self->classes || !self->word || !self->ranks || !self->slots) {
         PyErr_NoMemory();
         return -1;
     }
-    Py_INCREF(bpe);
+    Py_INCREF(bpe_long);
     Py_INCREF(classify);
-    self->bpe = bpe;
+    self->bpe_long = bpe_long;
     self->classify = classify;
+    self->long_word = long_word;
     self->max_entries = max_entries;
     return 0;
 }
 
 static void Encoder_dealloc(Encoder *self)
 {
-    Py_XDECREF(self->bpe);
+    Py_XDECREF(self->bpe_long);
     Py_XDECREF(self->classify);
+    PyMem_Free(self->merges);
+    PyMem_Free(self->word);
+    PyMem_Free(self->ranks);
     PyMem_Free(self->classes);
     PyMem_Free(self->slots);
     PyMem_Free(self->keys);
@@ -347,6 +483,32 @@ error:
     return NULL;
 }
 
+static PyObject *Encoder_pretokenize(Encoder *self, PyObject *text)
+{
+    if (!self->slots) {
+        PyErr_SetString(PyExc_RuntimeError, "Encoder is not initialized");
+        return NULL;
+    }
+    if (!PyUnicode_Check(text)) {
+        PyErr_Format(PyExc_TypeError, "pretokenize() takes a str, not %.100s", Py_TYPE(text)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t n;
+    const unsigned char *s = (const unsigned char *)PyUnicode_AsUTF8AndSize(text, &n);
+    if (!s)
+        return NULL;
+    PyObject *list = PyList_New(0);
+    for (Py_ssize_t i = 0; list && i < n;) {
+        Py_ssize_t end = pretoken_end(self, s, n, i);
+        PyObject *pretoken = end < 0 ? NULL : PyUnicode_DecodeUTF8((const char *)s + i, end - i, "strict");
+        if (!pretoken || PyList_Append(list, pretoken) < 0)
+            Py_CLEAR(list);
+        Py_XDECREF(pretoken);
+        i = end;
+    }
+    return list;
+}
+
 static PyObject *Encoder_clear(Encoder *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->slots)
@@ -362,6 +524,8 @@ static PyObject *Encoder_len(Encoder *self, void *Py_UNUSED(closure))
 static PyMethodDef Encoder_methods[] = {
     {"encode", (PyCFunction)Encoder_encode, METH_O,
      "encode(text) -> list of ids of text, which holds no special tokens."},
+    {"pretokenize", (PyCFunction)Encoder_pretokenize, METH_O,
+     "pretokenize(text) -> the GPT-2 pre-tokens of text, as the scanner in encode() finds them."},
     {"clear", (PyCFunction)Encoder_clear, METH_NOARGS, "Forget the cached pre-token ids."},
     {NULL, NULL, 0, NULL},
 };
@@ -374,7 +538,8 @@ static PyGetSetDef Encoder_getset[] = {
 static PyTypeObject EncoderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "tinylm.tokenizer._encoder.Encoder",
-    .tp_doc = "Encoder(bpe, classify, max_entries): GPT-2 pre-tokenization and a pre-token cache.",
+    .tp_doc = "Encoder(merges, byte_ids, bpe_long, long_word, classify, max_entries): GPT-2\n"
+              "pre-tokenization, byte-pair merging and a cache of pre-token ids.",
     .tp_basicsize = sizeof(Encoder),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,
@@ -385,7 +550,8 @@ static PyTypeObject EncoderType = {
 };
 
 static struct PyModuleDef encoder_module = {
-    PyModuleDef_HEAD_INIT, "_encoder", "Compiled pre-tokenization and pre-token cache for Tokenizer.", -1,
+    PyModuleDef_HEAD_INIT, "_encoder", "Compiled pre-tokenization, merging and pre-token cache for Tokenizer.",
+    -1, NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__encoder(void)

@@ -4,9 +4,9 @@ Encoding cuts special tokens out first (longest first), splits the rest with the
 and turns each pre-token into ids by applying merges in rank order (earliest learned first).
 Natural text repeats the same words over and over, so ids are cached and most text is encoded by
 looking them up. Two paths do this and give the same ids: the compiled one (`_encoder.c`: it
-pre-tokenizes and looks up pre-tokens without making a Python object per word) where it was built,
-else a Python one that caches the ids of each segment (a whitespace run and the word after it, see
-`pretokenize.segment`) and of each pre-token. Both call `Tokenizer._bpe` on a cache miss.
+pre-tokenizes, looks up and merges pre-tokens without making a Python object per word) where it was
+built, else a Python one that caches the ids of each segment (a whitespace run and the word after
+it, see `pretokenize.segment`) and of each pre-token, merged by `Tokenizer._bpe`.
 
 Files (GPT-2 formats, so GPT-2's own `encoder.json` + `vocab.bpe` load the same way):
 - vocab.json: {token: id}, each token's bytes written in GPT-2's printable byte alphabet;
@@ -128,7 +128,8 @@ class Tokenizer:
         self._splitter = Splitter(self.special_tokens)
         self._pretoken_ids = _Memo(self._bpe)
         self._segment_ids = _Memo(self._encode_segment)
-        self._compiled = (CompiledEncoder(self._bpe, character_class, _CACHE_ENTRIES)
+        self._compiled = (CompiledEncoder(self.merge_table, self.byte_ids, self._bpe, _LONG_WORD,
+                                          character_class, _CACHE_ENTRIES)
                           if compiled and CompiledEncoder is not None else None)
 
     # ---- files -------------------------------------------------------------------------------
