@@ -438,18 +438,24 @@ static void Encoder_dealloc(Encoder *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *Encoder_encode(Encoder *self, PyObject *text)
+/* The UTF-8 bytes of `text` (kept by CPython inside the str), or NULL with an error set. */
+static const unsigned char *utf8_of(Encoder *self, PyObject *text, Py_ssize_t *n, const char *method)
 {
     if (!self->slots) {
         PyErr_SetString(PyExc_RuntimeError, "Encoder is not initialized");
         return NULL;
     }
     if (!PyUnicode_Check(text)) {
-        PyErr_Format(PyExc_TypeError, "encode() takes a str, not %.100s", Py_TYPE(text)->tp_name);
+        PyErr_Format(PyExc_TypeError, "%s() takes a str, not %.100s", method, Py_TYPE(text)->tp_name);
         return NULL;
     }
+    return (const unsigned char *)PyUnicode_AsUTF8AndSize(text, n);
+}
+
+static PyObject *Encoder_encode(Encoder *self, PyObject *text)
+{
     Py_ssize_t n;
-    const unsigned char *s = (const unsigned char *)PyUnicode_AsUTF8AndSize(text, &n);
+    const unsigned char *s = utf8_of(self, text, &n, "encode");
     if (!s)
         return NULL;
     uint32_t *out = NULL;
@@ -485,16 +491,8 @@ error:
 
 static PyObject *Encoder_pretokenize(Encoder *self, PyObject *text)
 {
-    if (!self->slots) {
-        PyErr_SetString(PyExc_RuntimeError, "Encoder is not initialized");
-        return NULL;
-    }
-    if (!PyUnicode_Check(text)) {
-        PyErr_Format(PyExc_TypeError, "pretokenize() takes a str, not %.100s", Py_TYPE(text)->tp_name);
-        return NULL;
-    }
     Py_ssize_t n;
-    const unsigned char *s = (const unsigned char *)PyUnicode_AsUTF8AndSize(text, &n);
+    const unsigned char *s = utf8_of(self, text, &n, "pretokenize");
     if (!s)
         return NULL;
     PyObject *list = PyList_New(0);
