@@ -19,8 +19,8 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# setup.py builds the compiled encoder, so editing its source reinstalls (and rebuilds) it.
-$(VENV)/.run-deps: pyproject.toml setup.py src/tinylm/tokenizer/_encoder.c | $(BIN)/python
+# setup.py builds the compiled tokenizer parts, so editing their sources reinstalls (and rebuilds) them.
+$(VENV)/.run-deps: pyproject.toml setup.py $(wildcard src/tinylm/tokenizer/*.[ch]) | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e .
 	touch $@

@@ -1,9 +1,11 @@
-"""The compiled part of tinylm; everything else about the package is in pyproject.toml.
+"""The compiled parts of tinylm; everything else about the package is in pyproject.toml.
 
-The extension is optional: where it cannot be built (no C compiler), installing still succeeds and
-the tokenizer encodes with its pure-Python path, which gives the same ids, only slower.
+Both extensions are optional: where they cannot be built (no C compiler), installing still succeeds
+and the tokenizer trains and encodes with its pure-Python paths, which give the same results, only
+slower.
 """
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("tinylm.tokenizer._encoder", ["src/tinylm/tokenizer/_encoder.c"],
-                             extra_compile_args=["-O3"], optional=True)])
+setup(ext_modules=[Extension(f"tinylm.tokenizer.{name}", [f"src/tinylm/tokenizer/{name}.c"],
+                             depends=["src/tinylm/tokenizer/_common.h"], optional=True)
+                   for name in ("_encoder", "_trainer")])

@@ -1,7 +1,10 @@
 """The compiled encoder (`tokenizer/_encoder.c`) against the Python path and the GPT-2 pattern."""
 from __future__ import annotations
 
+import json
 import pickle
+import subprocess
+import sys
 
 import pytest
 import regex
@@ -135,3 +138,28 @@ def test_pickled_tokenizer_encodes_the_same(both):
     vocab = {i: bytes([i]) for i in range(256)}
     added = Tokenizer(vocab, [], ["<new>"])  # a special token new to the vocabulary gets an id
     assert pickle.loads(pickle.dumps(added)).encode("a<new>") == added.encode("a<new>") == [97, 256]
+
+
+WITHOUT_EXTENSIONS = """
+import json, sys
+sys.modules["tinylm.tokenizer._encoder"] = sys.modules["tinylm.tokenizer._trainer"] = None  # import fails
+from tinylm.tokenizer import Tokenizer, train_bpe
+from tinylm.tokenizer import tokenizer, training
+assert tokenizer.CompiledEncoder is None and training.compiled_learn_merges is None
+vocab, merges = train_bpe(sys.argv[1], 300, ["<|endoftext|>"], workers=1)
+print(json.dumps([[a.hex(), b.hex()] for a, b in merges]))
+print(json.dumps(Tokenizer(vocab, merges, ["<|endoftext|>"]).encode(sys.argv[2])))
+"""
+
+
+def test_installs_without_a_c_compiler_train_and_encode_the_same(tmp_path):
+    """What an install gets where setup.py could not build the extensions."""
+    path = tmp_path / "train.txt"
+    text = "The cat's hat, l'été 12 ½; they'll  see\n\n" * 30 + EOT + "naïve café 😀 " * 20
+    path.write_text(text, encoding="utf-8")
+    completed = subprocess.run([sys.executable, "-c", WITHOUT_EXTENSIONS, str(path), text], check=True,
+                               capture_output=True, text=True)
+    merges_line, ids_line = completed.stdout.splitlines()
+    vocab, merges = train_bpe(path, 300, [EOT], workers=1)
+    assert json.loads(merges_line) == [[a.hex(), b.hex()] for a, b in merges]
+    assert json.loads(ids_line) == Tokenizer(vocab, merges, [EOT]).encode(text)

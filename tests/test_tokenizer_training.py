@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tinylm.cli import main
 from tinylm.tokenizer import train_bpe
 from tinylm.tokenizer.pretokenize import chunk_boundaries, iter_text
-from tinylm.tokenizer.training import count_file_pretokens
+from tinylm.tokenizer.training import compiled_learn_merges, count_file_pretokens, learn_merges
 
 # Written out here rather than imported, so the reference does not share the implementation's.
 PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -78,32 +78,38 @@ CORPORA = {
 }
 
 
+COMPILED = pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+
+
+@COMPILED
 @pytest.mark.parametrize("name", CORPORA)
 @pytest.mark.parametrize("vocab_extra", [20, 120])
-def test_merges_equal_reference(tmp_path, name, vocab_extra):
+def test_merges_equal_reference(tmp_path, name, vocab_extra, compiled):
     text, special_tokens = CORPORA[name]
     vocab_size = 256 + len(special_tokens) + vocab_extra
-    vocab, merges = train_bpe(write(tmp_path, text), vocab_size, special_tokens, workers=1)
+    vocab, merges = train_bpe(write(tmp_path, text), vocab_size, special_tokens, workers=1, compiled=compiled)
     ref_vocab, ref_merges = reference_train(text, vocab_size, special_tokens)
     assert merges == ref_merges
     assert sorted(vocab) == list(range(len(ref_vocab)))
     assert [vocab[i] for i in range(len(vocab))] == ref_vocab
 
 
+@COMPILED
 @settings(max_examples=40, deadline=None)
 @given(text=st.lists(st.sampled_from(list("ab c\n'sé日😀1") + [EOT]), max_size=200).map("".join))
-def test_merges_equal_reference_on_random_text(tmp_path_factory, text):
+def test_merges_equal_reference_on_random_text(tmp_path_factory, text, compiled):
     if not text:
         return
     path = write(tmp_path_factory.mktemp("bpe"), text)
-    _, merges = train_bpe(path, 256 + 1 + 30, [EOT], workers=1, chunk_bytes=16)
+    _, merges = train_bpe(path, 256 + 1 + 30, [EOT], workers=1, chunk_bytes=16, compiled=compiled)
     assert merges == reference_train(text, 256 + 1 + 30, [EOT])[1]
 
 
-def test_merges_equal_reference_on_real_text(tmp_path, shared_data):
+@COMPILED
+def test_merges_equal_reference_on_real_text(tmp_path, shared_data, compiled):
     text = (shared_data / "owt_sample" / "train.txt").read_bytes()[:60_000].decode("utf-8", errors="ignore")
     path = write(tmp_path, text)
-    _, merges = train_bpe(path, 256 + 1 + 150, [EOT], workers=2, chunk_bytes=8_000)
+    _, merges = train_bpe(path, 256 + 1 + 150, [EOT], workers=2, chunk_bytes=8_000, compiled=compiled)
     assert merges == reference_train(text, 256 + 1 + 150, [EOT])[1]
 
 
@@ -231,3 +237,31 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, me
     assert main(["train-bpe", "--input", str(tmp_path / "missing.txt"), "--vocab-size", "300",
                  "--out-dir", str(out)]) == 2
     assert "missing.txt" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.skipif(compiled_learn_merges is None, reason="the compiled trainer was not built (no C compiler at install)")
+@settings(max_examples=200, deadline=None)
+@given(word_counts=st.dictionaries(st.binary(min_size=2, max_size=10), st.integers(1, 5), max_size=30),
+       num_merges=st.integers(0, 60))
+def test_compiled_merge_loop_equals_the_python_one(word_counts, num_merges):
+    # Few distinct bytes and small counts: ties everywhere, and words that merge away entirely.
+    words = list(word_counts)
+    tokens = [bytes([byte]) for byte in range(256)] + [b"<special>"]
+    reports: list[list[int]] = [[], []]
+    python = learn_merges(words, list(word_counts.values()), tokens, num_merges, reports[0].append)
+    compiled = compiled_learn_merges(words, list(word_counts.values()), tokens, num_merges, reports[1].append)
+    assert compiled == python
+    assert reports[0] == reports[1]
+
+
+@pytest.mark.skipif(compiled_learn_merges is None, reason="the compiled trainer was not built (no C compiler at install)")
+def test_compiled_merge_loop_on_real_pretoken_counts(tmp_path, shared_data):
+    path = shared_data / "owt_sample" / "train.txt"
+    counts, _ = count_file_pretokens(path, [EOT], workers=1)
+    word_counts = Counter()
+    for pretoken, count in counts.items():
+        word_counts[pretoken.encode("utf-8")] += count
+    words = [word for word in word_counts if len(word) > 1]
+    tokens = [bytes([byte]) for byte in range(256)] + [EOT.encode()]
+    args = (words, [word_counts[word] for word in words], tokens, 3000)
+    assert compiled_learn_merges(*args) == learn_merges(*args)

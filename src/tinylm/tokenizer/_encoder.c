@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_common.h"
+
 enum { UNKNOWN = 0, SPACE = 1, LETTER = 2, NUMBER = 3, OTHER = 4 };
 #define CODE_POINTS 0x110000
 
@@ -56,24 +58,6 @@ typedef struct {
     size_t ids_len, ids_cap;
 } Encoder;
 
-/* ---- growable arrays ------------------------------------------------------------------------ */
-
-static int reserve(void **data, size_t *cap, size_t need, size_t item)
-{
-    if (need <= *cap)
-        return 0;
-    size_t cap2 = *cap ? *cap : 1024;
-    while (cap2 < need)
-        cap2 *= 2;
-    void *grown = PyMem_Realloc(*data, cap2 * item);
-    if (!grown) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    *data = grown;
-    *cap = cap2;
-    return 0;
-}
 
 /* ---- character classes ---------------------------------------------------------------------- */
 
@@ -175,8 +159,7 @@ static Py_ssize_t pretoken_end(Encoder *self, const unsigned char *s, Py_ssize_t
 
 static inline size_t merge_slot(const Encoder *self, uint32_t first, uint32_t second)
 {
-    uint64_t h = (((uint64_t)first << 32) | second) * 0x9E3779B97F4A7C15ull;
-    size_t at = (size_t)(h >> 32) & self->merges_mask;
+    size_t at = pair_home(first, second, self->merges_mask);
     while (self->merges[at].first != NO_ID
            && (self->merges[at].first != first || self->merges[at].second != second))
         at = (at + 1) & self->merges_mask;
