@@ -13,6 +13,7 @@ from tinylm.cli import main
 from tinylm.tokenizer import Tokenizer
 from tinylm.tokenizer.dataset import token_dtype, tokenize_file
 from tinylm.tokenizer.report import PILE_BYTES, sample_documents
+from tinylm.tokenizer.training import compiled_learn_merges
 
 EOT = "<|endoftext|>"
 STORY = "Once upon a time, a little dog named Max found a red ball. He played all day. 😀\n"
@@ -139,8 +140,11 @@ def test_tokenizer_report(tokenizer_dir, tmp_path, capsys):
     assert summary["training_time_s"] == stats["training_time_s"]
     assert summary["peak_memory_bytes"] == stats["peak_memory_bytes"]
     assert summary["vocab_size"] == len(tokenizer.vocab)
+    assert report["settings"]["compiled_encoder"] == tokenizer.compiled
+    assert stats["compiled_merge_loop"] == (compiled_learn_merges is not None)
     markdown = out_md.read_text()
     assert "| small |" in markdown and "825 GB" in markdown
+    assert ("compiled encoder" if tokenizer.compiled else "pure-Python encoder") in markdown
     assert main(["tokenizer-report", "--tokenizer", "bad", "--corpus", f"c={corpus}",
                  "--out-json", str(tmp_path / "x.json"), "--out-md", str(tmp_path / "x.md")]) == 2
     assert "NAME=PATH" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

@@ -72,6 +72,7 @@ def both(tmp_path_factory) -> tuple[Tokenizer, Tokenizer]:
 @given(st.lists(st.one_of(TRICKY, st.text(max_size=20), st.just(EOT)), max_size=8).map("".join))
 def test_compiled_and_python_paths_give_the_same_ids(both, text):
     compiled, python = both
+    assert compiled.compiled == (CompiledEncoder is not None) and not python.compiled
     assert compiled.encode(text) == python.encode(text)
     assert python.decode(python.encode(text)) == text
 
@@ -134,7 +135,7 @@ def test_pickled_tokenizer_encodes_the_same(both):
         tokenizer.encode(text)  # fill the caches, which pickling leaves behind
         copy = pickle.loads(pickle.dumps(tokenizer))
         assert copy.encode(text) == tokenizer.encode(text)
-        assert (copy._compiled is None) == (tokenizer._compiled is None)
+        assert copy.compiled == tokenizer.compiled
     vocab = {i: bytes([i]) for i in range(256)}
     added = Tokenizer(vocab, [], ["<new>"])  # a special token new to the vocabulary gets an id
     assert pickle.loads(pickle.dumps(added)).encode("a<new>") == added.encode("a<new>") == [97, 256]

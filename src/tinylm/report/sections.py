@@ -106,7 +106,7 @@ def _tokenizer_frames(report: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 def tokenizer(section: Section, inputs: Inputs) -> None:
     report = _need(inputs.tokenizer_report, "--tokenizer-report", section.key)
     tokenizers, per_corpus = _tokenizer_frames(report)
-    section.paragraph(tokenizer_text(tokenizers, per_corpus))
+    section.paragraph(tokenizer_text(tokenizers, per_corpus, report["settings"].get("compiled_encoder")))
     section.figure(figures.tokenizer_bars(per_corpus), "compression",
                    "Compression (bytes/token) and encoding throughput of each tokenizer on each corpus")
     section.table(tokenizers, [
@@ -124,7 +124,8 @@ def tokenizer(section: Section, inputs: Inputs) -> None:
     ], "compression", "Compression ratio and encoding throughput per corpus (one process)")
 
 
-def tokenizer_text(tokenizers: pd.DataFrame, per_corpus: pd.DataFrame) -> str:
+def tokenizer_text(tokenizers: pd.DataFrame, per_corpus: pd.DataFrame, compiled_encoder: bool | None = None) -> str:
+    """`compiled_encoder`: which encoder the throughput was measured with (None: not recorded)."""
     parts = []
     for _, tok in tokenizers.iterrows():
         parts.append(f"The {tok['tokenizer']} tokenizer ({fmt_int(tok['vocab_size'])} tokens) trained in "
@@ -137,9 +138,10 @@ def tokenizer_text(tokenizers: pd.DataFrame, per_corpus: pd.DataFrame) -> str:
                      f"bytes/token.")
     if per_corpus["bytes_per_s"].notna().any():
         fastest = per_corpus.loc[per_corpus["bytes_per_s"].astype(float).idxmax()]
+        encoder = {True: " with the compiled encoder", False: " with the pure-Python encoder"}.get(compiled_encoder, "")
         parts.append(f"The fastest encoding, {fmt_speed(fastest['bytes_per_s'])} bytes/s ({fastest['tokenizer']} "
                      f"on {fastest['corpus']}), would take {fmt_duration(fastest['pile_825gb_s'])} for the 825 GB "
-                     f"of the Pile in one process.")
+                     f"of the Pile in one process{encoder}.")
     return " ".join(parts)
 
 

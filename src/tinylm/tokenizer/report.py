@@ -87,7 +87,8 @@ def build_report(tokenizers: dict[str, Path], corpora: dict[str, Path], document
     loaded = {name: Tokenizer.from_dir(directory) for name, directory in tokenizers.items()}
     report = {
         "settings": {"documents": documents, "seed": seed, "throughput_bytes": throughput_bytes,
-                     "separator": separator, "pile_bytes": PILE_BYTES},
+                     "separator": separator, "pile_bytes": PILE_BYTES,
+                     "compiled_encoder": all(tokenizer.compiled for tokenizer in loaded.values())},
         "tokenizers": {name: tokenizer_summary(tokenizers[name], tokenizer) for name, tokenizer in loaded.items()},
         "corpora": {name: {"path": str(path), "sampled_documents": len(samples[name]),
                            "sampled_bytes": sum(len(d.encode("utf-8")) for d in samples[name])}
@@ -137,8 +138,9 @@ def to_markdown(report: dict) -> str:
     ratios = {(row["tokenizer"], row["corpus"]): row["bytes_per_token"] for row in report["compression"]}
     for name in report["tokenizers"]:
         lines.append(f"| {name} | " + " | ".join(f"{ratios[name, corpus]:.2f}" for corpus in corpora) + " |")
-    lines += ["", f"## Encoding throughput (one process, first {settings['throughput_bytes'] / 2**20:.1f} MiB "
-              "of each corpus)", "", "| tokenizer | corpus | MB/s | time for 825 GB (the Pile) |", "|---|---|---:|---:|"]
+    encoder = "compiled encoder" if settings["compiled_encoder"] else "pure-Python encoder"
+    lines += ["", f"## Encoding throughput (one process, {encoder}, empty cache, first "
+              f"{settings['throughput_bytes'] / 2**20:.1f} MiB of each corpus)", "", "| tokenizer | corpus | MB/s | time for 825 GB (the Pile) |", "|---|---|---:|---:|"]
     for row in report["throughput"]:
         lines.append(f"| {row['tokenizer']} | {row['corpus']} | {row['bytes_per_s'] / 1e6:.2f} | "
                      f"{_duration(row['pile_825gb_s'])} |")

@@ -293,10 +293,15 @@ class Tokenizer:
     def __len__(self) -> int:
         return len(self.vocab)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether encoding runs the compiled encoder (else the Python path: same ids, slower)."""
+        return self._compiled is not None
+
     def __reduce__(self):
         # Pickled as its definition (spawned worker processes receive it so): the caches stay
         # behind, and the compiled encoder cannot be pickled anyway.
-        return _rebuild_tokenizer, (self.vocab, self.merges, self.special_tokens, self._compiled is not None)
+        return _rebuild_tokenizer, (self.vocab, self.merges, self.special_tokens, self.compiled)
 
 
 def _rebuild_tokenizer(vocab: dict[int, bytes], merges: list[tuple[bytes, bytes]], special_tokens: list[str],

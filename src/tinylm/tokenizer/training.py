@@ -268,6 +268,7 @@ def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: li
             "longest_token_bytes": len(longest),
             "workers": workers,
             "unique_pretokens": len(word_counts),
+            "compiled_merge_loop": compiled and compiled_learn_merges is not None,
         })
     return vocab, merges
 
