@@ -1,9 +1,9 @@
 """Pre-tokenization: special tokens, the GPT-2 split pattern, and reading big files in chunks.
 
 Text is first cut at special tokens (longest first), then each piece between them is split by the
-GPT-2 pattern into pre-tokens; BPE never merges across either cut. Between those two steps the text
-is cut into segments (`segment`), which pre-tokenize independently and repeat in natural text, so
-that encoding and counting pre-tokenize each distinct segment once. Large files are processed as
+GPT-2 pattern into pre-tokens; BPE never merges across either cut. Training (and the pure-Python
+encoder) cut that text into segments first (`segment`), which pre-tokenize independently and repeat
+in natural text, so that each distinct segment is pre-tokenized once. Large files are processed as
 chunks whose boundaries sit at special tokens, so every chunk pre-tokenizes exactly as it would
 inside the whole file, and chunks can go to separate worker processes. Each chunk is read as a
 stream of blocks (`Splitter.stream`), so memory stays bounded even inside a huge chunk.
@@ -41,9 +41,9 @@ def pretokenize(text: str) -> list[str]:
 # No alternative of the GPT-2 pattern matches a non-space character followed by whitespace, and the
 # pattern only looks ahead, so cutting text where a non-space character meets whitespace changes no
 # pre-token. A segment is a run of whitespace and the run of non-space after it (" the",
-# "\n\nOnce,"), or trailing whitespace; its pre-tokens are the same alone as in context. A segment
-# is found about twice as fast as a pre-token, and the `\s` here is each engine's `\s` in the
-# pattern above.
+# "\n\nOnce,"), or trailing whitespace; its pre-tokens are the same alone as in context. Segments
+# are quicker to find than pre-tokens (a simpler pattern, fewer matches), and the `\s` here is
+# each engine's `\s` in the pattern above.
 SEGMENT_PATTERN = r"\s*\S+|\s+"
 SEGMENT_REGEX = regex.compile(SEGMENT_PATTERN)
 ASCII_SEGMENT_REGEX = re.compile(SEGMENT_PATTERN, re.ASCII)
