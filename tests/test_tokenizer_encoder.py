@@ -104,6 +104,11 @@ def test_bounded_cache_still_encodes_correctly(both):
     assert small_cache.cached <= 3
     small_cache.clear()
     assert small_cache.cached == 0
+    # Pre-tokens longer than long_word bytes are merged in Python and never cached, so the cache
+    # holds at most max_entries x long_word bytes of keys.
+    long_words = " ".join("abcdefgh"[i:] + "xyz" * 30 for i in range(8))
+    assert small_cache.encode(long_words) == python.encode(long_words)
+    assert small_cache.cached == 0
 
 
 @needs_compiled

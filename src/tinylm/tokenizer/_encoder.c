@@ -4,7 +4,7 @@
  * returns their ids, looking each pre-token up in a cache of pre-token bytes -> ids, so that no
  * Python object is made per pre-token. A miss applies the merges the way `Tokenizer._bpe` does
  * (the leftmost pair with the earliest merge, until none is left); pre-tokens longer than
- * `long_word` bytes go to Python's `bpe_long`, which does that in O(n log n).
+ * `long_word` bytes go, uncached, to Python's `bpe_long`, which does that in O(n log n).
  *
  * The scanner implements the GPT-2 pattern
  *     '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -299,8 +299,11 @@ static void clear_cache(Encoder *self)
     self->count = self->keys_len = self->ids_len = 0;
 }
 
-/* Append the ids of the long pre-token key[0:len], computed by Python's bpe_long, to the ids arena. */
-static Py_ssize_t merge_in_python(Encoder *self, const unsigned char *key, size_t len)
+/* Append the ids of the long pre-token key[0:len], computed by Python's bpe_long, to out. Long
+ * pre-tokens are rare and seldom repeat, so they are not cached: that bounds the cache's memory
+ * to max_entries pre-tokens of at most long_word bytes. */
+static int append_long(Encoder *self, const unsigned char *key, size_t len, uint32_t **out, size_t *out_len,
+                       size_t *out_cap)
 {
     PyObject *text = PyUnicode_DecodeUTF8((const char *)key, (Py_ssize_t)len, "strict");
     if (!text)
@@ -314,7 +317,7 @@ static Py_ssize_t merge_in_python(Encoder *self, const unsigned char *key, size_
     if (!ids)
         return -1;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(ids);
-    if (reserve((void **)&self->ids, &self->ids_cap, self->ids_len + (size_t)count, sizeof(uint32_t)) < 0)
+    if (reserve((void **)out, out_cap, *out_len + (size_t)count, sizeof(uint32_t)) < 0)
         goto error;
     for (Py_ssize_t k = 0; k < count; k++) {
         unsigned long id = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(ids, k));
@@ -324,16 +327,16 @@ static Py_ssize_t merge_in_python(Encoder *self, const unsigned char *key, size_
             PyErr_Format(PyExc_OverflowError, "token id %lu does not fit 32 bits", id);
             goto error;
         }
-        self->ids[self->ids_len + (size_t)k] = (uint32_t)id;
+        (*out)[(*out_len)++] = (uint32_t)id;
     }
     Py_DECREF(ids);
-    return count;
+    return 0;
 error:
     Py_DECREF(ids);
     return -1;
 }
 
-/* The cache slot of pre-token key[0:len], merging its bytes on a miss. */
+/* The cache slot of pre-token key[0:len] (len <= long_word), merging its bytes on a miss. */
 static Slot *ids_of(Encoder *self, const unsigned char *key, size_t len)
 {
     uint64_t hash = hash_bytes(key, len);
@@ -343,24 +346,18 @@ static Slot *ids_of(Encoder *self, const unsigned char *key, size_t len)
 
     if ((Py_ssize_t)self->count >= self->max_entries)  /* bounded memory on endless streams */
         clear_cache(self);
-    Py_ssize_t count;
-    if ((Py_ssize_t)len <= self->long_word) {
-        count = (Py_ssize_t)merge_bytes(self, key, len);
-        if (reserve((void **)&self->ids, &self->ids_cap, self->ids_len + (size_t)count, sizeof(uint32_t)) < 0)
-            return NULL;
-        memcpy(self->ids + self->ids_len, self->word, (size_t)count * sizeof(uint32_t));
-    } else if ((count = merge_in_python(self, key, len)) < 0) {
+    size_t count = merge_bytes(self, key, len);
+    if (reserve((void **)&self->ids, &self->ids_cap, self->ids_len + count, sizeof(uint32_t)) < 0
+        || reserve((void **)&self->keys, &self->keys_cap, self->keys_len + len, 1) < 0)
         return NULL;
-    }
-    if (reserve((void **)&self->keys, &self->keys_cap, self->keys_len + len, 1) < 0)
-        return NULL;
+    memcpy(self->ids + self->ids_len, self->word, count * sizeof(uint32_t));
     memcpy(self->keys + self->keys_len, key, len);
     if (2 * (self->count + 1) > self->capacity && grow_slots(self) < 0)
         return NULL;
     slot = find_slot(self->slots, self->capacity, self->keys, key, len, hash);
-    *slot = (Slot){hash, self->keys_len, len, self->ids_len, (size_t)count};
+    *slot = (Slot){hash, self->keys_len, len, self->ids_len, count};
     self->keys_len += len;
-    self->ids_len += (size_t)count;
+    self->ids_len += count;
     self->count++;
     return slot;
 }
@@ -447,11 +444,16 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *text)
         Py_ssize_t end = pretoken_end(self, s, n, i);
         if (end < 0)
             goto error;
-        Slot *slot = ids_of(self, s + i, (size_t)(end - i));
-        if (!slot || reserve((void **)&out, &out_cap, out_len + slot->ids_len, sizeof(uint32_t)) < 0)
-            goto error;
-        memcpy(out + out_len, self->ids + slot->ids_at, slot->ids_len * sizeof(uint32_t));
-        out_len += slot->ids_len;
+        if (end - i > self->long_word) {
+            if (append_long(self, s + i, (size_t)(end - i), &out, &out_len, &out_cap) < 0)
+                goto error;
+        } else {
+            Slot *slot = ids_of(self, s + i, (size_t)(end - i));
+            if (!slot || reserve((void **)&out, &out_cap, out_len + slot->ids_len, sizeof(uint32_t)) < 0)
+                goto error;
+            memcpy(out + out_len, self->ids + slot->ids_at, slot->ids_len * sizeof(uint32_t));
+            out_len += slot->ids_len;
+        }
         i = end;
     }
     PyObject *list = PyList_New((Py_ssize_t)out_len);
