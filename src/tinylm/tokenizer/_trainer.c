@@ -99,12 +99,13 @@ static size_t pair_of(Trainer *t, uint32_t first, uint32_t second)
             return (size_t)-1;
         at = pair_slot(t->pairs, t->pairs_mask, first, second);
     }
-    t->pairs[at] = (Pair){first, second, 0, 0, -1, NULL, 0, 0};
+    t->pairs[at] = (Pair){first, second, 0, 0, 0, NULL, 0, 0};  /* stamp 0: loading, before step 1 */
     t->npairs++;
     return at;
 }
 
-/* Add `delta` to the count of (first, second), remembering its count before this step. */
+/* Add `delta` to the count of (first, second), remembering its count before this step
+ * (step 0, the loading of the words, remembers nothing). */
 static int add_count(Trainer *t, uint32_t first, uint32_t second, int64_t delta, int64_t step)
 {
     size_t at = pair_of(t, first, second);
@@ -319,7 +320,6 @@ static int load(Trainer *t, PyObject *words, PyObject *counts, PyObject *tokens)
             && heap_push(t, (Entry){pair->count, pair->first, pair->second}) < 0)
             return -1;
     }
-    t->ntouched = 0;
     return 0;
 }
 
