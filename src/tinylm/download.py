@@ -223,10 +223,10 @@ def download(source: str, out: str | os.PathLike, *, sha256: str | None = None, 
             elif max_bytes is not None and not sha256:
                 chunks = url_chunks(url, retries=retries, backoff=backoff, timeout=timeout, progress=progress)
                 return write_text(chunks, name, out, max_bytes, url, mirror)
-            else:
+            else:  # fetch checks the checksum itself, before the file takes its final name
                 fetch(url, cached, retries=retries, backoff=backoff, timeout=timeout, progress=progress,
                       sha256=sha256, mirror=mirror)
-                path = cached
+                return write_text(file_chunks(cached), name, out, max_bytes, source, mirror)
     else:
         path = Path(source.removeprefix("file://")).expanduser()
         name = path.name
