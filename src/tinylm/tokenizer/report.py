@@ -98,7 +98,7 @@ def build_report(tokenizers: dict[str, Path], corpora: dict[str, Path], document
     }
     for tokenizer_name, tokenizer in loaded.items():
         for corpus_name in corpora:
-            sample_bytes = sum(len(d.encode("utf-8")) for d in samples[corpus_name])
+            sample_bytes = report["corpora"][corpus_name]["sampled_bytes"]
             sample_tokens = sum(len(tokenizer.encode(d)) for d in samples[corpus_name])
             report["compression"].append({
                 "tokenizer": tokenizer_name, "corpus": corpus_name, "bytes": sample_bytes,
@@ -189,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--documents and --throughput-mb must be positive and --scan-mb not negative")
     report = build_report(tokenizers, corpora, args.documents, args.seed, int(args.throughput_mb * 2**20),
                           args.separator, int(args.scan_mb * 2**20) or None)
+    markdown = to_markdown(report)
     write_json_atomic(args.out_json, report)
-    write_text_atomic(args.out_md, to_markdown(report))
-    print(to_markdown(report))
+    write_text_atomic(args.out_md, markdown)
+    print(markdown)
     return 0
