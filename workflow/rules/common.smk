@@ -10,7 +10,6 @@ Exported for the report rules (workflow/rules/report.smk) and the Snakefile targ
                                  the baseline (label "baseline"). "batch_size" reads the max-batch
                                  checkpoint, so call it only inside input/params functions.
                                  "tokenizer" has no runs; "generate" lists the runs it picks from.
-    section_baseline(section)    the baseline run name for that section, or None
     all_static_runs()            every run name known before the batch-size probe, baseline first
     run_dir(run)                 "results/runs/<run>"
     run_files(run)               {"metrics", "summary", "config", "model", "eval"} paths of one run
@@ -41,13 +40,13 @@ import sys
 from pathlib import Path
 
 from tinylm.config import RunConfig
+from tinylm.report import TITLES
 
 # Rules call `tinylm ...`: make that the CLI of the Python running Snakemake, venv activated or not.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 RESULTS = "results"
-SECTIONS = ("tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "post_norm", "nope",
-            "silu", "owt")
+SECTIONS = tuple(TITLES)
 RUN_SECTIONS = ("lr_sweep", "no_rmsnorm", "post_norm", "nope", "silu", "owt")  # overrides + sweeps
 BASELINE_RUN = "baseline"
 REPORT_INDEX = f"{RESULTS}/report/README.md"
@@ -187,10 +186,11 @@ def experiment_runs(section):
     overrides = dict(exp.get("overrides", {}))
     prefix = exp.get("label") or ", ".join(setting_text(k, v) for k, v in overrides.items())
     sweep = exp.get("sweep", {})
+    baseline = baseline_dict()
     runs = []
     for values in itertools.product(*sweep.values()):
         # The value "baseline" in a sweep stands for the baseline's own setting.
-        point = {k: (dotted_get(baseline_dict(), k) if v == "baseline" else v) for k, v in zip(sweep, values)}
+        point = {k: (dotted_get(baseline, k) if v == "baseline" else v) for k, v in zip(sweep, values)}
         settings = [setting_text(k, v) for k, v in point.items()]
         swept = "-".join(settings)
         name = f"{section}-{swept}" if swept else section
@@ -283,12 +283,6 @@ def section_runs(section):
     if section == "tokenizer":
         return {}
     raise ValueError(f"unknown report section {section!r}")
-
-
-def section_baseline(section):
-    if section in ("tokenizer", "batch_size"):
-        return None
-    return BASELINE_RUN
 
 
 def section_run_files(section, kinds=("metrics", "summary", "config")):

@@ -32,8 +32,3 @@ rule download:
         "tinylm download {params.source} --out {output} --cache-dir {DOWNLOAD_CACHE}"
         " --retries {DOWNLOAD_RETRIES} {MIRROR_ARG} > {log} 2>&1"
 
-
-# On a cluster, downloads run where Snakemake runs: compute nodes often have no internet access,
-# and a download needs no compute node.
-localrules:
-    download,

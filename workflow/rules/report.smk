@@ -8,7 +8,7 @@
 import shlex
 
 import tinylm.report
-from tinylm.report import OUTPUTS, TITLES
+from tinylm.report import OUTPUTS, RUNLESS, TITLES
 
 
 report: "../report/workflow.rst"
@@ -45,7 +45,7 @@ def report_labels(section):
 def report_inputs(section):
     def inputs(wildcards):
         files = {"code": REPORT_CODE}
-        if section in ("tokenizer", "generate"):
+        if section in RUNLESS:
             files["runs"] = []  # these read the tokenizer report / generate JSON, not run curves
         else:
             files["runs"] = section_run_files(section)
@@ -65,14 +65,13 @@ def report_inputs(section):
 def report_arguments(section):
     """The section's `tinylm report` options: its runs by label, baseline, colours and JSON inputs."""
     def arguments(wildcards, input):
-        labels = report_labels(section) if section not in ("tokenizer", "generate") else {}
+        labels = report_labels(section) if section not in RUNLESS else {}
         args = []
         for run, label in labels.items():
             args += ["--run", label, run_dir(run)]
         # The baseline is dashed wherever it is shown beside others, except in the plain lr sweep.
-        baseline = section_baseline(section) or BASELINE_RUN
-        if section != "lr_sweep" and baseline in labels:
-            args += ["--baseline", labels[baseline]]
+        if section != "lr_sweep" and BASELINE_RUN in labels:
+            args += ["--baseline", labels[BASELINE_RUN]]
         if labels:
             # Every run of the report in one fixed order: a run has the same colour in every section.
             args += ["--colour-order", *all_static_runs()]

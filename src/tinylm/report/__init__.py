@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 # section folder -> heading, in report order
@@ -22,6 +21,8 @@ TITLES = {
     "silu": "7. SiLU vs SwiGLU",
     "owt": "8. OpenWebText",
 }
+# Sections built from JSON inputs (tokenizer report, generated text) rather than runs' curves.
+RUNLESS = ("tokenizer", "generate")
 
 # What each section writes besides section.md: figure stems (.png + .svg) and table stems (.csv + .md).
 # workflow/rules/report.smk declares exactly these files as outputs.
@@ -60,17 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="MD", help="index: the README.md to write")
 
 
-def _read_json(path: str | None, option: str) -> dict | None:
-    if path is None:
-        return None
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{option} {path!r}: file not found")
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{option} {path!r}: not valid JSON: {error}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     if args.section == "index":
         from tinylm.report.index import write_index
@@ -81,14 +71,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out_dir:
         raise ValueError(f"tinylm report {args.section}: --out-dir is required")
-    from tinylm.report.runs import find_run, load_runs
+    from tinylm.report.runs import find_run, load_runs, read_json
     from tinylm.report.sections import Inputs, build
+
+    def option_json(path: str | None, option: str) -> dict | None:
+        return None if path is None else read_json(Path(path), f"{option} {path!r}")
 
     runs = load_runs([tuple(pair) for pair in args.run], args.colour_order)
     inputs = Inputs(runs=runs, baseline=find_run(runs, args.baseline),
-                    tokenizer_report=_read_json(args.tokenizer_report, "--tokenizer-report"),
-                    generate=_read_json(args.generate, "--generate"),
-                    sampling_grid=_read_json(args.sampling_grid, "--sampling-grid"),
-                    max_batch=_read_json(args.max_batch, "--max-batch"))
+                    tokenizer_report=option_json(args.tokenizer_report, "--tokenizer-report"),
+                    generate=option_json(args.generate, "--generate"),
+                    sampling_grid=option_json(args.sampling_grid, "--sampling-grid"),
+                    max_batch=option_json(args.max_batch, "--max-batch"))
     print(build(args.section, Path(args.out_dir), inputs))
     return 0

@@ -18,35 +18,24 @@ def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:
     """One row per run with every per-run number a section tabulates."""
     rows = []
     reference = baseline.final("final_val_loss") if baseline else None
-    reference_train = baseline.final("final_train_loss") if baseline else None
     for run in runs:
-        val, train = run.final("final_val_loss"), run.final("final_train_loss")
+        val = run.final("final_val_loss")
         rows.append({
             "run": run.label,
-            "name": run.name,
             "lr": run.lr,
             "batch_size": run.batch_size,
             "status": run.summary.get("status"),
             "diverged": run.diverged,
-            "diverged_at_step": run.summary.get("diverged_at_step"),
             "steps": run.summary.get("steps"),
-            "tokens": run.summary.get("tokens"),
-            "time_s": run.summary.get("time_s"),
             "params": run.summary.get("params"),
-            "final_train_loss": train,
+            "final_train_loss": run.final("final_train_loss"),
             "final_val_loss": val,
             "best_val_loss": run.final("best_val_loss"),
-            "target_loss": run.final("early_stop_loss"),
             "target_reached_step": run.summary.get("target_reached_step"),
             "tokens_per_s": run.final("tokens_per_s"),
             "peak_mem_bytes": run.final("peak_mem_bytes"),
-            "mem_total_bytes": run.final("mem_total_bytes"),
             "mem_percent": run.final("mem_percent"),
             "val_vs_baseline": None if val is None or reference is None else val - reference,
-            "train_vs_baseline": None if train is None or reference_train is None else train - reference_train,
-            "norm": run.config["model"].get("norm"),
-            "position": run.config["model"].get("position"),
-            "ffn": run.config["model"].get("ffn"),
             "d_ff": run.config["model"].get("d_ff"),
             "vocab_size": run.config["model"].get("vocab_size"),
         })

@@ -80,17 +80,16 @@ def _set_loss_limits(ax: plt.Axes, values: list[np.ndarray]) -> None:
         ax.set_ylim(low - pad, high + pad)
 
 
+def _x_mark(ax: plt.Axes, run: Run, x: float, y: float) -> None:
+    """The x that marks where a diverged run stopped."""
+    ax.plot([x], [y], marker="x", markersize=9, markeredgewidth=2.2, color=run.colour, zorder=5)
+
+
 def _mark_divergence(ax: plt.Axes, run: Run, x: float, y: float) -> None:
     """An x where the run stopped; held just inside the top edge when the loss is off the plot."""
     bottom, top = ax.get_ylim()
     inside = top - 0.04 * (top - bottom) if ax.get_yscale() == "linear" else top / 1.04
-    ax.plot([x], [min(y, inside)], marker="x", markersize=9, markeredgewidth=2.2, color=run.colour, zorder=5)
-
-
-def _log_x(x: str, runs: list[Run]) -> bool:
-    """A log x axis when the runs' lengths span decades (e.g. batch 1 vs 128 at one token budget)."""
-    stable = [r for r in runs if not r.diverged] or runs  # a run that blew up early is short anyway
-    return _spans_decades([r.metrics[x].max() for r in stable])
+    _x_mark(ax, run, x, min(y, inside))
 
 
 def _set_x(ax: plt.Axes, x: str, log: bool) -> None:
@@ -107,22 +106,24 @@ def _set_x(ax: plt.Axes, x: str, log: bool) -> None:
 def loss_curves(runs: list[Run], x: str = "step", baseline: Run | None = None, title: str = "") -> plt.Figure:
     """Train loss (left) and validation loss (right) against steps, tokens or wall-clock time."""
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=WIDE, layout="constrained", sharex=True)
-    log = _log_x(x, runs)
+    stable = [r for r in runs if not r.diverged] or runs  # a run that blew up early is short anyway
+    # A log x axis when the runs' lengths span decades (e.g. batch 1 vs 128 at one token budget).
+    log = _spans_decades([r.metrics[x].max() for r in stable])
     for column, ax in (("train_loss", ax_train), ("val_loss", ax_val)):
+        points = {run.name: _finite(run, x, column) for run in runs}
         plotted = {}
         for run in runs:
-            xs, ys = _finite(run, x, column)
+            xs, ys = points[run.name]
             keep = xs > 0 if log else np.ones_like(xs, dtype=bool)  # a log axis has no 0
             plotted[run.name] = ys[keep]
             ax.plot(xs[keep], ys[keep], label=run.legend if column == "train_loss" else None,
                     marker="o" if column == "val_loss" else None, markersize=3, **_style(run, baseline))
-        stable = [r for r in runs if not r.diverged] or runs
         _set_loss_limits(ax, [plotted[r.name] for r in stable])
         ax.set_ylabel(f"{'train' if column == 'train_loss' else 'validation'} loss {LOSS_UNIT}")
         ax.set_title("Training loss" if column == "train_loss" else "Validation loss (fixed evaluation batches)")
         _set_x(ax, x, log)
         for run in runs:
-            xs, ys = _finite(run, x, column)
+            xs, ys = points[run.name]
             if run.diverged and xs.size:
                 _mark_divergence(ax, run, xs[-1], ys[-1])
     if title:
@@ -139,8 +140,7 @@ def lr_schedule(runs: list[Run], title: str = "") -> plt.Figure:
         keep = ys > 0
         ax.plot(xs[keep], ys[keep], label=run.legend, **_style(run, None))
         if run.diverged and keep.any():
-            ax.plot([xs[keep][-1]], [ys[keep][-1]], marker="x", markersize=9, markeredgewidth=2.2,
-                    color=run.colour, zorder=5)
+            _x_mark(ax, run, xs[keep][-1], ys[keep][-1])
     ax.set_yscale("log")
     ax.set_xlabel(X_AXES["step"])
     ax.set_ylabel("learning rate")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinylm.fileio import write_text_atomic
-from tinylm.report import CURVES, OUTPUTS, TITLES, analysis, figures
+from tinylm.report import CURVES, OUTPUTS, RUNLESS, TITLES, analysis, figures
 from tinylm.report.runs import Run, colour_by_order
 from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_excerpt, fmt_int, fmt_loss, fmt_percent,
                                   fmt_rate, fmt_ratio, fmt_signed, fmt_speed, fmt_token, write_table)
@@ -331,7 +331,7 @@ def owt(section: Section, inputs: Inputs) -> None:
 
 BUILDERS = {"tokenizer": tokenizer, "lr_sweep": lr_sweep, "batch_size": batch_size, "generate": generate,
             "no_rmsnorm": variant, "post_norm": variant, "nope": variant, "silu": variant, "owt": owt}
-NEEDS_RUNS = {"lr_sweep", "batch_size", "no_rmsnorm", "post_norm", "nope", "silu", "owt"}
+NEEDS_RUNS = set(TITLES) - set(RUNLESS)
 
 
 def build(key: str, out_dir: Path, inputs: Inputs) -> Path:
