@@ -187,8 +187,12 @@ class RunConfig:
         """Optimizer steps in the budget (a token budget is rounded up to whole batches)."""
         if self.training.max_steps is not None:
             return self.training.max_steps
-        tokens_per_step = self.training.batch_size * self.model.context_length
-        return math.ceil(self.training.max_tokens / tokens_per_step)
+        return math.ceil(self.training.max_tokens / self.tokens_per_step)
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Training tokens in one optimizer step (the global batch)."""
+        return self.training.batch_size * self.model.context_length
 
     # ---- (de)serialisation -------------------------------------------------------------------
 

@@ -29,6 +29,13 @@ def load_tokens(path: str | os.PathLike) -> np.ndarray:
     return tokens
 
 
+def check_token_ids(tokens: np.ndarray, vocab_size: int, what: str, vocabulary: str = "model.vocab_size") -> None:
+    """ValueError naming `what` if a token id does not fit the vocabulary (one pass over the map)."""
+    largest = int(tokens.max())
+    if largest >= vocab_size:
+        raise ValueError(f"{what} holds token id {largest}, but {vocabulary} is {vocab_size}")
+
+
 def sample_starts(num_tokens: int, batch_size: int, context_length: int,
                   rng: np.random.Generator | None = None) -> np.ndarray:
     """`batch_size` random window starts; every window has `context_length + 1` tokens in range."""

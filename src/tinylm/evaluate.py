@@ -11,7 +11,7 @@ import argparse
 import math
 
 from tinylm.checkpoint import load_model
-from tinylm.data import load_tokens, loss_sum_over_windows, sequential_windows
+from tinylm.data import check_token_ids, load_tokens, loss_sum_over_windows, sequential_windows
 from tinylm.fileio import write_json_atomic
 from tinylm.nn.functional import cross_entropy
 from tinylm.train import autocast_context, resolve_device
@@ -35,10 +35,7 @@ def evaluate_model(checkpoint: str, tokens_path: str, max_tokens: int | None = N
     device = resolve_device(device_name)
     model, config = load_model(checkpoint, device)
     tokens = load_tokens(tokens_path)
-    largest = int(tokens.max())
-    if largest >= config.model.vocab_size:
-        raise ValueError(f"--tokens: {tokens_path!r} holds token id {largest}, but the model's "
-                         f"vocab_size is {config.model.vocab_size}")
+    check_token_ids(tokens, config.model.vocab_size, f"--tokens: {tokens_path!r}", "the model's vocab_size")
     windows = sequential_windows(len(tokens), config.model.context_length, max_tokens)
     total, count = loss_sum_over_windows(model, tokens, windows, batch_size, device, cross_entropy,
                                          autocast_context(device, config.training.precision))

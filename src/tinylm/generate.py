@@ -72,7 +72,8 @@ def generate(model, prompt_ids: list[int], max_new_tokens: int, temperature: flo
             inputs, kv_cache = tokens[-1:], cache   # the cache holds every token but the last
         else:
             inputs = tokens[-window:]
-            kv_cache = cache = model.new_kv_cache() if use_cache else None
+            # A cache filled to the window could not take the next token: a full window goes uncached.
+            kv_cache = cache = model.new_kv_cache() if use_cache and len(inputs) < window else None
         logits = model(torch.tensor([inputs], device=device), kv_cache=kv_cache)[0, -1]  # (vocab,)
         token = sample_next_token(logits.float().cpu(), temperature, top_p, generator)
         if token == eot_id:

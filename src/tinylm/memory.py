@@ -101,8 +101,7 @@ def probe_max_batch(config: RunConfig, memory_budget_bytes: int | None, max_batc
 
     def one_step(model_config: ModelConfig, batch: int) -> None:
         model = build_model(model_config, attention=config.training.attention, device=device)
-        optimizer = AdamW(model.parameters(), lr=config.optimizer.lr, betas=config.optimizer.betas,
-                          eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay)
+        optimizer = AdamW.from_config(model.parameters(), config.optimizer)
         inputs = torch.randint(model_config.vocab_size, (batch, model_config.context_length + 1), device=device)
         training_step(model, optimizer, inputs[:, :-1], inputs[:, 1:], precision, config.optimizer.grad_clip)
 

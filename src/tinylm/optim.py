@@ -28,6 +28,11 @@ class AdamW(torch.optim.Optimizer):
             raise ValueError(f"AdamW: weight_decay must be non-negative, got {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
+    @classmethod
+    def from_config(cls, params, config) -> "AdamW":
+        """From a `tinylm.config.OptimizerConfig` (its lr, betas, eps and weight_decay)."""
+        return cls(params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None

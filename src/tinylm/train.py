@@ -40,6 +40,7 @@ from tinylm import checkpoint as ckpt
 from tinylm.config import RunConfig
 from tinylm.data import (
     batch_from_starts,
+    check_token_ids,
     load_tokens,
     loss_sum_over_windows,
     rank_slice,
@@ -132,10 +133,7 @@ def open_token_arrays(config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
         if len(tokens) <= context:
             raise ValueError(f"data.{key}: {path!r} has {len(tokens)} tokens, fewer than "
                              f"model.context_length + 1 = {context + 1}")
-        largest = int(tokens.max())  # one pass over the memory map
-        if largest >= config.model.vocab_size:
-            raise ValueError(f"data.{key}: {path!r} holds token id {largest}, but model.vocab_size is "
-                             f"{config.model.vocab_size}")
+        check_token_ids(tokens, config.model.vocab_size, f"data.{key}: {path!r}")
         arrays.append(tokens)
     return arrays[0], arrays[1]
 
@@ -201,6 +199,11 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _percent(peak: int, total: int) -> float:
+    """Peak memory as a percentage of the device's (or machine's) total."""
+    return round(100.0 * peak / total, 3)
+
+
 class Trainer:
     """One training run: setup (or resume), the step loop, evaluations, checkpoints, final outputs."""
 
@@ -219,7 +222,7 @@ class Trainer:
         self.train_tokens, self.valid_tokens = open_token_arrays(config)
         self.precision = autocast_context(self.device, t.precision)
         self.total_steps = config.total_steps
-        self.tokens_per_step = t.batch_size * config.model.context_length
+        self.tokens_per_step = config.tokens_per_step
         self.preempt_requested = False
 
     # -- setup and resume --
@@ -233,8 +236,7 @@ class Trainer:
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 runs on GPU
         self.model = build_model(c.model, attention=t.attention, device=self.device)
         self.params = parameter_count(c.model)
-        self.optimizer = AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
-                               weight_decay=o.weight_decay)
+        self.optimizer = AdamW.from_config(self.model.parameters(), o)
         self.progress: dict[str, Any] = {
             "step": 0, "tokens": 0, "time_s": 0.0, "train_time_s": 0.0, "status": "running",
             "initial_loss": None, "last_train_loss": None, "best_val_loss": None,
@@ -434,7 +436,7 @@ class Trainer:
                 "train_loss": _finite_or_none(step["loss"]), "grad_norm": _finite_or_none(step["grad_norm"]),
                 "tokens_per_s": round(tokens_per_s, 1), "val_loss": val_loss,
                 "mem_allocated_bytes": allocated, "mem_peak_bytes": peak, "mem_total_bytes": total,
-                "mem_percent": round(100.0 * peak / total, 3)}
+                "mem_percent": _percent(peak, total)}
 
     # -- final outputs --
 
@@ -460,17 +462,18 @@ class Trainer:
             return
         ckpt.save_model(self.out_dir / "model.pt", self.model, self.config)
         _, peak, total = memory_stats(self.device)
+        tokens_per_s = p["tokens"] / p["train_time_s"] if p["train_time_s"] > 0 else None
         summary = {
             "name": self.config.name, "status": p["status"], "steps": p["step"], "tokens": p["tokens"],
             "time_s": round(p["time_s"], 3), "final_train_loss": _finite_or_none(p["last_train_loss"]),
             "final_val_loss": final_val_loss, "final_val_tokens": final_val_tokens,
             "best_val_loss": p["best_val_loss"], "early_stop_loss": t.early_stop_loss,
             "target_reached_step": p["target_reached_step"], "diverged_at_step": p["diverged_at_step"],
-            "peak_mem_bytes": peak, "mem_total_bytes": total, "mem_percent": round(100.0 * peak / total, 3),
-            "tokens_per_s": round(p["tokens"] / p["train_time_s"], 1) if p["train_time_s"] > 0 else None,
+            "peak_mem_bytes": peak, "mem_total_bytes": total, "mem_percent": _percent(peak, total),
+            "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s is not None else None,
             "params": self.params, "device": str(self.device), "processes": self.dist.world_size,
             "train_flops_per_token": training_flops_per_token(self.config.model),
-            "mfu": self._model_flops_utilization(p["tokens"] / p["train_time_s"] if p["train_time_s"] > 0 else 0.0),
+            "mfu": self._model_flops_utilization(tokens_per_s or 0.0),
         }
         write_json_atomic(self.out_dir / "summary.json", summary)
         print(f"{self.config.name}: {p['status']} after {p['step']} steps, final validation loss "
