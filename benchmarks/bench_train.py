@@ -19,7 +19,6 @@ against the H100's dense bf16 peak.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import platform
@@ -39,8 +38,8 @@ from tinylm.nn import (
     parameter_count,
     training_flops_per_token,
 )
-from tinylm.nn.functional import cross_entropy, gradient_clipping
 from tinylm.optim import AdamW
+from tinylm.train import autocast_context, training_step
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {  # name -> (model, batch size on CPU, batch size on GPU)
@@ -93,30 +92,31 @@ class Setup:
     forward: object          # token ids -> logits
     optimizer: torch.optim.Optimizer
     autocast: object         # () -> context manager
-    clip: object             # (parameters, max_norm) -> norm
+    peer: bool = False
     best_s: float = float("inf")
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        with self.autocast():
+        if not self.peer:  # the trainer's own step
+            training_step(self.forward, self.optimizer, inputs, targets, self.autocast, 1.0)
+            return
+        with self.autocast():  # the peer's, with PyTorch's loss and clipping
             logits = self.forward(inputs)
-        loss = cross_entropy(logits, targets) if self.clip is gradient_clipping else \
-            torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         loss.backward()
-        self.clip(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool, cpu_bf16: bool = False) -> list[Setup]:
-    bf16 = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
-    fp32 = contextlib.nullcontext
+    bf16, fp32 = autocast_context(device, "bf16"), autocast_context(device, "fp32")
     gpu = device.type == "cuda"
 
     def ours(label, compiled, autocast):
         torch.manual_seed(0)
         model = build_model(cfg, attention="fused", device=device)
         forward = torch.compile(model) if compiled else model
-        return Setup(label, model, forward, AdamW(model.parameters(), lr=LR), autocast, gradient_clipping)
+        return Setup(label, model, forward, AdamW(model.parameters(), lr=LR), autocast)
 
     # The GPU runs the experiment configs' fast paths. On the CPU bf16 autocast only costs time
     # (0.5x fp32 on the development machine's AVX-512 BF16 Xeon), so it runs only when asked.
@@ -130,8 +130,7 @@ def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool, cpu_b
     copy_weights_into_peer(setups[0].model, peer, cfg)
     peer_forward = lambda ids: peer(input_ids=ids).logits  # noqa: E731
     setups.append(Setup("HF Llama sdpa " + ("bf16" if gpu else "fp32"), peer, peer_forward,
-                        torch.optim.AdamW(peer.parameters(), lr=LR), bf16 if gpu else fp32,
-                        torch.nn.utils.clip_grad_norm_))
+                        torch.optim.AdamW(peer.parameters(), lr=LR), bf16 if gpu else fp32, peer=True))
     return setups
 
 
