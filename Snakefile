@@ -1,37 +1,26 @@
 # tinylm: raw text -> BPE tokenizers -> token arrays -> trained runs -> report sections.
 #
-#   snakemake                         # everything (target `all`), with config/config.yaml
-#   snakemake lr_sweep                # one report section and only what it needs
-#   snakemake --configfile config/reference.yaml
+#   snakemake                                      # everything (target `all`), config/config.yaml
+#   snakemake lr_sweep                             # one report section and only what it needs
+#   snakemake --configfile config/reference.yaml   # that config alone (nothing else is read)
+#   tinylm plan --configfile config/reference.yaml # the runs it would train, before any of them
 #
 # Local settings come from profiles/default (loaded automatically); see config/README.md.
 import os
 import re
 import shlex
 
-import yaml
-from snakemake.utils import min_version, update_config, validate
+from snakemake.utils import min_version
+from tinylm.experiments import DEFAULT_CONFIGFILE, resolve_config
 
 min_version("9.0")
 
-
-configfile: os.path.join(workflow.basedir, "config/config.yaml")
-
-
-def typed(value):
-    """`--config key={a: 3}` reads nested values as text; read them the way the YAML config file would."""
-    if isinstance(value, dict):
-        return {k: typed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [typed(v) for v in value]
-    if isinstance(value, str):
-        parsed = yaml.safe_load(value) if value.strip() else value
-        return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
-    return value
-
-
-update_config(config, typed(dict(workflow.config_settings.config)))
-validate(config, "workflow/schemas/config.schema.yaml")
+# A config means exactly what it says: the --configfile files (else the default), then --config,
+# then the schema's defaults. No `configfile:` directive, which would merge the default underneath.
+_configfiles = workflow.config_settings.configfiles or [os.path.join(workflow.basedir, DEFAULT_CONFIGFILE)]
+_resolved = resolve_config(_configfiles, dict(workflow.config_settings.config))
+config.clear()
+config.update(_resolved)
 
 
 include: "workflow/rules/common.smk"
@@ -48,69 +37,27 @@ wildcard_constraints:
     split="train|valid",
 
 
-# Run beside Snakemake even under a cluster executor: targets, config files, and downloads
-# (compute nodes often have no outside network).
-localrules:
-    all,
-    write_run_config,
-    download,
-    tokenizer,
-    lr_sweep,
-    batch_size,
-    generate,
-    no_rmsnorm,
-    post_norm,
-    nope,
-    silu,
-    owt,
-
-
-def section_target(section):
+def section_target(name):
     """The section's report page, plus the evaluation of every run it shows."""
     def inputs(wildcards):
-        return [f"{section_dir(section)}/section.md"] + section_run_files(section, kinds=("eval",))
+        return [f"{section_dir(name)}/section.md"] + section_run_files(name, kinds=("eval",))
     return inputs
 
 
 rule all:
     default_target: True
+    localrule: True
     input:
         # One input function per section, so that only batch_size waits for the max-batch probe.
-        [section_target(section) for section in SECTIONS],
+        [section_target(name) for name in PLAN.sections],
         REPORT_INDEX,
 
 
-rule tokenizer:
-    input: section_target("tokenizer")
-
-
-rule lr_sweep:
-    input: section_target("lr_sweep")
-
-
-rule batch_size:
-    input: section_target("batch_size")
-
-
-rule generate:
-    input: section_target("generate")
-
-
-rule no_rmsnorm:
-    input: section_target("no_rmsnorm")
-
-
-rule post_norm:
-    input: section_target("post_norm")
-
-
-rule nope:
-    input: section_target("nope")
-
-
-rule silu:
-    input: section_target("silu")
-
-
-rule owt:
-    input: section_target("owt")
+# One target per report section, named after it: `snakemake lr_sweep`, `snakemake nope`, ...
+for _name in PLAN.sections:
+    rule:
+        name:
+            _name
+        localrule: True
+        input:
+            section_target(_name),

@@ -6,7 +6,6 @@ job counts are worked out here from the config files themselves.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinylm.config import ModelConfig, OptimizerConfig, TrainingConfig
+from tinylm.experiments import build_plan, parse_overrides, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ["tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "post_norm", "nope", "silu", "owt"]
@@ -78,10 +77,12 @@ def test_dry_run_lists_the_expected_jobs(tmp_path, configfile):
     # The batch-size runs are added once the probe has run (a checkpoint), so none are listed yet.
 
 
-def test_schema_lists_exactly_the_run_config_fields():
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
-    for name, cls in (("model", ModelConfig), ("optimizer", OptimizerConfig), ("training", TrainingConfig)):
-        assert set(schema["$defs"][name]["properties"]) == {f.name for f in dataclasses.fields(cls)}, name
+def test_reference_dry_run_downloads_whole_files(tmp_path):
+    """The reference config alone: nothing of config/config.yaml (byte caps, sizes) leaks into it."""
+    result = snakemake(tmp_path, "--dry-run", "-p", configfile="config/reference.yaml")
+    downloads = [line for line in result.stdout.splitlines() if line.startswith("Shell command: tinylm download")]
+    assert len(downloads) == 4 and not any("--max-bytes" in line for line in downloads)
+    assert all("huggingface.co" in line for line in downloads)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -182,3 +183,47 @@ def test_editing_plotting_code_redraws_without_retraining(full_run):
     counts = job_counts(result.stdout)
     assert {f"report_{section}" for section in SECTIONS} <= set(counts)
     assert set(counts) - {f"report_{section}" for section in SECTIONS} <= {"report_index", "all"} | set(SECTIONS)
+
+
+# Size and device overrides only: the reference plan's DAG (every rule, the Slurm-free path) on CPU.
+REFERENCE_ON_CPU = [
+    "threads={tokenizer: 1, train: 1}",
+    "resources={train: {gpu: 0, runtime: 10, mem_mb: 1000}}",
+    "tokenizers={tinystories: {vocab_size: 300}, owt: {vocab_size: 350}}",
+    "baseline={model: {context_length: 16, d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32},"
+    " training: {batch_size: 4, max_steps: 6, eval_interval: 3, eval_batches: 1, final_eval_tokens: 2000,"
+    " log_interval: 2, checkpoint_interval: 3, device: cpu, precision: fp32, compile: false}}",
+    "experiments={batch_size: {batch_sizes: [1, 4], max_tokens: 384, max_batch: 8, memory_budget_mb: 4096,"
+    " resources: {runtime: 10}}}",
+    "evaluate={max_tokens: 2000}",
+    "generate={max_new_tokens: 8, seeds: [0]}",
+]
+OFFICIAL_NAMES = {("tinystories", "train"): "TinyStoriesV2-GPT4-train.txt",
+                  ("tinystories", "valid"): "TinyStoriesV2-GPT4-valid.txt",
+                  ("owt", "train"): "owt_train.txt", ("owt", "valid"): "owt_valid.txt"}
+
+
+@pytest.mark.slow
+def test_reference_dag_runs_on_cpu_with_size_overrides(tmp_path, shared_data):
+    """Every rule of the reference plan completes, its corpora read whole from a mirror folder."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for (corpus, split), name in OFFICIAL_NAMES.items():
+        text = (shared_data / f"{corpus if corpus == 'owt' else 'tinystories'}_sample" / f"{split}.txt").read_text()
+        cut = text.index("<|endoftext|>", 60_000) + len("<|endoftext|>")
+        (mirror / name).write_text(text[:cut] + "\n")
+    workdir = tmp_path / "work"
+    overrides = [*REFERENCE_ON_CPU, f"mirror={mirror}"]
+    snakemake(workdir, "--config", *overrides, configfile="config/reference.yaml")
+    results = workdir / "results"
+    config = resolve_config([REPO / "config/reference.yaml"], parse_overrides(overrides))
+    probe = json.loads((results / "max_batch" / "batch_size.json").read_text())
+    plan = build_plan(config, largest_batch=probe["largest_batch"])
+    for name in plan.sections:
+        assert (results / "report" / name / "section.md").stat().st_size > 0, name
+    trained = {run for section in plan.sections.values() for run in section.runs}
+    assert {p.name for p in (results / "runs").iterdir()} == trained
+    for run in trained:
+        assert json.loads((results / "runs" / run / "summary.json").read_text())["steps"] > 0, run
+    for corpus, split in OFFICIAL_NAMES:  # whole files: no byte cap in the reference
+        assert (results / "downloads" / corpus / f"{split}.txt").read_text() == (mirror / OFFICIAL_NAMES[corpus, split]).read_text()

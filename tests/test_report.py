@@ -124,8 +124,8 @@ def test_cli_errors_name_the_culprit(tmp_path, capsys):
         (["lr_sweep", "--out-dir", str(tmp_path / "o"), "--run", "a", str(tmp_path / "missing")], "missing"),
         (["lr_sweep", "--out-dir", str(tmp_path / "o"), "--run", "a", str(run), "--run", "a", str(run)],
          "label 'a' is given twice"),
-        (["post_norm", "--out-dir", str(tmp_path / "o"), "--run", "a", str(run), "--baseline", "b"], "'b'"),
-        (["post_norm", "--out-dir", str(tmp_path / "o"), "--run", "a", str(run)], "--baseline is required"),
+        (["variant", "--out-dir", str(tmp_path / "o"), "--run", "a", str(run), "--baseline", "b"], "'b'"),
+        (["variant", "--out-dir", str(tmp_path / "o"), "--run", "a", str(run)], "--baseline is required"),
         (["tokenizer", "--out-dir", str(tmp_path / "o")], "--tokenizer-report is required"),
         (["batch_size", "--out-dir", str(tmp_path / "o")], "--run LABEL RUN_DIR is required"),
     ]
@@ -134,11 +134,11 @@ def test_cli_errors_name_the_culprit(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_index_orders_sections_and_rewrites_links(tmp_path):
+def test_index_keeps_the_given_order_and_rewrites_links(tmp_path):
     for key, body in (("owt", "![curves](loss.png) [site](https://example.org) [top](#x)"), ("lr_sweep", "[t](t.csv)")):
         (tmp_path / key).mkdir()
         (tmp_path / key / "section.md").write_text(f"## {key}\n\n{body}\n")
-    readme = write_index([tmp_path / "owt" / "section.md", tmp_path / "lr_sweep" / "section.md"],
+    readme = write_index([tmp_path / "lr_sweep" / "section.md", tmp_path / "owt" / "section.md"],
                          tmp_path / "README.md")
     text = readme.read_text()
     assert text.index("## lr_sweep") < text.index("## owt")
@@ -146,5 +146,5 @@ def test_index_orders_sections_and_rewrites_links(tmp_path):
     assert "(https://example.org)" in text and "(#x)" in text
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "section.md").write_text("x")
-    with pytest.raises(ValueError, match="'other' is not a report section"):
+    with pytest.raises(ValueError, match="other/section.md: not a section page"):
         write_index([tmp_path / "other" / "section.md"], tmp_path / "README.md")

@@ -12,6 +12,7 @@ import sys
 
 # name -> (module, one-line help). Keep in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("tinylm.experiments", "print the runs a pipeline config would train, before any of them"),
     "download": ("tinylm.download", "fetch a corpus file (URL, mirror or local path) into the cache"),
     "train-bpe": ("tinylm.tokenizer.training", "train a byte-level BPE tokenizer on a text file"),
     "tokenize": ("tinylm.tokenizer.dataset", "encode a text file into a .npy array of token ids"),

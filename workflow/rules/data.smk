@@ -28,6 +28,7 @@ rule download:
         log_path("download", "{corpus}-{split}"),
     resources:
         downloads=1,
+    localrule: True  # compute nodes often have no outside network
     shell:
         "tinylm download {params.source} --out {output} --cache-dir {DOWNLOAD_CACHE}"
         " --retries {DOWNLOAD_RETRIES} {MIRROR_ARG} > {log} 2>&1"

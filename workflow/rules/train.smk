@@ -3,39 +3,36 @@
 # Caching: `results/configs/<run>.json` is rewritten only when that run's config changes (the
 # `params` trigger sees the new dict), so only that run's training and its downstream rerun.
 # Checkpoints live outside the declared outputs, so a killed training job resumes.
+from tinylm.config import RunConfig
 
 
 rule write_run_config:
+    input:
+        probe_input,
     output:
         run_config_path("{run}"),
     params:
-        config=lambda w: run_config(w.run).to_dict(),
+        config=lambda w: planned_run(w.run).config.to_dict(),
     log:
         log_path("write_run_config", "{run}"),
+    localrule: True
     run:
         RunConfig.from_dict(params.config).save(output[0])
         Path(log[0]).write_text(f"wrote {output[0]}\n")
 
 
 def train_resources(key):
-    """A `resources` callable: the per-experiment override of config `resources.train`, else the default."""
-    def value(wildcards):
-        section = wildcards.run.split("-", 1)[0]
-        overrides = config["experiments"].get(section, {}).get("resources", {})
-        devices = run_config(wildcards.run).training.devices
-        if key == "gpu":
-            return overrides.get("gpu", config["resources"]["train"]["gpu"]) * devices
-        if key == "devices":
-            return devices
-        return overrides.get(key, config["resources"]["train"][key])
-    return value
+    """A `resources` callable: the run's resources from the plan (config `resources.train`, the
+    experiment's `resources` over it, GPUs multiplied by `training.devices`)."""
+    return lambda wildcards: planned_run(wildcards.run).resources[key]
 
 
 rule train:
     input:
         config=run_config_path("{run}"),
-        train_tokens=lambda w: run_config(w.run).data.train_tokens,
-        valid_tokens=lambda w: run_config(w.run).data.valid_tokens,
+        train_tokens=lambda w: planned_run(w.run).config.data.train_tokens,
+        valid_tokens=lambda w: planned_run(w.run).config.data.valid_tokens,
+        probe=probe_input,
     output:
         metrics=run_files("{run}")["metrics"],
         summary=run_files("{run}")["summary"],
@@ -56,7 +53,7 @@ rule train:
         # A checkpoint older than any input was trained on other inputs (a new config or new token
         # arrays): start over. A newer one is this job's own, left by a kill or preemption: resume.
         "checkpoint={params.checkpoint_dir}/checkpoint.pt;"
-        " if [ -e $checkpoint ] && [ -n \"$(find {input} -newer $checkpoint)\" ]; then"
+        " if [ -e $checkpoint ] && [ -n \"$(find {input.config} {input.train_tokens} {input.valid_tokens} -newer $checkpoint)\" ]; then"
         " echo \"removing stale $checkpoint\" > {log}; rm -f $checkpoint; fi;"
         " OMP_NUM_THREADS={threads} tinylm train --config {input.config} --out-dir {params.out_dir}"
         " --checkpoint-dir {params.checkpoint_dir} >> {log} 2>&1"
@@ -65,7 +62,7 @@ rule train:
 rule evaluate:
     input:
         model=run_files("{run}")["model"],
-        tokens=lambda w: run_config(w.run).data.valid_tokens,
+        tokens=lambda w: planned_run(w.run).config.data.valid_tokens,
     output:
         run_files("{run}")["eval"],
     params:
@@ -100,18 +97,18 @@ checkpoint max_batch:
 
 rule generate_text:
     input:
-        lambda w: [run_files(run)[kind] for run in generate_runs(w.group) for kind in ("summary", "model")],
+        lambda w: [run_files(run)[kind] for run in GENERATIONS[w.group].runs for kind in ("summary", "model")],
     output:
-        f"{RESULTS}/generate/{{group}}/{{setting}}.json",
+        generate_output("{group}", "{setting}"),
     params:
-        run_dirs=lambda w: " ".join(run_dir(run) for run in generate_runs(w.group)),
-        settings=lambda w: " ".join(f"--{option} " + " ".join(str(v) for v in sampling_settings(w.group)[w.setting][key])
+        run_dirs=lambda w: " ".join(run_dir(run) for run in GENERATIONS[w.group].runs),
+        settings=lambda w: " ".join(f"--{option} " + " ".join(str(v) for v in GENERATIONS[w.group].settings[w.setting][key])
                                     for option, key in (("temperature", "temperatures"), ("top-p", "top_ps"),
                                                         ("seeds", "seeds"))),
         prompt=shlex.quote(config["generate"]["prompt"]),
         max_new_tokens=config["generate"]["max_new_tokens"],
     wildcard_constraints:
-        group="|".join(GENERATE_GROUPS),
+        group="|".join(map(re.escape, GENERATIONS)),
     threads: config["threads"]["train"]
     log:
         log_path("generate_text", "{group}-{setting}"),

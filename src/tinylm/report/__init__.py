@@ -1,49 +1,51 @@
-"""`tinylm report SECTION`: one report section's figures, tables and text, from finished runs.
+"""`tinylm report KIND`: one report section's figures, tables and text, from finished runs.
 
 `tinylm report index` assembles the sections into results/report/README.md. The modules:
 `runs` (loading runs, labels, colours), `analysis` (findings and their sentences), `figures`,
-`tables`, `sections` (one function per section) and `index`.
+`tables`, `sections` (one function per kind of section) and `index`. Which sections a report
+has, their titles and runs, is the experiment plan's business (tinylm.experiments).
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-# section folder -> heading, in report order
-TITLES = {
-    "tokenizer": "0. Tokenizers",
-    "lr_sweep": "1. Learning rate",
-    "batch_size": "2. Batch size",
-    "generate": "3. Generation",
-    "no_rmsnorm": "4. No RMSNorm",
-    "post_norm": "5. Post-norm vs pre-norm",
-    "nope": "6. NoPE vs RoPE",
-    "silu": "7. SiLU vs SwiGLU",
-    "owt": "8. OpenWebText",
-}
-# Sections built from JSON inputs (tokenizer report, generated text) rather than runs' curves.
-RUNLESS = ("tokenizer", "generate")
 
-# What each section writes besides section.md: figure stems (.png + .svg) and table stems (.csv + .md).
-# workflow/rules/report.smk declares exactly these files as outputs.
-CURVES = ["loss_vs_step", "loss_vs_tokens", "loss_vs_time"]
-OUTPUTS: dict[str, dict[str, list[str]]] = {
-    "tokenizer": {"figures": ["compression"], "tables": ["tokenizers", "compression"]},
-    "lr_sweep": {"figures": ["lr_schedule", *CURVES, "final_loss_vs_lr"], "tables": ["lr_sweep", "edge_of_stability"]},
-    "batch_size": {"figures": ["memory", *CURVES], "tables": ["batch_size"]},
-    "generate": {"figures": [], "tables": ["samples", "sampling_settings"]},
-    "no_rmsnorm": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
-    "post_norm": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
-    "nope": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
-    "silu": {"figures": ["loss_vs_step"], "tables": ["final_losses"]},
-    "owt": {"figures": CURVES, "tables": ["final_losses", "samples"]},
+@dataclass(frozen=True)
+class Kind:
+    """What a kind of report section writes besides section.md, and what it reads.
+
+    `figures`: stems written as .png + .svg; `tables`: stems written as .csv + .md (the Snakemake
+    rule declares exactly these files); `inputs`: the JSON options it needs (tinylm report --OPTION);
+    `runs`: whether it is drawn from runs' curves (otherwise from its JSON inputs alone).
+    """
+
+    figures: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    runs: bool = True
+
+
+CURVES = ("loss_vs_step", "loss_vs_tokens", "loss_vs_time")
+# Report section kinds; the plan (tinylm.experiments) gives every section one of these.
+KINDS: dict[str, Kind] = {
+    "tokenizer": Kind(("compression",), ("tokenizers", "compression"), ("tokenizer_report",), runs=False),
+    "lr_sweep": Kind(("lr_schedule", *CURVES, "final_loss_vs_lr"), ("lr_sweep", "edge_of_stability")),
+    "batch_size": Kind(("memory", *CURVES), ("batch_size",), ("max_batch",)),
+    "generate": Kind((), ("samples", "sampling_settings"), ("generate", "sampling_grid"), runs=False),
+    "variant": Kind(("loss_vs_step",), ("final_losses",)),             # the baseline with one thing changed
+    "corpus": Kind(CURVES, ("final_losses", "samples"), ("generate",)),  # the same model on another corpus
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("section", choices=[*TITLES, "index"],
-                        help="the section to write, or 'index' to assemble README.md from written sections")
+    parser.add_argument("kind", choices=[*KINDS, "index"],
+                        help="the kind of section to write, or 'index' to assemble README.md from written sections")
     parser.add_argument("--out-dir", help="the section's folder, e.g. results/report/lr_sweep")
+    parser.add_argument("--title", help="the section's heading, e.g. '4. No RMSNorm' (default: the folder's name)")
+    parser.add_argument("--description", default="",
+                        help="variant sections: the sentence that says what is compared")
     parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("LABEL", "RUN_DIR"),
                         help="a run to include, named in legends and tables by LABEL (its changed setting, "
                              "e.g. lr=3e-3); repeat for each run")
@@ -62,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.section == "index":
+    if args.kind == "index":
         from tinylm.report.index import write_index
 
         if not args.out or not args.sections:
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(write_index(args.sections, args.out))
         return 0
     if not args.out_dir:
-        raise ValueError(f"tinylm report {args.section}: --out-dir is required")
+        raise ValueError(f"tinylm report {args.kind}: --out-dir is required")
     from tinylm.report.runs import find_run, load_runs, read_json
     from tinylm.report.sections import Inputs, build
 
@@ -83,5 +85,6 @@ def run(args: argparse.Namespace) -> int:
                     generate=option_json(args.generate, "--generate"),
                     sampling_grid=option_json(args.sampling_grid, "--sampling-grid"),
                     max_batch=option_json(args.max_batch, "--max-batch"))
-    print(build(args.section, Path(args.out_dir), inputs))
+    out_dir = Path(args.out_dir)
+    print(build(args.kind, args.title or out_dir.name, args.description, out_dir, inputs))
     return 0

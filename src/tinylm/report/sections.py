@@ -12,17 +12,13 @@ from pathlib import Path
 import pandas as pd
 
 from tinylm.fileio import write_text_atomic
-from tinylm.report import CURVES, OUTPUTS, RUNLESS, TITLES, analysis, figures
+from tinylm.report import CURVES, KINDS, analysis, figures
 from tinylm.report.runs import Run, colour_by_order
 from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_excerpt, fmt_int, fmt_loss, fmt_percent,
                                   fmt_rate, fmt_ratio, fmt_signed, fmt_speed, fmt_token, write_table)
 
-VARIANTS = {
-    "no_rmsnorm": "Every RMSNorm removed, against the baseline.",
-    "post_norm": "Post-norm (normalise after each residual addition) against the pre-norm baseline.",
-    "nope": "No positional encoding (NoPE) against the RoPE baseline.",
-    "silu": "A plain SiLU feed-forward (two matrices) against SwiGLU (three matrices).",
-}
+def _ffn_shape(run: Run) -> tuple:
+    return run.config["model"]["ffn"], run.config["model"]["d_ff"]
 
 
 def _ffn_widths(runs: list[Run]) -> str:
@@ -50,10 +46,11 @@ class Inputs:
 class Section:
     """Collects one section's Markdown while its figures and tables are written to `out_dir`."""
 
-    def __init__(self, key: str, out_dir: Path):
-        self.key, self.out_dir = key, Path(out_dir)
+    def __init__(self, kind: str, title: str, description: str, out_dir: Path):
+        self.kind, self.description, self.out_dir = kind, description, Path(out_dir)
+        self.key = self.out_dir.name
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.parts = [f"## {TITLES[key]}\n"]
+        self.parts = [f"## {title}\n"]
         self.written: list[str] = []
 
     def paragraph(self, text: str) -> None:
@@ -70,10 +67,10 @@ class Section:
         self.parts.append(f"**{caption}** ([CSV]({stem}.csv))\n\n{markdown}")
 
     def write(self) -> Path:
-        expected = [f"{s}.{ext}" for s in OUTPUTS[self.key]["figures"] for ext in ("png", "svg")]
-        expected += [f"{s}.{ext}" for s in OUTPUTS[self.key]["tables"] for ext in ("csv", "md")]
+        expected = [f"{s}.{ext}" for s in KINDS[self.kind].figures for ext in ("png", "svg")]
+        expected += [f"{s}.{ext}" for s in KINDS[self.kind].tables for ext in ("csv", "md")]
         missing = sorted(set(expected) - set(self.written))
-        if missing:  # the Snakemake rule declares OUTPUTS: a section must write all of them
+        if missing:  # the Snakemake rule declares KINDS' files: a section must write all of them
             raise AssertionError(f"section {self.key} did not write {', '.join(missing)}")
         path = self.out_dir / "section.md"
         write_text_atomic(path, "\n".join(self.parts))
@@ -286,13 +283,16 @@ def generate(section: Section, inputs: Inputs) -> None:
     ], "sampling_settings", "Effect of temperature and top-p (same prompt; temperature 0 is greedy)")
 
 
-# ---- 4-7. architecture variants --------------------------------------------------------------
+# ---- 4-7. variants of the baseline --------------------------------------------------------------
 
 def variant(section: Section, inputs: Inputs) -> None:
     baseline = _need(inputs.baseline, "--baseline", section.key)
     runs = [baseline] + [r for r in inputs.runs if r is not baseline]
-    widths = " " + _ffn_widths(runs) if section.key == "silu" else ""
-    section.paragraph(VARIANTS[section.key] + widths + " " + analysis.variant_text(runs, baseline))
+    # A variant that changes the feed-forward (SiLU against SwiGLU) says how wide each one is.
+    ffn_changed = any(_ffn_shape(r) != _ffn_shape(baseline) for r in runs)
+    widths = " " + _ffn_widths(runs) if ffn_changed else ""
+    what = section.description or f"{', '.join(r.label for r in runs if r is not baseline)} against the baseline."
+    section.paragraph(what + widths + " " + analysis.variant_text(runs, baseline))
     section.figure(figures.loss_curves(runs, "step", baseline), "loss_vs_step",
                    "Train and validation loss against step: variants solid, baseline dashed")
     columns = [Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column("status", "status"),
@@ -300,43 +300,42 @@ def variant(section: Section, inputs: Inputs) -> None:
                Column("final_train_loss", "final train loss", fmt_loss),
                Column("final_val_loss", "final val loss", fmt_loss),
                Column("val_vs_baseline", "val loss - baseline", fmt_signed)]
-    if section.key == "silu":
+    if ffn_changed:
         columns.insert(3, Column("d_ff", "d_ff", fmt_int))
     section.table(analysis.runs_frame(runs, baseline), columns, "final_losses",
                   "Final losses and difference to the baseline")
 
 
-# ---- 8. OpenWebText --------------------------------------------------------------------------
+# ---- 8. another corpus (OpenWebText) -------------------------------------------------------
 
-def owt(section: Section, inputs: Inputs) -> None:
-    """The OpenWebText run against the TinyStories baseline (dashed)."""
-    baseline = _need(inputs.baseline, "--baseline (the TinyStories run to compare with)", section.key)
+def corpus(section: Section, inputs: Inputs) -> None:
+    """The run on another corpus against the baseline (dashed)."""
+    baseline = _need(inputs.baseline, "--baseline (the run to compare with)", section.key)
     others = [r for r in inputs.runs if r is not baseline]
     if len(others) != 1:
-        raise ValueError(f"tinylm report owt: expected one OpenWebText --run besides the baseline, got {len(others)}")
+        raise ValueError(f"tinylm report corpus: expected one --run besides the baseline, got {len(others)}")
     run = others[0]
     generated = _need(inputs.generate, "--generate", section.key)
     section.paragraph(analysis.comparison_text(run, baseline))
-    _curves(section, [run, baseline], baseline, "OpenWebText vs TinyStories")
+    _curves(section, [run, baseline], baseline, f"{run.label} vs {baseline.label}")
     section.table(analysis.runs_frame([run, baseline], baseline), [
         Column("run", "run"), Column("status", "status"), Column("steps", "steps", fmt_int),
         Column("vocab_size", "vocabulary", fmt_int), Column("params", "parameters", fmt_int),
         Column("final_train_loss", "final train loss", fmt_loss), Column("final_val_loss", "final val loss", fmt_loss),
-        Column("val_vs_baseline", "val loss - TinyStories", fmt_signed),
-    ], "final_losses", "Final losses, OpenWebText and TinyStories")
-    section.paragraph(_generation_text(generated, "the OpenWebText run"))
+        Column("val_vs_baseline", f"val loss - {baseline.label}", fmt_signed),
+    ], "final_losses", f"Final losses, {run.label} and {baseline.label}")
+    section.paragraph(_generation_text(generated, f"the {run.label} run"))
     section.parts.append(_quoted_samples(generated))
-    section.table(_samples_frame(generated), SAMPLE_COLUMNS, "samples", "OpenWebText samples")
+    section.table(_samples_frame(generated), SAMPLE_COLUMNS, "samples", f"{run.label} samples")
 
 
 BUILDERS = {"tokenizer": tokenizer, "lr_sweep": lr_sweep, "batch_size": batch_size, "generate": generate,
-            "no_rmsnorm": variant, "post_norm": variant, "nope": variant, "silu": variant, "owt": owt}
-NEEDS_RUNS = set(TITLES) - set(RUNLESS)
+            "variant": variant, "corpus": corpus}
 
 
-def build(key: str, out_dir: Path, inputs: Inputs) -> Path:
-    if key in NEEDS_RUNS and not inputs.runs:
-        raise ValueError(f"tinylm report {key}: at least one --run LABEL RUN_DIR is required")
-    section = Section(key, out_dir)
-    BUILDERS[key](section, inputs)
+def build(kind: str, title: str, description: str, out_dir: Path, inputs: Inputs) -> Path:
+    if KINDS[kind].runs and not inputs.runs:
+        raise ValueError(f"tinylm report {kind}: at least one --run LABEL RUN_DIR is required")
+    section = Section(kind, title, description, out_dir)
+    BUILDERS[kind](section, inputs)
     return section.write()

@@ -1,0 +1,254 @@
+"""The experiment plan (tinylm.experiments): config resolution, the planner, and `tinylm plan`."""
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinylm.experiments import (BASELINE_RUN, SCHEMA, build_plan, config_changes, parse_overrides, plan_table,
+                                read_config_file, resolve_config, validate_config)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+
+
+# ---- configs stand alone ---------------------------------------------------------------------
+
+def _schema_default(schema: dict, root: dict, path: list[str]):
+    """The schema's default for the key at `path` (following $ref and additionalProperties)."""
+    node = schema
+    for key in path:
+        while "$ref" in node:
+            node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        props = node.get("properties", {})
+        if key in props:
+            node = props[key]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            raise KeyError(path)
+    while "$ref" in node and "default" not in node:
+        node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node["default"]
+
+
+def _leaves(data, path=()):
+    if isinstance(data, dict) and data:
+        for key, value in data.items():
+            yield from _leaves(value, (*path, key))
+    else:
+        yield list(path), data
+
+
+def _get(data, path):
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return KeyError
+        data = data[key]
+    return data
+
+
+@pytest.mark.parametrize("configfile", CONFIGS, ids=lambda p: p.name)
+def test_every_config_resolves_to_the_file_plus_schema_defaults(configfile):
+    written = read_config_file(configfile)
+    resolved = resolve_config([configfile])
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for path, value in _leaves(resolved):
+        in_file = _get(written, path)
+        if in_file is not KeyError:
+            assert in_file == value, path
+            continue
+        # Not in the file: the schema's default, of the missing key's object or of a key inside it.
+        missing = next(d for d in range(1, len(path) + 1) if _get(written, path[:d]) is KeyError)
+        defaults = (_get(_schema_default(schema, schema, path[:d]), path[d:]) for d in range(missing, len(path) + 1))
+        assert next(d for d in defaults if d is not KeyError) == value, path
+    build_plan(resolved)  # and every shipped config plans
+
+
+def test_the_reference_config_is_the_experiment_logs_scale():
+    config = resolve_config([REPO / "config/reference.yaml"])
+    for corpus in config["corpora"].values():
+        for split in ("train", "valid"):
+            assert corpus[split]["max_bytes"] is None and corpus[split]["source"].startswith("https://")
+    plan = build_plan(config)
+    base = plan.run(BASELINE_RUN).config
+    assert (base.model.vocab_size, base.model.context_length, base.model.d_model, base.model.d_ff,
+            base.model.num_layers, base.model.num_heads, base.model.rope_theta) == (10000, 256, 512, 1344, 4, 16, 1e4)
+    assert (base.training.batch_size, base.total_steps) == (128, 10000)
+    assert plan.run(BASELINE_RUN).tokens == 327_680_000
+    lr_runs = plan.sections["lr_sweep"].runs
+    assert sorted(plan.run(r).config.optimizer.lr for r in lr_runs) == [1e-3, 3e-3, 5e-3, 1e-2]
+    assert plan.run("owt").config.model.vocab_size == 32000
+    assert plan.run("silu").config.model.d_ff == 4 * 512
+
+
+def test_an_unnamed_file_is_never_read(tmp_path):
+    """The config is the named file alone: a key it leaves out is the schema's default, not the demo's."""
+    lean = read_config_file(REPO / "config/test.yaml")
+    lean["corpora"]["tinystories"]["train"].pop("max_bytes")
+    path = tmp_path / "lean.yaml"
+    path.write_text(yaml.safe_dump(lean))
+    resolved = resolve_config([path])
+    assert resolved["corpora"]["tinystories"]["train"]["max_bytes"] is None
+    assert resolved["download"] == {"cache_dir": "results/cache", "retries": 5}
+
+
+def test_overrides_merge_key_by_key_and_typos_are_named():
+    config = resolve_config([REPO / "config/test.yaml"], parse_overrides(["baseline={training: {max_steps: 3}}"]))
+    assert config["baseline"]["training"]["max_steps"] == 3
+    assert config["baseline"]["training"]["batch_size"] == 4  # untouched neighbours stay
+    with pytest.raises(ValueError, match="typo_key"):
+        resolve_config([REPO / "config/test.yaml"], {"typo_key": 1})
+    with pytest.raises(ValueError, match="d_modle"):
+        build_plan(resolve_config([REPO / "config/test.yaml"], {"baseline": {"model": {"d_modle": 8}}}))
+    with pytest.raises(ValueError, match=r"experiments\.nope.*optimizer\.lrr"):
+        build_plan(resolve_config([REPO / "config/test.yaml"],
+                                  {"experiments": {"nope": {"overrides": {"optimizer.lrr": 1e-3}}}}))
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["no-equals-sign"])
+
+
+# ---- the planner -----------------------------------------------------------------------------
+
+def small_config(**experiments) -> dict:
+    """A resolved config with two corpora and tokenizers and the given experiments (plus the two required)."""
+    data = {
+        "corpora": {c: {s: {"source": f"/data/{c}/{s}.txt"} for s in ("train", "valid")} for c in ("ts", "web")},
+        "tokenizers": {"ts": {"corpus": "ts", "vocab_size": 300}, "web": {"corpus": "web", "vocab_size": 400}},
+        "baseline": {"tokenizer": "ts", "corpus": "ts",
+                     "model": {"context_length": 16, "d_model": 16, "num_layers": 1, "num_heads": 2, "d_ff": 32},
+                     "optimizer": {"lr": 3e-3, "warmup_steps": 4},
+                     "training": {"batch_size": 8, "max_steps": 100, "eval_interval": 10, "log_interval": 5,
+                                  "checkpoint_interval": 50}},
+        "experiments": {"lr_sweep": {"sweep": {"optimizer.lr": [1e-2, 3e-3]}, "compare_baseline": False},
+                        "batch_size": {"batch_sizes": [2, 8, 32], "max_tokens": 12800, "max_batch": 64,
+                                       "max_lr": 1e-2},
+                        **experiments},
+    }
+    return validate_config(data)
+
+
+def test_identical_runs_are_one_run_named_first():
+    plan = build_plan(small_config(again={"overrides": {"optimizer.lr": 3e-3}}))
+    assert plan.sections["lr_sweep"].runs == {"lr_sweep-lr=1e-2": "lr=1e-2", BASELINE_RUN: "lr=3e-3"}
+    assert plan.sections["again"].runs == {BASELINE_RUN: "lr=3e-3"}  # the same as the baseline: no new run
+    assert "again" not in plan.runs
+
+
+def test_a_sweep_value_baseline_stands_for_the_baselines_setting():
+    plan = build_plan(small_config(no_norm={"overrides": {"model.norm": "none"},
+                                            "sweep": {"optimizer.lr": ["baseline", 1e-4]}}))
+    runs = plan.sections["no_norm"].runs
+    assert runs == {"no_norm-lr=3e-3": "norm=none lr=3e-3", "no_norm-lr=1e-4": "norm=none lr=1e-4",
+                    BASELINE_RUN: "baseline"}
+    assert plan.run("no_norm-lr=3e-3").config.optimizer.lr == 3e-3
+    assert plan.run("no_norm-lr=1e-4").changes == "norm=none, lr=1e-4"
+    assert plan.sections["no_norm"].baseline == BASELINE_RUN
+
+
+def test_batch_size_runs_share_one_token_budget():
+    plan = build_plan(small_config(), largest_batch=16)
+    section = plan.sections["batch_size"]
+    assert not section.pending_probe
+    # Sizes above the largest that fits are dropped, the largest is added; batch 8 is the baseline
+    # (8 x 16 tokens x 100 steps = the 12,800-token budget).
+    assert section.runs == {"batch_size-batch=2": "batch=2", BASELINE_RUN: "batch=8", "batch_size-batch=16": "batch=16"}
+    for name in section.runs:
+        run = plan.run(name).config
+        assert run.total_steps == math.ceil(12800 / (run.training.batch_size * 16))
+    # sqrt scaling of the learning rate, capped at max_lr; intervals fixed in tokens.
+    assert plan.run("batch_size-batch=2").config.optimizer.lr == pytest.approx(3e-3 * 0.5)
+    assert plan.run("batch_size-batch=16").config.optimizer.lr == pytest.approx(min(3e-3 * 2 ** 0.5, 1e-2))
+    assert plan.run("batch_size-batch=2").config.training.eval_interval == 40
+
+
+def test_before_the_probe_the_batch_section_is_pending_and_names_stay():
+    before, after = build_plan(small_config()), build_plan(small_config(), largest_batch=16)
+    assert before.sections["batch_size"].pending_probe
+    assert list(before.sections["batch_size"].runs) == ["batch_size-batch=2", BASELINE_RUN, "batch_size-batch=32"]
+    for name, run in before.runs.items():
+        if run.section != "batch_size":
+            assert after.run(name).config == run.config
+
+
+def test_resources_per_experiment():
+    config = small_config(big={"overrides": {"training.devices": 2}, "resources": {"gpu": 1, "runtime": 600}})
+    config["resources"]["train"] = {"gpu": 1, "runtime": 60, "mem_mb": 4000}
+    plan = build_plan(config)
+    assert plan.run(BASELINE_RUN).resources == {"gpu": 1, "devices": 1, "runtime": 60, "mem_mb": 4000}
+    assert plan.run("big").resources == {"gpu": 2, "devices": 2, "runtime": 600, "mem_mb": 4000}
+
+
+def test_adding_an_ablation_is_one_config_entry():
+    plan = build_plan(small_config(wide={"title": "Wider", "overrides": {"model.d_ff": 64}},
+                                   web={"report": "corpus", "tokenizer": "web", "corpus": "web"}))
+    names = list(plan.sections)
+    assert names == ["tokenizer", "lr_sweep", "batch_size", "generate", "wide", "web"]
+    wide = plan.sections["wide"]
+    assert (wide.title, wide.kind, wide.baseline) == ("4. Wider", "variant", BASELINE_RUN)
+    assert wide.description == "wide (d_ff=64) against the baseline."
+    web = plan.sections["web"]
+    assert (web.kind, web.generation.group, web.generation.runs) == ("corpus", "web", ("web",))
+    assert plan.run("web").changes == "vocab_size=400, corpus=web, tokenizer=web"
+    generate = plan.sections["generate"]
+    assert set(generate.generation.runs) == {"lr_sweep-lr=1e-2", BASELINE_RUN} and "grid" in generate.generation.settings
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda c: c["tokenizers"]["ts"].update(corpus="nowhere"), "tokenizers.ts.corpus"),
+    (lambda c: c["tokenizer_report"].update(corpora=["ts", "nowhere"]), r"tokenizer_report.corpora\[1\]"),
+    (lambda c: c["baseline"].update(tokenizer="nowhere"), "baseline.tokenizer"),
+    (lambda c: c["experiments"].update(web={"tokenizer": "nowhere"}), "experiments.web.tokenizer"),
+    (lambda c: c["experiments"].update(web={"corpus": "nowhere"}), "experiments.web.corpus"),
+    (lambda c: c["experiments"].update(generate={}), "experiments.generate"),
+    (lambda c: c["experiments"].update(web={"report": "corpus"}), "experiments.web.corpus"),
+])
+def test_references_between_entries_are_checked_naming_the_key(change, key):
+    config = copy.deepcopy(small_config())
+    change(config)
+    with pytest.raises(ValueError, match=rf"^config {key}"):
+        build_plan(validate_config(config))
+
+
+def test_a_tokenizer_made_from_another_corpus_is_shown():
+    plan = build_plan(small_config(mixed={"tokenizer": "web"}))
+    assert plan.run("mixed").data_note == "tokenizer 'web' was trained on 'web'"
+    assert "tokenizer 'web' was trained on 'web'" in plan_table(plan)
+    assert plan.run(BASELINE_RUN).data_note == ""
+
+
+def test_changes_leave_out_bookkeeping():
+    plan = build_plan(small_config(), largest_batch=16)
+    assert config_changes(plan.run("batch_size-batch=2").config, plan.run(BASELINE_RUN).config) == \
+        "lr=1.5e-3, warmup_steps=16, batch=2, max_steps=400"
+
+
+# ---- `tinylm plan` ---------------------------------------------------------------------------
+
+def tinylm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tinylm", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_plan_command_prints_every_run_and_totals():
+    result = tinylm("plan", "--configfile", "config/reference.yaml")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    plan = build_plan(resolve_config([REPO / "config/reference.yaml"]))
+    for name in plan.runs:
+        assert any(line.startswith(name + " ") for line in lines), name
+    total = next(line for line in lines if line.startswith("total"))
+    assert f"{len(plan.runs)} runs" in total and f"{sum(r.steps for r in plan.runs.values()):,}" in total
+    assert "40% MFU" in result.stdout  # the stated throughput of the GPU-time estimate
+
+
+def test_plan_command_errors_in_one_line():
+    result = tinylm("plan", "--configfile", "config/test.yaml", "--config", "baseline={model: {d_modle: 8}}")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "d_modle" in result.stderr
+    missing = tinylm("plan", "--configfile", "config/nope.yaml")
+    assert missing.returncode == 2 and "config/nope.yaml" in missing.stderr
