@@ -148,3 +148,29 @@ def test_index_keeps_the_given_order_and_rewrites_links(tmp_path):
     (tmp_path / "other" / "section.md").write_text("x")
     with pytest.raises(ValueError, match="other/section.md: not a section page"):
         write_index([tmp_path / "other" / "section.md"], tmp_path / "README.md")
+
+
+def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
+    from tinylm.report.overview import write_overview
+
+    env = {"device_name": "cpu A", "torch_version": "2.13.0", "git_commit": "abc", "git_dirty": False}
+    for name, loss, device in (("baseline", 3.0, "cpu A"), ("nope", 3.2, "cpu B")):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps({
+            "status": "completed", "steps": 10, "tokens": 640, "time_s": 2.0, "tokens_per_s": 320.0,
+            "final_val_loss": loss, "best_val_loss": loss - 0.1, "params": 1000,
+            "provenance": {**env, "device_name": device}}))
+    plan = {"runs": {"baseline": {"changes": ""}, "nope": {"changes": "position=none"},
+                     "batch_size-batch=64": {"changes": "batch=64"}},  # planned before the probe, not trained
+            "sections": {"lr_sweep": {"runs": {"baseline": "lr=3e-3"}},
+                         "nope": {"runs": {"nope": "NoPE", "baseline": "baseline"}}}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    markdown = write_overview(tmp_path / "plan.json", tmp_path / "runs", tmp_path)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert list(runs["run"]) == ["baseline", "nope"]
+    assert list(runs["sections"]) == ["lr_sweep, nope", "nope"] and runs.loc[1, "changes"] == "position=none"
+    assert list(runs["final_val_loss"]) == [3.0, 3.2] and "provenance.git_commit" in runs.columns
+    envs = pd.read_csv(tmp_path / "environments.csv")
+    assert list(envs["device_name"]) == ["cpu A", "cpu B"] and list(envs["runs"]) == [1, 1]
+    assert list(envs["cuda_version"].fillna("x")) == ["not recorded"] * 2
+    assert "| nope | nope | position=none | completed |" in markdown

@@ -24,6 +24,7 @@ os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.enviro
 REPORT_INDEX = f"{RESULTS}/report/README.md"
 TOKENIZER_REPORT = {"json": f"{RESULTS}/tokenizers/report.json", "md": f"{RESULTS}/tokenizers/report.md"}
 MAX_BATCH_JSON = f"{RESULTS}/max_batch/batch_size.json"
+PLAN_JSON = f"{RESULTS}/plan.json"
 RUN_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._=+-]*"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens.json", "stats.json")
 
@@ -100,9 +101,12 @@ def from_probe(run):
     return run not in PLAN.runs or PLAN.runs[run].section == "batch_size"
 
 
+PROBE_FILES = [MAX_BATCH_JSON] if PLAN.probe else []  # inputs of rules whose params read the probe
+
+
 def probe_input(wildcards):
-    """The probe's output for a batch-size run's rules: their params and resources read it."""
-    return [MAX_BATCH_JSON] if from_probe(wildcards.run) and PLAN.probe else []
+    """The probe's output, for the rules of a batch-size run."""
+    return PROBE_FILES if from_probe(wildcards.run) else []
 
 
 def planned_run(run):

@@ -6,6 +6,8 @@
 # the report code itself, so editing plotting code redraws every section without retraining, and
 # retraining one run redraws only the sections that show it.
 import tinylm.report
+from tinylm.experiments import plan_json
+from tinylm.fileio import write_json_atomic
 from tinylm.report import KINDS
 
 
@@ -84,14 +86,40 @@ for _name, _planned in PLAN.sections.items():
             "tinylm report {params.kind} --out-dir {params.out_dir} {params.args} > {log} 2>&1"
 
 
+rule write_plan:
+    output:
+        PLAN_JSON,
+    params:
+        # Rewritten only when the plan changes (the `params` trigger), e.g. a run's settings.
+        plan=lambda w: plan_json(full_plan()),
+    input:
+        PROBE_FILES,
+    log:
+        log_path("report", "plan"),
+    localrule: True
+    run:
+        write_json_atomic(output[0], params.plan)
+        Path(log[0]).write_text(f"wrote {output[0]}\n")
+
+
+def all_summaries(wildcards):
+    return sorted({f for name in PLAN.sections for f in section_run_files(name, kinds=("summary",))})
+
+
 rule report_index:
     input:
         sections=[f"{section_dir(name)}/section.md" for name in PLAN.sections],
+        plan=PLAN_JSON,
+        summaries=all_summaries,
         code=REPORT_CODE,
     output:
-        REPORT_INDEX,
+        index=REPORT_INDEX,
+        runs=report(f"{RESULTS}/report/runs.csv", caption="../report/runs.rst", category="Runs",
+                    labels={"file": "runs", "kind": "table"}),
+        tables=[f"{RESULTS}/report/runs.md", f"{RESULTS}/report/environments.csv", f"{RESULTS}/report/environments.md"],
     log:
         log_path("report", "index"),
     localrule: True
     shell:
-        "tinylm report index --out {output} --sections {input.sections} > {log} 2>&1"
+        "tinylm report index --out {output.index} --sections {input.sections} --plan {input.plan}"
+        " --runs-dir {RESULTS}/runs > {log} 2>&1"

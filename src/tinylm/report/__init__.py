@@ -61,15 +61,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sections", nargs="+", default=[], metavar="SECTION_MD",
                         help="index: the section.md files to assemble")
     parser.add_argument("--out", metavar="MD", help="index: the README.md to write")
+    parser.add_argument("--plan", metavar="JSON",
+                        help="index: the pipeline's plan (results/plan.json); adds the tables of runs and "
+                             "environments (runs.csv, environments.csv beside README.md)")
+    parser.add_argument("--runs-dir", default="results/runs", metavar="DIR",
+                        help="index, with --plan: the folder of the runs' folders (default results/runs)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.kind == "index":
         from tinylm.report.index import write_index
+        from tinylm.report.overview import write_overview
 
         if not args.out or not args.sections:
             raise ValueError("tinylm report index: --out and --sections are required")
-        print(write_index(args.sections, args.out))
+        overview = write_overview(Path(args.plan), Path(args.runs_dir), Path(args.out).parent) if args.plan else ""
+        print(write_index(args.sections, args.out, overview))
         return 0
     if not args.out_dir:
         raise ValueError(f"tinylm report {args.kind}: --out-dir is required")

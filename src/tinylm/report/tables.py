@@ -112,13 +112,15 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def write_table(frame: pd.DataFrame, columns: list[Column], out_dir: Path, stem: str) -> str:
-    """Write `stem`.csv and `stem`.md into `out_dir`; return the Markdown."""
+def write_table(frame: pd.DataFrame, columns: list[Column], out_dir: Path, stem: str,
+                csv_only: tuple[str, ...] = ()) -> str:
+    """Write `stem`.csv and `stem`.md into `out_dir`; return the Markdown. Columns `csv_only` go
+    into the CSV alone (after the others)."""
     missing = [c.key for c in columns if c.key not in frame.columns]
     if missing:
         raise ValueError(f"table {stem}: no column {missing[0]!r}")
     with atomic_path(out_dir / f"{stem}.csv") as tmp:
-        frame[[c.key for c in columns]].to_csv(tmp, index=False)
+        frame[[c.key for c in columns] + list(csv_only)].to_csv(tmp, index=False)
     markdown = markdown_table(frame, columns)
     write_text_atomic(out_dir / f"{stem}.md", markdown)
     return markdown
