@@ -126,7 +126,7 @@ def test_exported_files_and_config(random_run, tmp_path):
     assert config["rms_norm_eps"] == model.ln_final.eps
     assert config["tie_word_embeddings"] is False
     assert config["bos_token_id"] == config["eos_token_id"] == eot_id
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf.")]  # no staging folder left
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
 @pytest.mark.parametrize("run_name", ["random_run", "trained_run"])
@@ -157,6 +157,7 @@ def test_tokenizer_gives_our_ids_and_text(tokenizers_pair):
     hf_tokenizer, ours = tokenizers_pair
     assert hf_tokenizer.convert_tokens_to_ids(END_OF_TEXT) == ours.special_ids[END_OF_TEXT]
     assert hf_tokenizer.eos_token == hf_tokenizer.bos_token == END_OF_TEXT
+    assert set(hf_tokenizer("x")) == {"input_ids", "attention_mask"}  # what Llama's generate accepts
     for text in VARIED_TEXT + ["\n".join(VARIED_TEXT)]:
         ids = ours.encode(text)
         assert hf_tokenizer(text)["input_ids"] == ids, text  # and no BOS is added

@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from tinylm.fileio import write_json_atomic
+from tinylm.fileio import atomic_path, write_json_atomic
 from tinylm.generate import END_OF_TEXT
 
 # What LlamaForCausalLM can express, per ModelConfig field.
@@ -97,16 +95,15 @@ def rms_norm_eps(model: torch.nn.Module, run: str) -> float:
     return values.pop()
 
 
-def hf_tokenizer(tokenizer, context_length: int):
-    """Our byte-level BPE as a `transformers` fast tokenizer giving the same ids.
+def hf_tokenizer(tokenizer):
+    """Our byte-level BPE as a `tokenizers` Tokenizer (tokenizer.json) giving the same ids.
 
-    The GPT-2 byte alphabet, pattern and merge order are what the `tokenizers` ByteLevel
-    pre-tokenizer and BPE model use; special tokens are cut out before pre-tokenization, as ours are.
-    No prefix space and no BOS are added, and decoding leaves spaces alone, as `Tokenizer.decode` does.
+    The GPT-2 byte alphabet, pattern and merge order are what the ByteLevel pre-tokenizer and the
+    BPE model use; special tokens are cut out before pre-tokenization, as ours are. No prefix space
+    and no BOS are added.
     """
     from tokenizers import AddedToken, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as BackendTokenizer
-    from transformers import PreTrainedTokenizerFast
 
     from tinylm.tokenizer.tokenizer import token_to_text
 
@@ -123,14 +120,21 @@ def hf_tokenizer(tokenizer, context_length: int):
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False)
                                 for token in tokenizer.special_tokens])
-    eot = END_OF_TEXT if END_OF_TEXT in tokenizer.special_tokens else None
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=eot, eos_token=eot,
-                                   model_max_length=context_length, clean_up_tokenization_spaces=False)
+    return backend
+
+
+def tokenizer_config(eot: str | None, context_length: int) -> dict:
+    """tokenizer_config.json: the generic fast tokenizer (known to transformers 4.x and 5.x alike,
+    unlike the class name 5.x writes), decoding that leaves spaces as `Tokenizer.decode` does, and
+    no token_type_ids (4.x would make them, and `generate` refuses them for Llama)."""
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot, "eos_token": eot,
+            "model_max_length": context_length, "clean_up_tokenization_spaces": False,
+            "model_input_names": ["input_ids", "attention_mask"]}
 
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the transformers folder of `run_dir` into `out` (created; files there are replaced)."""
-    from safetensors.torch import save_file
+    """Write the transformers folder of `run_dir` into `out` (created; our files there are replaced)."""
+    import safetensors.torch
 
     from tinylm.checkpoint import load_model, model_state_dict
     from tinylm.tokenizer import Tokenizer
@@ -148,6 +152,7 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     if len(tokenizer) > m.vocab_size:
         raise ValueError(f"{run}: tokenizer {config.data.tokenizer_dir!r} has {len(tokenizer)} ids, "
                          f"more than model.vocab_size={m.vocab_size}")
+    eot = END_OF_TEXT if END_OF_TEXT in tokenizer.special_ids else None
     eot_id = tokenizer.special_ids.get(END_OF_TEXT)
 
     # Written as plain JSON, not through LlamaConfig, so the file does not depend on the installed
@@ -166,18 +171,14 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
                   "max_length": m.context_length}
     weights = llama_state_dict({k: v.float() for k, v in model_state_dict(model).items()}, m.num_heads)
 
-    # Built beside `out` and moved in file by file, so an interrupted export leaves no half-written file.
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write_json_atomic(staging / "config.json", llama)
-        write_json_atomic(staging / "generation_config.json", generation)
-        save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})
-        hf_tokenizer(tokenizer, m.context_length).save_pretrained(staging)
-        for path in staging.iterdir():
-            os.replace(path, out / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Each file appears under its name only once complete, so an interrupted export leaves none half-written.
+    write_json_atomic(out / "config.json", llama)
+    write_json_atomic(out / "generation_config.json", generation)
+    with atomic_path(out / "model.safetensors") as tmp:  # save_file would make it owner-only (0600)
+        tmp.write_bytes(safetensors.torch.save(weights, metadata={"format": "pt"}))
+    with atomic_path(out / "tokenizer.json") as tmp:
+        hf_tokenizer(tokenizer).save(str(tmp))
+    write_json_atomic(out / "tokenizer_config.json", tokenizer_config(eot, m.context_length))
     return out
 
 
