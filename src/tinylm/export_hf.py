@@ -11,7 +11,12 @@ untied head, no biases) is exactly Llama's, except for two layouts:
   head from (pair, member) to (member, pair) turns one into the other; q.k is unchanged because q
   and k are permuted alike, and v needs nothing.
 - SwiGLU's w1, w3, w2 are Llama's gate_proj, up_proj, down_proj.
+RMSNorm is the same formula (x / sqrt(mean(x^2) + eps) * gain, in float32), with our eps.
 Variants Llama has no setting for (post-norm, no norm, NoPE, the ungated SiLU MLP) are refused.
+
+Within the context length, transformers computes what we do (greedy text included). Past it,
+`tinylm generate` slides the window while transformers keeps every token at positions the model
+never trained on; generation_config.json therefore stops `generate` at the context length.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from tinylm.generate import END_OF_TEXT
 # What LlamaForCausalLM can express, per ModelConfig field.
 LLAMA_VARIANT = {"norm": "pre", "position": "rope", "ffn": "swiglu"}
 
-# Our state-dict key (pattern) -> Llama's; "{}" is the layer number.
+# Our keys after `layers.N.` -> Llama's after `model.layers.N.`; then the keys outside the layers.
 _LAYER_KEYS = {
     "ln1.weight": "input_layernorm.weight",
     "attn.q_proj.weight": "self_attn.q_proj.weight",
