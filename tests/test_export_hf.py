@@ -52,7 +52,7 @@ def write_tokenizer(directory):
     return directory / "tokenizer"
 
 
-def save_run(directory, tokenizer_dir, seed=0, **model_changes):
+def save_run(directory, tokenizer_dir, seed=0, status="completed", loss=2.0, **model_changes):
     """A run directory holding randomly initialised weights (model.pt, summary.json)."""
     config = RunConfig(name=directory.name, model=ModelConfig(**{**SHAPE, **model_changes}))
     config.training.max_steps = 1
@@ -61,7 +61,8 @@ def save_run(directory, tokenizer_dir, seed=0, **model_changes):
     torch.manual_seed(seed)
     directory.mkdir(parents=True)
     save_model(directory / "model.pt", build_model(config.model), config)
-    (directory / "summary.json").write_text(json.dumps({"name": directory.name, "status": "completed"}))
+    (directory / "summary.json").write_text(json.dumps({"name": directory.name, "status": status,
+                                                        "final_val_loss": loss}))
     return directory
 
 
@@ -185,9 +186,24 @@ def test_variants_llama_cannot_express_are_refused(setting, value, tokenizer_dir
         check_exportable(ModelConfig(**{**SHAPE, setting: value}), "run")
 
 
+def test_the_run_generate_would_pick_is_exported(tokenizer_dir, tmp_path, capsys):
+    runs = [save_run(tmp_path / name, tokenizer_dir, seed=seed, status=status, loss=loss)
+            for seed, (name, status, loss) in enumerate([("diverged", "diverged", 0.5), ("good", "completed", 2.0),
+                                                         ("worse", "completed", 3.0)])]
+    out = tmp_path / "hf"
+    assert main(["export-hf", "--run-dir", *map(str, runs), "--out", str(out)]) == 0
+    assert str(runs[1]) in capsys.readouterr().out
+    hf, _ = load_hf(out)
+    ours, _ = load_model(runs[1] / "model.pt")
+    assert torch.equal(hf.lm_head.weight, ours.lm_head.weight)
+
+
 def test_missing_run_dir_or_model_is_a_clear_error(tmp_path, capsys):
     assert main(["export-hf", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "hf")]) == 2
     assert "nope" in capsys.readouterr().err
-    (tmp_path / "empty").mkdir()
-    assert main(["export-hf", "--run-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "hf")]) == 2
+    run_dir = tmp_path / "no-model"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final_val_loss": 2.0}))
+    assert main(["export-hf", "--run-dir", str(run_dir), "--out", str(tmp_path / "hf")]) == 2
     assert "model.pt" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()

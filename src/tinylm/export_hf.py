@@ -1,6 +1,9 @@
 """Export a trained run as a Hugging Face `transformers` model folder (LlamaForCausalLM).
 
-    tinylm export-hf --run-dir results/runs/tinystories-baseline --out results/export/tinystories
+    tinylm export-hf --run-dir results/runs/A results/runs/B --out results/export/tinystories
+
+Of the given run directories, the one `tinylm generate` would pick is exported: the one that did not
+diverge and has the lowest final validation loss (summary.json).
 
 The folder loads offline with `AutoModelForCausalLM.from_pretrained(DIR)` and
 `AutoTokenizer.from_pretrained(DIR)`: config.json, generation_config.json, model.safetensors,
@@ -28,7 +31,7 @@ from pathlib import Path
 import torch
 
 from tinylm.fileio import atomic_path, write_json_atomic
-from tinylm.generate import END_OF_TEXT
+from tinylm.generate import END_OF_TEXT, choose_run
 
 # What LlamaForCausalLM can express, per ModelConfig field.
 LLAMA_VARIANT = {"norm": "pre", "position": "rope", "ffn": "swiglu"}
@@ -137,18 +140,18 @@ def tokenizer_config(eot: str | None, context_length: int) -> dict:
             "model_input_names": ["input_ids", "attention_mask"]}
 
 
-def export(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the transformers folder of `run_dir` into `out` (created; our files there are replaced)."""
+def export(run_dirs: list[str], out: str | os.PathLike) -> str:
+    """Write the transformers folder of the best of `run_dirs` into `out` (created; our files there
+    are replaced); returns the run directory exported."""
     import safetensors.torch
 
     from tinylm.checkpoint import load_model, model_state_dict
     from tinylm.tokenizer import Tokenizer
 
-    run_dir, out = Path(run_dir), Path(out)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"--run-dir {str(run_dir)!r} is not a directory")
-    model, config = load_model(run_dir / "model.pt", "cpu")
-    run = f"run {str(run_dir)!r}"
+    run_dir, _, _ = choose_run(run_dirs)
+    out = Path(out)
+    model, config = load_model(Path(run_dir) / "model.pt", "cpu")
+    run = f"run {run_dir!r}"
     check_exportable(config.model, run)
     if not config.data.tokenizer_dir:
         raise ValueError(f"{run}: the run config has no data.tokenizer_dir to export")
@@ -184,18 +187,19 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     with atomic_path(out / "tokenizer.json") as tmp:
         hf_tokenizer(tokenizer).save(str(tmp))
     write_json_atomic(out / "tokenizer_config.json", tokenizer_config(eot, m.context_length))
-    return out
+    return run_dir
 
 
 # ---- command line ----------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", required=True,
-                        help="a finished run directory (model.pt; its config names the tokenizer)")
+    parser.add_argument("--run-dir", nargs="+", required=True,
+                        help="finished run directories (summary.json, model.pt; the config names the "
+                             "tokenizer); the best non-diverged one is exported")
     parser.add_argument("--out", required=True, help="folder to write the transformers model into")
 
 
 def run(args: argparse.Namespace) -> int:
-    out = export(args.run_dir, args.out)
-    print(f"exported {args.run_dir} as LlamaForCausalLM to {out}")
+    run_dir = export(args.run_dir, args.out)
+    print(f"exported {run_dir} as LlamaForCausalLM to {args.out}")
     return 0
