@@ -186,6 +186,16 @@ def test_variants_llama_cannot_express_are_refused(setting, value, tokenizer_dir
         check_exportable(ModelConfig(**{**SHAPE, setting: value}), "run")
 
 
+def test_a_run_without_a_fitting_tokenizer_is_refused(tokenizer_dir, tmp_path, capsys):
+    small = save_run(tmp_path / "small-vocab", tokenizer_dir, vocab_size=SHAPE["vocab_size"] - 20)
+    assert main(["export-hf", "--run-dir", str(small), "--out", str(tmp_path / "hf")]) == 2
+    assert f"more than model.vocab_size={SHAPE['vocab_size'] - 20}" in capsys.readouterr().err
+    untokenized = save_run(tmp_path / "no-tokenizer", "")
+    assert main(["export-hf", "--run-dir", str(untokenized), "--out", str(tmp_path / "hf")]) == 2
+    assert "data.tokenizer_dir" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
 def test_the_run_generate_would_pick_is_exported(tokenizer_dir, tmp_path, capsys):
     runs = [save_run(tmp_path / name, tokenizer_dir, seed=seed, status=status, loss=loss)
             for seed, (name, status, loss) in enumerate([("diverged", "diverged", 0.5), ("good", "completed", 2.0),
