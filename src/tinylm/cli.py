@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "max-batch": ("tinylm.memory", "largest batch size whose training step fits in memory"),
     "evaluate": ("tinylm.evaluate", "loss and perplexity of a checkpoint on a token array"),
     "generate": ("tinylm.generate", "sample text from a checkpoint"),
+    "export-hf": ("tinylm.export_hf", "export a run as a Hugging Face transformers (Llama) model folder"),
     "report": ("tinylm.report", "write one report section's tables, figures and text"),
 }
 
