@@ -2,6 +2,7 @@
 #
 #   snakemake                                      # everything (target `all`), config/config.yaml
 #   snakemake lr_sweep                             # one report section and only what it needs
+#   snakemake export                               # the sampled models as Hugging Face folders
 #   snakemake --configfile config/reference.yaml   # that config alone (nothing else is read)
 #   tinylm plan --configfile config/reference.yaml # the runs it would train, before any of them
 #
@@ -28,6 +29,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 wildcard_constraints:
@@ -51,6 +53,7 @@ rule all:
         # One input function per section, so that only batch_size waits for the max-batch probe.
         [section_target(name) for name in PLAN.sections],
         REPORT_INDEX,
+        rules.export.input,
 
 
 # One target per report section, named after it: `snakemake lr_sweep`, `snakemake nope`, ...

@@ -69,6 +69,10 @@ def generate_output(group, setting):
     return f"{RESULTS}/generate/{group}/{setting}.json"
 
 
+def export_dir(group):
+    return f"{RESULTS}/export/{group}"
+
+
 def resolve_source(source):
     """URLs stay as they are; local paths are relative to the repository (the Snakefile's folder)."""
     if re.match(r"^[a-z][a-z0-9+.-]*://", source):
