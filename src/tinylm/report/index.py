@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from tinylm.fileio import write_text_atomic
+from tinylm.loading import read_text, require_file
 from tinylm.report import TITLES
 
 # ![alt](target) and [text](target); the target is rewritten when it is a relative path.
@@ -32,8 +33,7 @@ def write_index(section_files: list[str | Path], out: str | Path, title: str = "
     order = list(TITLES)
     sections = []
     for path in map(Path, section_files):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: section file not found")
+        require_file(path, "report section")
         key = path.parent.name
         if key not in TITLES:
             raise ValueError(f"{path}: folder {key!r} is not a report section ({', '.join(TITLES)})")
@@ -45,6 +45,6 @@ def write_index(section_files: list[str | Path], out: str | Path, title: str = "
     lines.append("")
     for _, key, path in sections:
         prefix = Path(os.path.relpath(path.parent, out.parent)).as_posix()
-        lines.append(_relink(path.read_text(encoding="utf-8"), prefix).rstrip() + "\n")
+        lines.append(_relink(read_text(path, "report section"), prefix).rstrip() + "\n")
     write_text_atomic(out, "\n".join(lines))
     return out
