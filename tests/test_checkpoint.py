@@ -123,6 +123,7 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
 def test_load_model_rebuilds_the_same_function(tmp_path):
     model, optimizer = trained_model_and_optimizer()
     config = RunConfig(name="tiny", model=MODEL).with_overrides({"training.max_steps": 1,
+                                                                 "optimizer.warmup_steps": 0,
                                                                  "data.train_tokens": "t.npy",
                                                                  "data.valid_tokens": "v.npy"})
     save_model(tmp_path / "model.pt", model, config)

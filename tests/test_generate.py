@@ -88,7 +88,7 @@ def runs(tmp_path):
     dirs = []
     for name, status, loss in [("diverged", "diverged", 0.5), ("good", "completed", 2.0), ("worse", "early_stopped", 3.0)]:
         config = RunConfig(name=name, model=TINY)
-        config.training.max_steps = 1
+        config.training.max_steps, config.optimizer.warmup_steps = 1, 0
         config.data.train_tokens = config.data.valid_tokens = "unused.npy"
         config.data.tokenizer_dir = str(tokenizer_dir)
         run_dir = tmp_path / name
@@ -135,4 +135,4 @@ def test_generate_command_needs_a_usable_run(runs, tmp_path, capsys):
     assert main(["generate", "--run-dir", runs[0], "--prompt", "x", "--out", str(tmp_path / "o.json")]) == 2
     assert "all diverged or unfinished" in capsys.readouterr().err
     assert main(["generate", "--run-dir", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o.json")]) == 2
-    assert "no summary.json" in capsys.readouterr().err
+    assert "summary.json' does not exist (not a finished run)" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from tinylm.report.tables import Column, fmt_bytes, fmt_duration, fmt_loss, fmt_
 def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20) -> Path:
     """A finished run's three files: a loss falling towards `final_val`, or diverging when it is None."""
     config = RunConfig().with_overrides({"name": run_dir.name, "optimizer.lr": lr, "training.max_steps": steps,
-                                         "data.train_tokens": "t.npy", "data.valid_tokens": "v.npy"})
+                                         "optimizer.warmup_steps": 0, "data.train_tokens": "t.npy", "data.valid_tokens": "v.npy"})
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     diverged = final_val is None

@@ -8,7 +8,6 @@ wrapped by `torch.compile` (`_orig_mod.`) or DistributedDataParallel (`module.`)
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +17,7 @@ import torch
 
 from tinylm.config import RunConfig
 from tinylm.fileio import atomic_path
+from tinylm.loading import first_line, load_torch
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
@@ -55,14 +55,41 @@ def _save(payload: dict[str, Any], out: str | os.PathLike | IO[bytes]) -> None:
         torch.save(payload, out)
 
 
-def _load(src: str | os.PathLike | IO[bytes], map_location: Any = "cpu") -> dict[str, Any]:
-    if isinstance(src, (str, os.PathLike)) and not os.path.isfile(src):
-        raise FileNotFoundError(f"checkpoint {os.fspath(src)!r} does not exist")
-    try:
-        return torch.load(src, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
-        name = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "stream"
-        raise ValueError(f"checkpoint {name!r} could not be read: {error}") from None
+def _load(src: str | os.PathLike | IO[bytes], map_location: Any = "cpu", required: tuple[str, ...] = (),
+          kind: str = "") -> dict[str, Any]:
+    """The checkpoint's dict; one without the `required` keys is not a `kind` checkpoint."""
+    state = load_torch(src, "checkpoint", map_location)
+    missing = set(required) - set(state)
+    if missing:
+        raise ValueError(f"checkpoint {_source(src)} is not a {kind} checkpoint "
+                         f"(missing {', '.join(sorted(missing))})")
+    return state
+
+
+def _source(src: str | os.PathLike | IO[bytes]) -> str:
+    return repr(os.fspath(src)) if isinstance(src, (str, os.PathLike)) else "'<stream>'"
+
+
+def load_weights(model: torch.nn.Module, weights: Any, src: str | os.PathLike | IO[bytes]) -> None:
+    """`model.load_state_dict(weights)` of checkpoint `src`, a mismatch named in one line (the first
+    tensor, both shapes) instead of torch's listing of every tensor."""
+    source = _source(src)
+    if not isinstance(weights, dict):
+        raise ValueError(f"checkpoint {source}: its weights are a {type(weights).__name__}, not a state dict")
+    weights = clean_state_dict(weights)
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in weights:
+            raise ValueError(f"checkpoint {source}: its weights lack the model's {key}")
+        value = weights[key]
+        if not isinstance(value, torch.Tensor) or value.shape != tensor.shape:
+            found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"checkpoint {source}: its weights do not fit the model: {key} is {found} in "
+                             f"the file, {tuple(tensor.shape)} in the model")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise ValueError(f"checkpoint {source}: its weights hold {extra[0]}, which the model does not have")
+    model.load_state_dict(weights)
 
 
 def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
@@ -75,9 +102,13 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, it
 def load_checkpoint(src: str | os.PathLike | IO[bytes], model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer) -> int:
     """Restore model and optimizer from `save_checkpoint` output; returns the iteration."""
-    state = _load(src)
-    unwrap_model(model).load_state_dict(clean_state_dict(state["model"]))
-    optimizer.load_state_dict(state["optimizer"])
+    state = _load(src, required=("model", "optimizer", "iteration"), kind="training")
+    load_weights(unwrap_model(model), state["model"], src)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"checkpoint {_source(src)}: its optimizer state does not fit this optimizer "
+                         f"({first_line(error)})") from None
     return int(state["iteration"])
 
 
@@ -125,12 +156,8 @@ def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimiz
 
 def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The dict written by `save_training_state` (restore RNGs with `set_rng_state(state["rng"])`)."""
-    state = _load(path, map_location)
-    missing = {"model", "optimizer", "config", "rng", "progress"} - set(state)
-    if missing:
-        raise ValueError(f"checkpoint {os.fspath(path)!r} is not a resumable training checkpoint "
-                         f"(missing {', '.join(sorted(missing))})")
-    return state
+    return _load(path, map_location, required=("model", "optimizer", "config", "rng", "progress"),
+                 kind="resumable training")
 
 
 # ---- final models ---------------------------------------------------------------------------
@@ -148,9 +175,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     if "config" not in state:
         raise ValueError(f"checkpoint {os.fspath(path)!r} holds no run config; "
                          "use load_checkpoint with a model you build yourself")
-    config = RunConfig.from_dict(state["config"])
+    try:
+        config = RunConfig.from_dict(state["config"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {os.fspath(path)!r}: its run config is invalid: {error}") from None
     model = build_model(config.model, attention=config.training.attention, device=device)
-    model.load_state_dict(clean_state_dict(state["model"]))
+    load_weights(model, state.get("model"), path)
     return model.eval(), config
 
 

@@ -8,15 +8,14 @@ e.g. `training.batch_size: must be a positive integer, got 0`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from tinylm.fileio import write_json_atomic
+from tinylm.loading import file_error, read_json, require_file
 
 NORMS = ("pre", "post", "none")
 POSITIONS = ("rope", "none")
@@ -34,6 +33,24 @@ def _check(condition: bool, key: str, message: str) -> None:
 def _positive_int(value: Any, key: str) -> None:
     _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
            f"must be a positive integer, got {value!r}")
+
+
+def _non_negative_int(value: Any, key: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key,
+           f"must be a non-negative integer, got {value!r}")
+
+
+def _number(value: Any, key: str, low: float, high: float | None = None, low_open: bool = False,
+            high_open: bool = False) -> None:
+    """A finite number from `low` (up to `high` where given); each bound closed unless said open."""
+    if high is None:
+        interval = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        interval = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > low if low_open else value >= low)
+          and (high is None or (value < high if high_open else value <= high)))
+    _check(ok, key, f"must be {interval}, got {value!r}")
 
 
 def _one_of(value: Any, choices: tuple[str, ...], key: str) -> None:
@@ -60,7 +77,7 @@ class ModelConfig:
             _positive_int(getattr(self, name), f"{prefix}.{name}")
         _check(self.d_model % self.num_heads == 0, f"{prefix}.d_model",
                f"{self.d_model} is not divisible by num_heads={self.num_heads}")
-        _check(self.rope_theta > 0, f"{prefix}.rope_theta", f"must be positive, got {self.rope_theta}")
+        _number(self.rope_theta, f"{prefix}.rope_theta", low=0, low_open=True)
         if self.position == "rope":
             _check((self.d_model // self.num_heads) % 2 == 0, f"{prefix}.d_model",
                    "RoPE needs an even head dimension (d_model / num_heads)")
@@ -86,15 +103,16 @@ class OptimizerConfig:
     grad_clip: float = 1.0           # max global L2 norm; 0 disables clipping
 
     def validate(self, prefix: str = "optimizer") -> None:
-        _check(self.lr > 0 and math.isfinite(self.lr), f"{prefix}.lr", f"must be positive, got {self.lr}")
-        _check(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        _check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, f"{prefix}.warmup_steps",
-               f"must be a non-negative integer, got {self.warmup_steps!r}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{prefix}.betas",
+        _number(self.lr, f"{prefix}.lr", low=0, low_open=True)
+        _number(self.min_lr_ratio, f"{prefix}.min_lr_ratio", low=0, high=1)
+        _non_negative_int(self.warmup_steps, f"{prefix}.warmup_steps")
+        _check(isinstance(self.betas, (tuple, list)) and len(self.betas) == 2, f"{prefix}.betas",
                f"must be two numbers in [0, 1), got {self.betas!r}")
-        _check(self.eps > 0, f"{prefix}.eps", f"must be positive, got {self.eps}")
-        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be non-negative, got {self.weight_decay}")
-        _check(self.grad_clip >= 0, f"{prefix}.grad_clip", f"must be non-negative, got {self.grad_clip}")
+        for i, beta in enumerate(self.betas):
+            _number(beta, f"{prefix}.betas[{i}]", low=0, high=1, high_open=True)
+        _number(self.eps, f"{prefix}.eps", low=0, low_open=True)
+        _number(self.weight_decay, f"{prefix}.weight_decay", low=0)
+        _number(self.grad_clip, f"{prefix}.grad_clip", low=0)
 
     @property
     def min_lr(self) -> float:
@@ -132,9 +150,9 @@ class TrainingConfig:
             if getattr(self, name) is not None:
                 _positive_int(getattr(self, name), f"{prefix}.{name}")
         if self.early_stop_loss is not None:
-            _check(self.early_stop_loss > 0, f"{prefix}.early_stop_loss", f"must be positive, got {self.early_stop_loss}")
-        _check(self.divergence_factor > 1, f"{prefix}.divergence_factor",
-               f"must be greater than 1, got {self.divergence_factor}")
+            _number(self.early_stop_loss, f"{prefix}.early_stop_loss", low=0, low_open=True)
+        _number(self.divergence_factor, f"{prefix}.divergence_factor", low=1, low_open=True)
+        _non_negative_int(self.seed, f"{prefix}.seed")
         _check(self.batch_size % self.devices == 0, f"{prefix}.batch_size",
                f"{self.batch_size} is not divisible by devices={self.devices}")
         _one_of(self.device, DEVICES, f"{prefix}.device")
@@ -157,9 +175,7 @@ class DataConfig:
     def check_files(self, prefix: str = "data") -> None:
         """Fail early, naming the missing file, before any training work starts."""
         for name in ("train_tokens", "valid_tokens"):
-            path = getattr(self, name)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{prefix}.{name}: token file {path!r} does not exist")
+            require_file(getattr(self, name), f"{prefix}.{name}: token file")
 
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
@@ -180,6 +196,9 @@ class RunConfig:
         self.optimizer.validate()
         self.training.validate()
         self.data.validate()
+        _check(self.optimizer.warmup_steps <= self.total_steps, "optimizer.warmup_steps",
+               f"{self.optimizer.warmup_steps} is longer than the run ({self.total_steps} steps): "
+               "the learning rate would never reach optimizer.lr")
         return self
 
     @property
@@ -209,14 +228,11 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"run config {str(path)!r} does not exist")
+        data = read_json(path, "run config", expect=dict)
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"run config {str(path)!r} is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except ValueError as error:
+            raise file_error("run config", path, str(error)) from None
 
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
         """A copy with dotted keys replaced, e.g. {"optimizer.lr": 3e-3, "model.norm": "none"}."""
@@ -260,9 +276,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return None
         return _coerce(options[0], value, key)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
-        return tuple(_coerce(t, v, key) for t, v in zip(get_args(hint), value, strict=False))
+        if not isinstance(value, (list, tuple)) or len(value) != len(get_args(hint)):
+            raise ValueError(f"{key}: expected a list of {len(get_args(hint))} values, got {value!r}")
+        return tuple(_coerce(t, v, f"{key}[{i}]") for i, (t, v) in enumerate(zip(get_args(hint), value)))
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError(f"{key}: expected a number, got {value!r}")

@@ -13,19 +13,22 @@ import os
 import numpy as np
 import torch
 
+from tinylm.loading import file_error, load_npy
 
-def load_tokens(path: str | os.PathLike) -> np.ndarray:
-    """Open a 1-D integer token array memory-mapped (read-only, never loaded whole)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"token file {path!r} does not exist")
-    try:
-        tokens = np.load(path, mmap_mode="r")
-    except ValueError as error:
-        raise ValueError(f"token file {path!r} is not a readable .npy array: {error}") from None
+
+def load_tokens(path: str | os.PathLike, min_tokens: int = 1, needed_for: str = "") -> np.ndarray:
+    """Open a 1-D integer token array memory-mapped (read-only, never loaded whole).
+
+    An array of fewer than `min_tokens` tokens is an error; `needed_for` says why that many are
+    needed (say, "model.context_length + 1")."""
+    tokens = load_npy(path, "token file")
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"token file {path!r} must hold a 1-D integer array, "
-                         f"got shape {tokens.shape} dtype {tokens.dtype}")
+        raise file_error("token file", path, f"must hold a 1-D integer array, got shape {tokens.shape} "
+                                             f"dtype {tokens.dtype}")
+    if len(tokens) < min_tokens:
+        reason = f" ({needed_for})" if needed_for else ""
+        raise file_error("token file", path, f"holds {len(tokens)} tokens, fewer than the {min_tokens}"
+                                             f"{reason} needed")
     return tokens
 
 
@@ -34,6 +37,8 @@ def check_token_ids(tokens: np.ndarray, vocab_size: int, what: str, vocabulary: 
     largest = int(tokens.max())
     if largest >= vocab_size:
         raise ValueError(f"{what} holds token id {largest}, but {vocabulary} is {vocab_size}")
+    if np.issubdtype(tokens.dtype, np.signedinteger) and int(tokens.min()) < 0:
+        raise ValueError(f"{what} holds the negative token id {int(tokens.min())}")
 
 
 def sample_starts(num_tokens: int, batch_size: int, context_length: int,

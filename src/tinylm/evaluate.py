@@ -34,7 +34,7 @@ def evaluate_model(checkpoint: str, tokens_path: str, max_tokens: int | None = N
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     device = resolve_device(device_name)
     model, config = load_model(checkpoint, device)
-    tokens = load_tokens(tokens_path)
+    tokens = load_tokens(tokens_path, min_tokens=2, needed_for="one to predict from, one to predict")
     check_token_ids(tokens, config.model.vocab_size, f"--tokens: {tokens_path!r}", "the model's vocab_size")
     windows = sequential_windows(len(tokens), config.model.context_length, max_tokens)
     total, count = loss_sum_over_windows(model, tokens, windows, batch_size, device, cross_entropy,

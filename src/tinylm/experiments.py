@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from tinylm.config import RunConfig
+from tinylm.loading import file_error, first_line, read_text
 from tinylm.report import KINDS
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
@@ -96,15 +97,13 @@ def validate_config(data: dict) -> dict:
 
 
 def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = read_text(path, "config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise file_error("config file", path, f"is not valid YAML ({first_line(error)})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r}: expected a mapping of config keys")
+        raise file_error("config file", path, "is not a mapping of config keys")
     return data
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from tinylm.fileio import write_json_atomic
+from tinylm.loading import read_json
 from tinylm.nn.functional import softmax
 
 END_OF_TEXT = "<|endoftext|>"
@@ -89,10 +89,7 @@ def choose_run(run_dirs: list[str]) -> tuple[str, dict, list[dict]]:
     """The non-diverged run with the lowest final validation loss: (dir, its summary, all candidates)."""
     candidates = []
     for run_dir in run_dirs:
-        summary_path = Path(run_dir) / "summary.json"
-        if not summary_path.is_file():
-            raise FileNotFoundError(f"--run-dir {run_dir!r} has no summary.json (not a finished run)")
-        summary = json.loads(summary_path.read_text())
+        summary = read_json(Path(run_dir) / "summary.json", "run summary", expect=dict, hint="not a finished run")
         loss = summary.get("final_val_loss")
         usable = summary.get("status") != "diverged" and isinstance(loss, (int, float)) and math.isfinite(loss)
         candidates.append({"run_dir": str(run_dir), "name": summary.get("name"), "status": summary.get("status"),

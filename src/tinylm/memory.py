@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import resource
 import sys
 from typing import TYPE_CHECKING
@@ -136,10 +137,18 @@ def probe_max_batch(config: RunConfig, memory_budget_bytes: int | None, max_batc
             "tried": tried}
 
 
-def run(args: argparse.Namespace) -> int:
-    config = RunConfig.load(args.config)
+def check_arguments(args: argparse.Namespace) -> None:
+    """The command's own numbers, before the run config is read or any model is built."""
     if args.max_batch < 1:
-        raise ValueError(f"--max-batch must be positive, got {args.max_batch}")
+        raise ValueError(f"--max-batch: must be a positive integer, got {args.max_batch}")
+    budget = args.memory_budget_mb
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise ValueError(f"--memory-budget-mb: must be a finite number > 0, got {budget:g}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    config = RunConfig.load(args.config)
     budget = None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20)
     result = probe_max_batch(config, budget, args.max_batch)
     write_json_atomic(args.out, result)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tinylm.config import ATTENTIONS
 from tinylm.nn.functional import scaled_dot_product_attention
 from tinylm.nn.layers import Linear
+
+# The attention kernels MultiHeadSelfAttention can run (tinylm.config offers the same choices).
+ATTENTIONS = ("reference", "fused")
 
 
 class RotaryPositionalEmbedding(nn.Module):

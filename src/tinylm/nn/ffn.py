@@ -31,3 +31,7 @@ class SiLUFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(silu(self.w1(x)))
+
+
+# ffn= name -> class, for TransformerBlock (tinylm.config offers the same choices).
+FEED_FORWARDS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "silu": SiLUFeedForward}

@@ -12,10 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tinylm.config import FFNS, NORMS, POSITIONS
 from tinylm.nn.attention import KVCache, MultiHeadSelfAttention, RotaryPositionalEmbedding
-from tinylm.nn.ffn import SiLUFeedForward, SwiGLU
+from tinylm.nn.ffn import FEED_FORWARDS
 from tinylm.nn.layers import Embedding, Linear, RMSNorm
+
+# The variants TransformerBlock builds (tinylm.config offers the same choices to run configs).
+NORMS = ("pre", "post", "none")
+POSITIONS = ("rope", "none")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -32,7 +35,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         _check_choice("norm", norm, NORMS)
         _check_choice("position", position, POSITIONS)
-        _check_choice("ffn", ffn, FFNS)
+        _check_choice("ffn", ffn, tuple(FEED_FORWARDS))
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
         self.norm = norm
@@ -43,8 +46,7 @@ class TransformerBlock(nn.Module):
         self.attn = MultiHeadSelfAttention(d_model, num_heads, rope=rope, attention=attention,
                                            device=device, dtype=dtype)
         self.ln2 = RMSNorm(d_model, device=device, dtype=dtype) if norm != "none" else None
-        ffn_class = SwiGLU if ffn == "swiglu" else SiLUFeedForward
-        self.ffn = ffn_class(d_model, d_ff, device=device, dtype=dtype)
+        self.ffn = FEED_FORWARDS[ffn](d_model, d_ff, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor | None = None,
                 kv_cache: KVCache | None = None) -> torch.Tensor:

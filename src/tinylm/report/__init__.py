@@ -80,11 +80,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out_dir:
         raise ValueError(f"tinylm report {args.kind}: --out-dir is required")
-    from tinylm.report.runs import find_run, load_runs, read_json
+    from tinylm.loading import read_json
+    from tinylm.report.runs import find_run, load_runs
     from tinylm.report.sections import Inputs, build
 
     def option_json(path: str | None, option: str) -> dict | None:
-        return None if path is None else read_json(Path(path), f"{option} {path!r}")
+        return None if path is None else read_json(path, option, expect=dict)
 
     runs = load_runs([tuple(pair) for pair in args.run], args.colour_order)
     inputs = Inputs(runs=runs, baseline=find_run(runs, args.baseline),

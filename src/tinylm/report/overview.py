@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinylm.report.runs import read_json
+from tinylm.loading import read_json
 from tinylm.report.tables import Column, fmt_duration, fmt_int, fmt_loss, fmt_speed, write_table
 
 RUN_COLUMNS = [
@@ -33,7 +33,7 @@ def runs_frame(plan: dict, run_root: Path) -> pd.DataFrame:
     for name, run in plan["runs"].items():
         if name not in uses:  # planned before the probe answered, not trained
             continue
-        summary = read_json(run_root / name / "summary.json")
+        summary = read_json(run_root / name / "summary.json", "run summary", expect=dict)
         rows.append({
             "run": name, "sections": ", ".join(uses[name]), "changes": run["changes"] or "(the baseline)",
             "status": summary.get("status"), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
@@ -57,7 +57,7 @@ def environments_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 def write_overview(plan_path: Path, run_root: Path, out_dir: Path) -> str:
     """Write runs.csv/.md and environments.csv/.md into `out_dir`; the Markdown of both tables."""
-    runs = runs_frame(read_json(plan_path), run_root)
+    runs = runs_frame(read_json(plan_path, "plan", expect=dict), run_root)
     provenance = tuple(c for c in runs.columns if c.startswith("provenance."))
     runs_md = write_table(runs, RUN_COLUMNS, out_dir, "runs", csv_only=provenance)
     envs = environments_frame(runs)

@@ -15,6 +15,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.colors import to_hex
 
+from tinylm.loading import read_json, read_text
+
 # Twenty colours that stay apart on white: matplotlib's tab10, then the dark half of tab20b/tab20c.
 PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -72,26 +74,13 @@ class Run:
         return float(step), float(finite[column].iloc[-1])
 
 
-RUN_FILE_MISSING = "file not found (is the run finished?)"
-
-
-def read_json(path: Path, name: str | None = None, missing: str = "file not found") -> Any:
-    """The JSON in `path`; a missing file or bad JSON is an error naming `name` (default: the path)."""
-    name = name or str(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: {missing}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{name}: not valid JSON: {error}") from None
+RUN_FILE_MISSING = "is the run finished?"
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
     """metrics.jsonl -> DataFrame sorted by step; a malformed line is an error naming file and line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {RUN_FILE_MISSING}")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "run metrics", hint=RUN_FILE_MISSING).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -110,8 +99,8 @@ def load_run(label: str, run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} (label {label!r}) does not exist")
-    config = read_json(run_dir / "config.json", missing=RUN_FILE_MISSING)
-    summary = read_json(run_dir / "summary.json", missing=RUN_FILE_MISSING)
+    config = read_json(run_dir / "config.json", "run config", expect=dict, hint=RUN_FILE_MISSING)
+    summary = read_json(run_dir / "summary.json", "run summary", expect=dict, hint=RUN_FILE_MISSING)
     metrics = read_metrics(run_dir / "metrics.jsonl")
     name = summary.get("name") or config.get("name") or run_dir.name
     return Run(label=label, name=name, path=run_dir, config=config, summary=summary, metrics=metrics)

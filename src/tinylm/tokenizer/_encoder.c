@@ -404,10 +404,26 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
+/* The callbacks may refer back to the object that owns this encoder (a bound method of its
+ * Tokenizer does), so the collector must see them to free such a cycle. */
+static int Encoder_traverse(Encoder *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->bpe_long);
+    Py_VISIT(self->classify);
+    return 0;
+}
+
+static int Encoder_clear_refs(Encoder *self)
+{
+    Py_CLEAR(self->bpe_long);
+    Py_CLEAR(self->classify);
+    return 0;
+}
+
 static void Encoder_dealloc(Encoder *self)
 {
-    Py_XDECREF(self->bpe_long);
-    Py_XDECREF(self->classify);
+    PyObject_GC_UnTrack(self);
+    Encoder_clear_refs(self);
     PyMem_Free(self->merges);
     PyMem_Free(self->word);
     PyMem_Free(self->ranks);
@@ -421,7 +437,7 @@ static void Encoder_dealloc(Encoder *self)
 /* The UTF-8 bytes of `text` (kept by CPython inside the str), or NULL with an error set. */
 static const unsigned char *utf8_of(Encoder *self, PyObject *text, Py_ssize_t *n, const char *method)
 {
-    if (!self->slots) {
+    if (!self->slots || !self->bpe_long) {  /* never initialized, or cleared by the collector */
         PyErr_SetString(PyExc_RuntimeError, "Encoder is not initialized");
         return NULL;
     }
@@ -524,10 +540,12 @@ static PyTypeObject EncoderType = {
     .tp_doc = "Encoder(merges, byte_ids, bpe_long, long_word, classify, max_entries): GPT-2\n"
               "pre-tokenization, byte-pair merging and a cache of pre-token ids.",
     .tp_basicsize = sizeof(Encoder),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Encoder_init,
     .tp_dealloc = (destructor)Encoder_dealloc,
+    .tp_traverse = (traverseproc)Encoder_traverse,
+    .tp_clear = (inquiry)Encoder_clear_refs,
     .tp_methods = Encoder_methods,
     .tp_getset = Encoder_getset,
 };

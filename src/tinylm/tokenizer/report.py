@@ -8,12 +8,12 @@ implies for the 825 GB of the Pile.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
 
 from tinylm.fileio import write_json_atomic, write_text_atomic
+from tinylm.loading import read_json
 from tinylm.tokenizer.pretokenize import check_input_file, iter_text
 from tinylm.tokenizer.tokenizer import Tokenizer, longest_token
 
@@ -66,7 +66,7 @@ def read_prefix(path: str | Path, max_bytes: int) -> str:
 
 def tokenizer_summary(directory: Path, tokenizer: Tokenizer) -> dict:
     stats_path = directory / "stats.json"
-    stats = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else {}
+    stats = read_json(stats_path, "tokenizer stats", expect=dict) if stats_path.exists() else {}
     longest = longest_token(tokenizer.vocab, tokenizer.special_ids.values())
     return {
         "dir": str(directory),

@@ -6,7 +6,7 @@ Natural text repeats the same words over and over, so ids are cached and most te
 looking them up. Two paths do this and give the same ids: the compiled one (`_encoder.c`: it
 pre-tokenizes, looks up and merges pre-tokens without making a Python object per word) where it was
 built, else a Python one that caches the ids of each segment (a whitespace run and the word after
-it, see `pretokenize.segment`) and of each pre-token, merged by `Tokenizer._bpe`.
+it, see `pretokenize.segment`) and of each pre-token, merged by `bpe`.
 
 Files (GPT-2 formats, so GPT-2's own `encoder.json` + `vocab.bpe` load the same way):
 - vocab.json: {token: id}, each token's bytes written in GPT-2's printable byte alphabet;
@@ -16,13 +16,14 @@ Files (GPT-2 formats, so GPT-2's own `encoder.json` + `vocab.bpe` load the same 
 from __future__ import annotations
 
 import heapq
-import json
 import os
 from itertools import chain
 from pathlib import Path
+from functools import partial
 from typing import Callable, Iterable, Iterator
 
 from tinylm.fileio import write_json_atomic, write_text_atomic
+from tinylm.loading import file_error, read_json, read_text
 from tinylm.tokenizer.pretokenize import (
     Piece,
     SpecialToken,
@@ -43,6 +44,8 @@ VOCAB_FILE, MERGES_FILE, SPECIAL_TOKENS_FILE = "vocab.json", "merges.txt", "spec
 _CACHE_ENTRIES = 1 << 18  # per cache; bounded so that streaming a huge file keeps constant memory
 _LONG_WORD = 64  # bytes; longer pre-tokens use the heap-based merge loop
 _NO_MERGE = (1 << 62, -1)  # (rank, merged id) of a pair that no merge joins; it ranks last
+
+MergeTable = dict[tuple[int, int], tuple[int, int]]  # (first id, second id) -> (rank, merged id)
 
 
 def gpt2_bytes_to_unicode() -> dict[int, str]:
@@ -65,12 +68,39 @@ def token_to_text(token: bytes) -> str:
     return "".join(BYTE_TO_CHAR[byte] for byte in token)
 
 
-def text_to_token(text: str, source: str | os.PathLike) -> bytes:
+def text_to_token(text: str, what: str, path: str | os.PathLike) -> bytes:
+    """The bytes of a token written in GPT-2's byte alphabet, read from file `path`."""
     try:
         return bytes(CHAR_TO_BYTE[char] for char in text)
     except KeyError as error:
-        raise ValueError(f"{source}: token {text!r} has a character outside GPT-2's byte alphabet: "
-                         f"{error.args[0]!r}") from None
+        raise file_error(what, path, f"token {text!r} has a character outside GPT-2's byte alphabet: "
+                                     f"{error.args[0]!r}") from None
+
+
+def read_vocab(path: str | os.PathLike) -> dict[int, bytes]:
+    """id -> token bytes from a GPT-2-format vocab.json ({token text: id})."""
+    encoder = read_json(path, "tokenizer vocabulary", expect=dict)
+    vocab = {}
+    for text, token_id in encoder.items():
+        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0 or token_id in vocab:
+            raise file_error("tokenizer vocabulary", path, f"token {text!r} has a bad or repeated id {token_id!r}")
+        vocab[token_id] = text_to_token(text, "tokenizer vocabulary", path)
+    return vocab
+
+
+def read_merges(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
+    """The merges of a GPT-2-format merges.txt, in creation order."""
+    merges = []
+    for number, line in enumerate(read_text(path, "tokenizer merges").split("\n"), start=1):
+        if not line or (number == 1 and line.startswith("#version")):
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise file_error("tokenizer merges", path, f"line {number}: expected two tokens separated by a "
+                                                       f"space, got {line!r}")
+        merges.append((text_to_token(parts[0], "tokenizer merges", path),
+                       text_to_token(parts[1], "tokenizer merges", path)))
+    return merges
 
 
 def longest_token(vocab: dict[int, bytes], special_ids: Iterable[int] = ()) -> bytes:
@@ -78,6 +108,66 @@ def longest_token(vocab: dict[int, bytes], special_ids: Iterable[int] = ()) -> b
     special_ids = set(special_ids)
     return max((token for token_id, token in vocab.items() if token_id not in special_ids),
                key=lambda token: (len(token), token))
+
+
+def bpe(pretoken: str, byte_ids: list[int], merge_table: MergeTable) -> list[int]:
+    """Ids of one pre-token: repeatedly merge the adjacent pair with the earliest merge.
+
+    Merging its leftmost occurrence first is the same as merging all of them at once: a pair
+    made by the merge only takes part in later merges."""
+    word = [byte_ids[byte] for byte in pretoken.encode("utf-8")]
+    if len(word) > _LONG_WORD:
+        return bpe_long(word, merge_table)
+    lookup = merge_table.get
+    entries = [lookup(pair, _NO_MERGE) for pair in zip(word, word[1:])]  # entries[i]: word[i], word[i+1]
+    while entries:
+        best = min(entries)
+        if best is _NO_MERGE:
+            break
+        i = entries.index(best)
+        word[i] = best[1]
+        del word[i + 1], entries[i]
+        if i > 0:
+            entries[i - 1] = lookup((word[i - 1], word[i]), _NO_MERGE)
+        if i < len(entries):
+            entries[i] = lookup((word[i], word[i + 1]), _NO_MERGE)
+    return word
+
+
+def bpe_long(word: list[int], merge_table: MergeTable) -> list[int]:
+    """`bpe` in O(n log n) for long pre-tokens (say a run of 10,000 dashes).
+
+    A heap holds (rank, position) of every mergeable adjacent pair; popping merges the earliest
+    merge at its leftmost place first, which is what `bpe` does: a merge's result only takes
+    part in later merges, so no pair created here can outrank the one being applied.
+    """
+    tokens: list[int | None] = list(word)
+    after = list(range(1, len(word) + 1))  # next live position; len(word) = none
+    before = list(range(-1, len(word) - 1))  # previous live position; -1 = none
+    heap = [(merge_table[pair][0], i) for i, pair in enumerate(zip(word, word[1:])) if pair in merge_table]
+    heapq.heapify(heap)
+    while heap:
+        rank, i = heapq.heappop(heap)
+        j = after[i]
+        if tokens[i] is None or j == len(word):
+            continue
+        entry = merge_table.get((tokens[i], tokens[j]))
+        if entry is None or entry[0] != rank:
+            continue  # this pair has changed since it was pushed
+        tokens[i], tokens[j] = entry[1], None
+        after[i] = after[j]
+        if after[j] < len(word):
+            before[after[j]] = i
+        for left, right in ((before[i], i), (i, after[i])):
+            if left >= 0 and right < len(word):
+                neighbour = merge_table.get((tokens[left], tokens[right]))
+                if neighbour is not None:
+                    heapq.heappush(heap, (neighbour[0], left))
+    return [token for token in tokens if token is not None]
+
+
+def _encode_segment(pretoken_ids: _Memo, segment: str) -> list[int]:
+    return list(chain.from_iterable(map(pretoken_ids.__getitem__, pretokenize(segment))))
 
 
 class Tokenizer:
@@ -110,7 +200,7 @@ class Tokenizer:
                 token_id = max(self.vocab, default=-1) + 1
                 self.vocab[token_id] = token.encode("utf-8")
             self.special_ids[token] = token_id
-        self.merge_table: dict[tuple[int, int], tuple[int, int]] = {}  # (a, b) -> (rank, merged id)
+        self.merge_table: MergeTable = {}
         learned = {bytes([byte]): token_id for byte, token_id in enumerate(self.byte_ids)}
         for rank, (first, second) in enumerate(self.merges):
             if first not in learned or second not in learned:
@@ -125,9 +215,13 @@ class Tokenizer:
                 learned[first + second] = merged_id
             self.merge_table.setdefault((learned[first], learned[second]), (rank, merged_id))
 
+        # The caches and the compiled encoder get functions of the merge table, never bound methods
+        # of the Tokenizer: a reference back would make a cycle, and a dropped Tokenizer would then
+        # wait for the garbage collector (the compiled encoder alone holds megabytes).
+        self._bpe = partial(bpe, byte_ids=self.byte_ids, merge_table=self.merge_table)
         self._splitter = Splitter(self.special_tokens)
         self._pretoken_ids = _Memo(self._bpe)
-        self._segment_ids = _Memo(self._encode_segment)
+        self._segment_ids = _Memo(partial(_encode_segment, self._pretoken_ids))
         self._compiled = (CompiledEncoder(self.merge_table, self.byte_ids, self._bpe, _LONG_WORD,
                                           character_class, _CACHE_ENTRIES)
                           if compiled and CompiledEncoder is not None else None)
@@ -138,37 +232,26 @@ class Tokenizer:
     def from_files(cls, vocab_filepath: str | os.PathLike, merges_filepath: str | os.PathLike,
                    special_tokens: list[str] | None = None) -> "Tokenizer":
         """Load GPT-2-format `vocab.json` and `merges.txt` (ours or GPT-2's `encoder.json`/`vocab.bpe`)."""
-        for path in (vocab_filepath, merges_filepath):
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"tokenizer file not found: {path}")
+        special_tokens = validate_special_tokens(special_tokens)
+        vocab, merges = read_vocab(vocab_filepath), read_merges(merges_filepath)
         try:
-            encoder = json.loads(Path(vocab_filepath).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{vocab_filepath}: not a JSON vocabulary ({error})") from None
-        if not isinstance(encoder, dict):
-            raise ValueError(f"{vocab_filepath}: expected a JSON object token -> id")
-        vocab = {}
-        for text, token_id in encoder.items():
-            if not isinstance(token_id, int) or token_id < 0 or token_id in vocab:
-                raise ValueError(f"{vocab_filepath}: token {text!r} has a bad or repeated id {token_id!r}")
-            vocab[token_id] = text_to_token(text, vocab_filepath)
-        merges = []
-        lines = Path(merges_filepath).read_text(encoding="utf-8").split("\n")
-        for number, line in enumerate(lines, start=1):
-            if not line or (number == 1 and line.startswith("#version")):
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2 or not all(parts):
-                raise ValueError(f"{merges_filepath}:{number}: expected two tokens separated by a space, got {line!r}")
-            merges.append((text_to_token(parts[0], merges_filepath), text_to_token(parts[1], merges_filepath)))
-        return cls(vocab, merges, special_tokens)
+            return cls(vocab, merges, special_tokens)
+        except ValueError as error:
+            raise ValueError(f"tokenizer files {os.fspath(vocab_filepath)!r}, {os.fspath(merges_filepath)!r}: "
+                             f"{error}") from None
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> "Tokenizer":
         """Load a tokenizer saved by `save` (or `tinylm train-bpe`)."""
         directory = Path(directory)
         special_path = directory / SPECIAL_TOKENS_FILE
-        special_tokens = json.loads(special_path.read_text(encoding="utf-8")) if special_path.is_file() else []
+        special_tokens = []
+        if special_path.exists():
+            special_tokens = read_json(special_path, "tokenizer special tokens", expect=list)
+            try:
+                validate_special_tokens(special_tokens)
+            except ValueError as error:
+                raise file_error("tokenizer special tokens", special_path, str(error)) from None
         return cls.from_files(directory / VOCAB_FILE, directory / MERGES_FILE, special_tokens)
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -187,64 +270,6 @@ class Tokenizer:
         write_json_atomic(directory / SPECIAL_TOKENS_FILE, self.special_tokens)
 
     # ---- encoding ----------------------------------------------------------------------------
-
-    def _bpe(self, pretoken: str) -> list[int]:
-        """Ids of one pre-token: repeatedly merge the adjacent pair with the earliest merge.
-
-        Merging its leftmost occurrence first is the same as merging all of them at once: a pair
-        made by the merge only takes part in later merges."""
-        word = [self.byte_ids[byte] for byte in pretoken.encode("utf-8")]
-        if len(word) > _LONG_WORD:
-            return self._bpe_long(word)
-        lookup = self.merge_table.get
-        entries = [lookup(pair, _NO_MERGE) for pair in zip(word, word[1:])]  # entries[i]: word[i], word[i+1]
-        while entries:
-            best = min(entries)
-            if best is _NO_MERGE:
-                break
-            i = entries.index(best)
-            word[i] = best[1]
-            del word[i + 1], entries[i]
-            if i > 0:
-                entries[i - 1] = lookup((word[i - 1], word[i]), _NO_MERGE)
-            if i < len(entries):
-                entries[i] = lookup((word[i], word[i + 1]), _NO_MERGE)
-        return word
-
-    def _bpe_long(self, word: list[int]) -> list[int]:
-        """`_bpe` in O(n log n) for long pre-tokens (say a run of 10,000 dashes).
-
-        A heap holds (rank, position) of every mergeable adjacent pair; popping merges the earliest
-        merge at its leftmost place first, which is what `_bpe` does: a merge's result only takes
-        part in later merges, so no pair created here can outrank the one being applied.
-        """
-        table = self.merge_table
-        tokens: list[int | None] = list(word)
-        after = list(range(1, len(word) + 1))  # next live position; len(word) = none
-        before = list(range(-1, len(word) - 1))  # previous live position; -1 = none
-        heap = [(table[pair][0], i) for i, pair in enumerate(zip(word, word[1:])) if pair in table]
-        heapq.heapify(heap)
-        while heap:
-            rank, i = heapq.heappop(heap)
-            j = after[i]
-            if tokens[i] is None or j == len(word):
-                continue
-            entry = table.get((tokens[i], tokens[j]))
-            if entry is None or entry[0] != rank:
-                continue  # this pair has changed since it was pushed
-            tokens[i], tokens[j] = entry[1], None
-            after[i] = after[j]
-            if after[j] < len(word):
-                before[after[j]] = i
-            for left, right in ((before[i], i), (i, after[i])):
-                if left >= 0 and right < len(word):
-                    neighbour = table.get((tokens[left], tokens[right]))
-                    if neighbour is not None:
-                        heapq.heappush(heap, (neighbour[0], left))
-        return [token for token in tokens if token is not None]
-
-    def _encode_segment(self, segment: str) -> list[int]:
-        return list(chain.from_iterable(map(self._pretoken_ids.__getitem__, pretokenize(segment))))
 
     def _encode_pieces(self, pieces: list[Piece]) -> list[int]:
         ids: list[int] = []
