@@ -16,7 +16,10 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _JSON_NAMES = {dict: "a JSON object", list: "a JSON array", str: "a string", bool: "true or false",
                int: "a number", float: "a number", type(None): "null"}
@@ -81,11 +84,11 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = None, hi
     return value
 
 
-def load_npy(path: str | os.PathLike, what: str, hint: str = ""):
+def load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
     """A .npy array, memory-mapped read-only (a multi-GB array costs only the pages read)."""
     import numpy as np
 
-    path = require_file(path, what, hint)
+    path = require_file(path, what)
     with open(path, "rb") as file:
         magic = file.read(len(_NPY_MAGIC))
     if not magic:
@@ -121,8 +124,8 @@ def _weights_only_problem(message: str) -> str:
     return "is not a readable checkpoint (its pickle holds something other than tensors and plain values)"
 
 
-def load_torch(src: str | os.PathLike | IO[bytes], what: str = "checkpoint", map_location: Any = "cpu",
-               hint: str = "") -> dict[str, Any]:
+def load_torch(src: str | os.PathLike | IO[bytes], what: str = "checkpoint",
+               map_location: Any = "cpu") -> dict[str, Any]:
     """The dict saved by torch.save in `src` (a path or a binary file object), weights-only."""
     import pickle
 
@@ -130,7 +133,7 @@ def load_torch(src: str | os.PathLike | IO[bytes], what: str = "checkpoint", map
 
     name = "<stream>"
     if isinstance(src, (str, os.PathLike)):
-        name = os.fspath(require_file(src, what, hint))
+        name = os.fspath(require_file(src, what))
         if os.path.getsize(src) == 0:
             raise file_error(what, name, "is empty (0 bytes), not a checkpoint")
     try:
@@ -142,7 +145,7 @@ def load_torch(src: str | os.PathLike | IO[bytes], what: str = "checkpoint", map
         raise  # the device is full: not the file's fault, and torch's message says so
     except pickle.UnpicklingError as error:
         raise file_error(what, name, _weights_only_problem(str(error))) from None
-    except Exception as error:  # noqa: BLE001 - on corrupt bytes the unpickler fails in any way
+    except Exception as error:  # on corrupt bytes the unpickler can fail in any way
         raise file_error(what, name, f"is not a readable checkpoint (corrupt or truncated: "
                                      f"{type(error).__name__}: {first_line(error)})") from None
     if not isinstance(state, dict):

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import heapq
 import os
+from functools import partial
 from itertools import chain
 from pathlib import Path
-from functools import partial
 from typing import Callable, Iterable, Iterator
 
 from tinylm.fileio import write_json_atomic, write_text_atomic
