@@ -21,6 +21,8 @@ from tinylm.experiments import build_plan, parse_overrides, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ["tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "post_norm", "nope", "silu", "owt"]
+PROVENANCE_KEYS = {"git_commit", "git_dirty", "tinylm_version", "torch_version", "python_version", "device_name",
+                   "hostname", "started_at"}
 RUN_FILES = ["metrics.jsonl", "summary.json", "config.json", "model.pt", "eval.json"]
 
 
@@ -132,6 +134,13 @@ def test_full_run_produces_every_section(full_run):
         config = json.loads((results / "runs" / run / "config.json").read_text())
         assert config["name"] == run
     assert json.loads((results / "runs" / "nope" / "config.json").read_text())["model"]["position"] == "none"
+    for run in expected:  # where, with what code and libraries, each run was trained
+        provenance = json.loads((results / "runs" / run / "summary.json").read_text())["provenance"]
+        assert PROVENANCE_KEYS <= set(provenance), (run, PROVENANCE_KEYS - set(provenance))
+    for group in ("tinystories", "owt"):  # the sampled models, exported for transformers
+        assert json.loads((results / "export" / group / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    table = (results / "report" / "runs.csv").read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in table[1:]) == sorted(expected)
     for path in ("generate/tinystories/T=0.8_p=0.95.json", "generate/tinystories/grid.json",
                  "generate/owt/T=0.8_p=0.95.json", "tokenizers/report.json"):
         assert (results / path).stat().st_size > 0, path
@@ -191,7 +200,7 @@ REFERENCE_ON_CPU = [
     "resources={train: {gpu: 0, runtime: 10, mem_mb: 1000}}",
     "tokenizers={tinystories: {vocab_size: 300}, owt: {vocab_size: 350}}",
     "baseline={model: {context_length: 16, d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32},"
-    " training: {batch_size: 4, max_steps: 6, eval_interval: 3, eval_batches: 1, final_eval_tokens: 2000,"
+    " optimizer: {warmup_steps: 2}, training: {batch_size: 4, max_steps: 6, eval_interval: 3, eval_batches: 1, final_eval_tokens: 2000,"
     " log_interval: 2, checkpoint_interval: 3, device: cpu, precision: fp32, compile: false}}",
     "experiments={batch_size: {batch_sizes: [1, 4], max_tokens: 384, max_batch: 8, memory_budget_mb: 4096,"
     " resources: {runtime: 10}}}",

@@ -9,7 +9,6 @@
                           included for batch_size
     GENERATIONS           {group: Generation}: the text samples each section draws
 """
-import json
 import re
 import os
 import sys
@@ -17,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tinylm.experiments import BASELINE_RUN, RESULTS, build_plan, tokenizer_dir, tokens_path
+from tinylm.loading import read_json
 
 # Rules call `tinylm ...`: make that the CLI of the Python running Snakemake, venv activated or not.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
@@ -96,8 +96,8 @@ def _plan_with_largest_batch(largest):
 def full_plan():
     if PLAN.probe is None:
         return PLAN
-    with open(checkpoints.max_batch.get().output[0]) as f:
-        return _plan_with_largest_batch(json.load(f)["largest_batch"])
+    probe = read_json(checkpoints.max_batch.get().output[0], "max-batch probe output", expect=dict)
+    return _plan_with_largest_batch(probe["largest_batch"])
 
 
 def from_probe(run):
