@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampling-grid", metavar="JSON",
                         help="generate section: tinylm generate output over several temperatures and top-ps")
     parser.add_argument("--max-batch", metavar="JSON", help="batch_size section: tinylm max-batch output")
+    parser.add_argument("--train-text", metavar="TXT",
+                        help="generate/owt sections: the generating run's training text; the section reports "
+                             "the share of generated words that occur in it")
     parser.add_argument("--sections", nargs="+", default=[], metavar="SECTION_MD",
                         help="index: the section.md files to assemble")
     parser.add_argument("--out", metavar="MD", help="index: the README.md to write")
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                     tokenizer_report=option_json(args.tokenizer_report, "--tokenizer-report"),
                     generate=option_json(args.generate, "--generate"),
                     sampling_grid=option_json(args.sampling_grid, "--sampling-grid"),
-                    max_batch=option_json(args.max_batch, "--max-batch"))
+                    max_batch=option_json(args.max_batch, "--max-batch"),
+                    train_text=Path(args.train_text) if args.train_text else None)
     print(build(args.section, Path(args.out_dir), inputs))
     return 0
