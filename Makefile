@@ -10,7 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= config/config.yaml
 CORES ?= all
 SNAKEMAKE_ARGS ?=
-# `make run` shows a progress summary; Snakemake's full output goes here.
+# `make run` shows a progress summary; Snakemake's full output goes here. CONFIG may name several
+# files (later ones amend earlier ones); it comes last, so that SNAKEMAKE_ARGS may hold targets.
 SNAKEMAKE_LOG ?= results/logs/snakemake.log
 PYTEST_ARGS ?=
 
@@ -37,7 +38,7 @@ $(VENV)/.bench-deps: $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps
 	$(BIN)/python -m tinylm.progress --log $(SNAKEMAKE_LOG) --report results/report/README.md -- \
-		--cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+		--cores $(CORES) $(SNAKEMAKE_ARGS) --configfile $(CONFIG)
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -20,7 +20,7 @@ from tinylm.cli import main
 from tinylm.config import RunConfig
 from tinylm.report import OUTPUTS, TITLES, analysis
 from tinylm.report.figures import DPI, SINGLE, WIDE
-from tinylm.report.tables import (fmt_bytes, fmt_duration, fmt_loss, fmt_percent, fmt_rate, fmt_ratio, fmt_signed,
+from tinylm.report.tables import (fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_ratio, fmt_share, fmt_signed,
                                   fmt_speed)
 
 pytestmark = pytest.mark.slow
@@ -271,7 +271,7 @@ def test_generate_section(runs, tmp_path):
         assert share == pytest.approx(sum(w in vocabulary for w in words) / len(words))
     all_words = [w for words in per_sample for w in words]
     known = sum(w in vocabulary for w in all_words) / len(all_words)
-    assert f"{fmt_percent(100 * known)} of the {len(all_words)} generated words occur in the training text" in md.read_text()
+    assert f"{fmt_share(known)} of the {len(all_words)} generated words occur in the training text" in md.read_text()
     grid = pd.read_csv(out / "sampling_settings.csv")
     assert sorted(zip(grid["temperature"], grid["top_p"])) == [(0.0, 0.5), (0.0, 1.0), (1.0, 0.5), (1.0, 1.0)]
     # The chosen run is the sweep's best non-diverged run, which the lr table would name too.

@@ -56,8 +56,10 @@ def report_inputs(section):
         if section == "generate":
             files["generate"] = generate_outputs("tinystories")[GENERATE_MAIN]
             files["sampling_grid"] = generate_outputs("tinystories")[GENERATE_GRID]
+            files["train_text"] = download_path(config["baseline"]["corpus"], "train")
         if section == "owt":
             files["generate"] = generate_outputs("owt")[GENERATE_MAIN]
+            files["train_text"] = download_path(config["experiments"]["owt"].get("corpus", "owt"), "train")
         return files
     return inputs
 
@@ -75,7 +77,7 @@ def report_arguments(section):
         if labels:
             # Every run of the report in one fixed order: a run has the same colour in every section.
             args += ["--colour-order", *all_static_runs()]
-        for option in ("tokenizer_report", "max_batch", "generate", "sampling_grid"):
+        for option in ("tokenizer_report", "max_batch", "generate", "sampling_grid", "train_text"):
             if option in input.keys():
                 args += [f"--{option.replace('_', '-')}", input[option]]
         return shlex.join(args)

@@ -15,7 +15,7 @@ import pandas as pd
 import regex
 
 from tinylm.report.runs import Run
-from tinylm.report.tables import (fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio,
+from tinylm.report.tables import (fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio, fmt_share,
                                   fmt_signed, fmt_speed)
 
 
@@ -133,7 +133,7 @@ def edge_of_stability(runs: list[Run]) -> EdgeOfStability:
 
 def criterion_text(edge: EdgeOfStability, runs: list[Run]) -> str:
     factors = sorted({float(r.config["training"].get("divergence_factor", 2.0)) for r in runs})
-    factor = "/".join(fmt_ratio(f) for f in factors)
+    factor = "/".join(f"{f:g}" for f in factors)
     text = (f"A rate fails when its run diverges (the trainer stops it at a non-finite loss or a training loss "
             f"above {factor}x its first)")
     if edge.unigram is None:
@@ -297,7 +297,7 @@ def known_words(texts: list[str], train_text: Path) -> KnownWords:
 def known_words_text(known: KnownWords, shown: int = 8) -> str:
     if not known.total:
         return "The samples hold no words."
-    text = (f"{fmt_percent(100 * known.ratio)} of the {fmt_int(known.total)} generated words occur in the "
+    text = (f"{fmt_share(known.ratio)} of the {fmt_int(known.total)} generated words occur in the "
             f"training text (words: letters with inner apostrophes, compared in lower case)")
     if not known.unknown:
         return text + "."

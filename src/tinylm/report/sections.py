@@ -15,7 +15,7 @@ from tinylm.fileio import write_text_atomic
 from tinylm.report import CURVES, OUTPUTS, RUNLESS, TITLES, analysis, figures
 from tinylm.report.runs import Run, colour_by_order
 from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_excerpt, fmt_int, fmt_loss, fmt_percent,
-                                  fmt_rate, fmt_ratio, fmt_signed, fmt_speed, fmt_token, write_table)
+                                  fmt_rate, fmt_ratio, fmt_share, fmt_signed, fmt_speed, fmt_token, write_table)
 
 VARIANTS = {
     "no_rmsnorm": "Every RMSNorm removed, against the baseline.",
@@ -223,7 +223,7 @@ def _samples_frame(generated: dict, known: analysis.KnownWords | None = None) ->
 SAMPLE_COLUMNS = [Column("seed", "seed", fmt_int), Column("num_new_tokens", "new tokens", fmt_int),
                   Column("stopped_at_eot", "ended at end-of-text"),
                   Column("distinct_word_ratio", "distinct words", fmt_ratio),
-                  Column("known_word_ratio", "words in training text", fmt_ratio),
+                  Column("known_word_ratio", "words in training text", fmt_share),
                   Column("completion", "completion (beginning; whole text in the CSV)", fmt_excerpt)]
 
 
