@@ -15,13 +15,21 @@ job      count
 -----  -------
 a            1
 bad          1
+probe        1
 all          1
-total        3
+total        4
 
 [Tue Dec  1 21:55:23 2026]
 localrule a:
     output: a.txt
     jobid: 2
+[Tue Dec  1 21:55:23 2026]
+localcheckpoint probe:
+    output: p.json
+    jobid: 4
+[Tue Dec  1 21:55:23 2026]
+Finished jobid: 4 (Rule: probe)
+1 of 4 steps (25%) done
 [Tue Dec  1 21:55:23 2026]
 rule bad:
     output: d.txt
@@ -35,7 +43,7 @@ Error in rule bad:
     log: logs/bad.log (check log file(s) for error details)
 [Tue Dec  1 21:55:24 2026]
 Finished jobid: 2 (Rule: a)
-1 of 3 steps (33%) done
+2 of 4 steps (50%) done
 """
 
 
@@ -55,29 +63,33 @@ class Clock:
             yield line
 
 
+LINES = TRANSCRIPT.splitlines(keepends=True)
+STARTED_A = LINES.index("    jobid: 2\n") + 1  # the lines up to job 2's start
+
+
 def test_progress_counts_jobs_running_rules_and_failures():
     progress = Progress()
-    for line in TRANSCRIPT.splitlines(keepends=True)[:12]:
+    for line in LINES[:STARTED_A]:
         progress.read(line)
-    assert progress.total == 3 and progress.running == {"2": "a"}
-    events = [progress.read(line) for line in TRANSCRIPT.splitlines(keepends=True)[12:]]
-    assert events.count("failed") == 1 and events.count("finished") == 1
-    assert progress.done == 1 and progress.running == {}
+    assert progress.total == 4 and progress.running == {"2": "a"}
+    events = [progress.read(line) for line in LINES[STARTED_A:]]
+    assert events.count("failed") == 1 and events.count("finished") == 2  # the checkpoint job and job 2
+    assert progress.done == 2 and progress.running == {}
     assert [(f.rule, f.log) for f in progress.failures] == [("bad", Path("logs/bad.log"))]
-    assert progress.summary(75) == "[1:15] 1/3 jobs done; 1 failed"
+    assert progress.summary(75) == "[1:15] 2/4 jobs done; 1 failed"
 
 
 def test_follow_logs_everything_and_prints_a_line_per_ended_job():
     log, out = io.StringIO(), io.StringIO()
-    lines = TRANSCRIPT.splitlines(keepends=True)
     clock = Clock()
-    follow(clock.feed(lines[:12] + [None] * 3 + lines[12:]), log, out, clock=clock, heartbeat_s=2.0)
+    follow(clock.feed(LINES[:STARTED_A] + [None] * 3 + LINES[STARTED_A:]), log, out, clock=clock, heartbeat_s=2.0)
     assert log.getvalue() == TRANSCRIPT  # ticks (None) write nothing to the log
     shown = out.getvalue().splitlines()
     assert "failed: rule bad" in shown
-    assert shown[-1].endswith("1/3 jobs done; 1 failed")
-    assert any("running: a" in line for line in shown)  # a heartbeat while job 2 ran
-    assert len(shown) == 4  # the heartbeat, the failure and its summary, the finished job
+    assert shown[-1].endswith("2/4 jobs done; 1 failed")
+    assert shown[0].endswith("0/4 jobs done; running: a")  # a heartbeat while job 2 ran
+    assert shown[1].endswith("1/4 jobs done; running: a")  # the checkpoint job ended, job 2 still runs
+    assert len(shown) == 5  # the heartbeat, two finished jobs, the failure and its summary
 
 
 def test_reason_is_the_last_error_line_of_the_log(tmp_path):

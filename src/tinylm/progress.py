@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-RULE_START = re.compile(r"^(?:local)?rule (\w+):$")
+RULE_START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 JOB_ID = re.compile(r"^\s+jobid: (\d+)$")
 FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)$")
 STEPS = re.compile(r"^(\d+) of (\d+) steps \(\d+%\) done$")
