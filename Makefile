@@ -10,6 +10,9 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= config/config.yaml
 CORES ?= all
 SNAKEMAKE_ARGS ?=
+# `make run` shows a progress summary; Snakemake's full output goes here. CONFIG may name several
+# files (later ones amend earlier ones); it comes last, so that SNAKEMAKE_ARGS may hold targets.
+SNAKEMAKE_LOG ?= results/logs/snakemake.log
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -34,7 +37,8 @@ $(VENV)/.bench-deps: $(VENV)/.run-deps
 	touch $@
 
 run: $(VENV)/.run-deps
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+	$(BIN)/python -m tinylm.progress --log $(SNAKEMAKE_LOG) --report results/report/README.md -- \
+		--cores $(CORES) $(SNAKEMAKE_ARGS) --configfile $(CONFIG)
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

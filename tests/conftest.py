@@ -1,22 +1,32 @@
 """Shared test fixtures.
 
-Tests that need the real text samples look for `../shared/data` beside the checkout (or the
-directory named by TINYLM_SHARED_DATA) and skip with a reason when it is absent.
+Tests that need real text read the samples embedded in the repository (`data/`, gzip-compressed;
+see data/SOURCES.md), so a fresh clone runs every test with nothing beside it.
 """
 from __future__ import annotations
 
-import os
+import gzip
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+DATA = REPO_ROOT / "data"
+SAMPLES = ("tinystories/train.txt", "tinystories/valid.txt", "owt/train.txt", "owt/valid.txt",
+           "gpt2/encoder.json", "gpt2/vocab.bpe")
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The directory of real samples (tinystories_sample/, owt_sample/, gpt2/), or skip."""
-    if not (SHARED_DATA / "tinystories_sample" / "train.txt").is_file():
-        pytest.skip(f"real text samples not found at {SHARED_DATA} (set TINYLM_SHARED_DATA)")
-    return SHARED_DATA
+def sample_data(tmp_path_factory) -> Path:
+    """A folder holding the embedded samples decompressed, under the same names without `.gz`:
+    tinystories/{train,valid}.txt, owt/{train,valid}.txt, gpt2/{encoder.json,vocab.bpe}."""
+    folder = tmp_path_factory.mktemp("sample_data")
+    for name in SAMPLES:
+        source = DATA / f"{name}.gz"
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: embedded sample missing from the checkout")
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(source, "rb") as src, open(folder / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return folder

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinylm.experiments import (BASELINE_RUN, SCHEMA, build_plan, config_changes, parse_overrides, plan_table,
-                                read_config_file, resolve_config, validate_config)
+from tinylm.experiments import (BASELINE_RUN, SCHEMA, build_plan, config_changes, deep_merge, parse_overrides,
+                                plan_table, read_config_file, resolve_config, validate_config)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
+# Files that amend another, named after it on the command line (as their header says).
+AMENDS = {"official-corpora.yaml": ["config.yaml"]}
 
 
 # ---- configs stand alone ---------------------------------------------------------------------
@@ -55,8 +57,11 @@ def _get(data, path):
 
 @pytest.mark.parametrize("configfile", CONFIGS, ids=lambda p: p.name)
 def test_every_config_resolves_to_the_file_plus_schema_defaults(configfile):
-    written = read_config_file(configfile)
-    resolved = resolve_config([configfile])
+    files = [REPO / "config" / name for name in AMENDS.get(configfile.name, [])] + [configfile]
+    written = {}
+    for path in files:
+        written = deep_merge(written, read_config_file(path))
+    resolved = resolve_config(files)
     schema = yaml.safe_load(SCHEMA.read_text())
     for path, value in _leaves(resolved):
         in_file = _get(written, path)

@@ -85,8 +85,8 @@ def copy_workdir(source: Path, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory, shared_data) -> Path:
-    return write_config(tmp_path_factory.mktemp("config") / "config.yaml", shared_data, training=TRAINING)
+def config(tmp_path_factory) -> Path:
+    return write_config(tmp_path_factory.mktemp("config") / "config.yaml", training=TRAINING)
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +140,9 @@ def test_interrupted_training_resumes_on_rerun(prepared, uninterrupted, config, 
     assert_same_results(workdir, uninterrupted, RUN_RESULTS)
 
 
-def test_diverging_run_does_not_fail_the_workflow(prepared, shared_data, tmp_path):
+def test_diverging_run_does_not_fail_the_workflow(prepared, tmp_path):
     workdir = copy_workdir(prepared, tmp_path / "work")
-    diverging = write_config(tmp_path / "diverging.yaml", shared_data, optimizer={"lr": 100.0, "warmup_steps": 0},
+    diverging = write_config(tmp_path / "diverging.yaml", optimizer={"lr": 100.0, "warmup_steps": 0},
                              training={**TRAINING, "max_steps": 100})
     result = run_snakemake(workdir, diverging, "--cores", "2", SUMMARY, f"{RUN_DIR}/eval.json")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -213,10 +213,10 @@ class SlowServer:
         self.close = self.http.close
 
 
-def test_interrupted_download_and_tokenization_leave_no_output(prepared, config, shared_data, tmp_path):
-    server = SlowServer((shared_data / "tinystories_sample" / "train.txt").read_bytes())
+def test_interrupted_download_and_tokenization_leave_no_output(prepared, config, sample_data, tmp_path):
+    server = SlowServer((sample_data / "tinystories" / "train.txt").read_bytes())
     try:
-        text = config.read_text().replace(str(shared_data / "tinystories_sample" / "train.txt"), server.url)
+        text = config.read_text().replace("data/tinystories/train.txt.gz", server.url)  # config/test.yaml's source
         assert server.url in text
         served = tmp_path / "served.yaml"
         served.write_text(text)

@@ -51,13 +51,6 @@ def scheduled(output: str, rule: str) -> list[str]:
                   if re.match(rf"(?:local)?rule {rule}:", b.strip()))
 
 
-def data_overrides(shared_data: Path) -> str:
-    """--config value pointing the test config's corpora at the shared samples wherever they are."""
-    corpora = {corpus: {split: {"source": str(shared_data / f"{folder}/{split}.txt")} for split in ("train", "valid")}
-               for corpus, folder in (("tinystories", "tinystories_sample"), ("owt", "owt_sample"))}
-    return "corpora=" + json.dumps(corpora)
-
-
 def static_run_count(configfile: str) -> int:
     """Runs known before the batch-size probe: the baseline, lr sweep rates other than the
     baseline's, the no-RMSNorm rates, and one run each for post-norm, NoPE, SiLU and OpenWebText."""
@@ -99,23 +92,23 @@ def test_config_typo_fails_naming_the_key(tmp_path, override, key):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, shared_data):
-    """(workdir, --config override, workflow copy) after one complete run of the test config."""
+def full_run(tmp_path_factory):
+    """(workdir, workflow copy) after one complete run of the test config (on the embedded samples,
+    copied with the workflow: the config's relative sources are relative to the Snakefile)."""
     copy = tmp_path_factory.mktemp("repo")
-    for name in ("Snakefile", "workflow", "config", "profiles", "src"):
+    for name in ("Snakefile", "workflow", "config", "profiles", "src", "data"):
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(REPO / name, copy / name)
     workdir = tmp_path_factory.mktemp("pipeline")
-    override = data_overrides(shared_data)
-    snakemake(workdir, "--config", override, repo=copy)
-    return workdir, override, copy
+    snakemake(workdir, repo=copy)
+    return workdir, copy
 
 
 @pytest.mark.slow
 def test_full_run_produces_every_section(full_run):
-    workdir, _, _ = full_run
+    workdir, _ = full_run
     results = workdir / "results"
     for section in SECTIONS:
         page = results / "report" / section / "section.md"
@@ -148,15 +141,15 @@ def test_full_run_produces_every_section(full_run):
 
 @pytest.mark.slow
 def test_immediate_rerun_schedules_nothing(full_run):
-    workdir, override, copy = full_run
-    result = snakemake(workdir, "--dry-run", "--config", override, repo=copy)
+    workdir, copy = full_run
+    result = snakemake(workdir, "--dry-run", repo=copy)
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def dry_run_with(full_run, change: str) -> tuple[str, dict[str, int]]:
     """The printed dry run of the finished test pipeline with one `--config` change."""
-    workdir, override, copy = full_run
-    result = snakemake(workdir, "--dry-run", "-p", "--config", override, change, repo=copy)
+    workdir, copy = full_run
+    result = snakemake(workdir, "--dry-run", "-p", "--config", change, repo=copy)
     return result.stdout, job_counts(result.stdout)
 
 
@@ -181,12 +174,12 @@ def test_changing_the_vocabulary_retrains_everything_downstream(full_run):
 
 @pytest.mark.slow
 def test_editing_plotting_code_redraws_without_retraining(full_run):
-    workdir, override, copy = full_run
+    workdir, copy = full_run
     figures = copy / "src" / "tinylm" / "report" / "figures.py"
     code = figures.read_text()
     figures.write_text(code + "# an edit\n")  # Snakemake checksums small files: a bare touch is no edit
     try:
-        result = snakemake(workdir, "--dry-run", "--config", override, repo=copy)
+        result = snakemake(workdir, "--dry-run", repo=copy)
     finally:
         figures.write_text(code)
     counts = job_counts(result.stdout)

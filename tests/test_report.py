@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,10 +20,14 @@ from tinylm.report.runs import PALETTE, load_runs, read_metrics
 from tinylm.report.tables import Column, fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_text, markdown_table
 
 
-def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20) -> Path:
-    """A finished run's three files: a loss falling towards `final_val`, or diverging when it is None."""
+def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20, tokens: Path | None = None,
+              vocab_size: int = 10000) -> Path:
+    """A finished run's three files: a loss falling towards `final_val`, or diverging when it is None.
+    `tokens`: the token array the run trained and was validated on (default: none there)."""
+    train, valid = (str(tokens), str(tokens)) if tokens else ("t.npy", "v.npy")
     config = RunConfig().with_overrides({"name": run_dir.name, "optimizer.lr": lr, "training.max_steps": steps,
-                                         "optimizer.warmup_steps": 0, "data.train_tokens": "t.npy", "data.valid_tokens": "v.npy"})
+                                         "optimizer.warmup_steps": 0, "data.train_tokens": train,
+                                         "data.valid_tokens": valid, "model.vocab_size": vocab_size})
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     diverged = final_val is None
@@ -52,25 +57,62 @@ def sweep(tmp_path):
 
 def test_edge_of_stability_constructed_case(sweep):
     edge = analysis.edge_of_stability(sweep)
-    assert edge.smallest_diverging.lr == 1e-2  # not 3e-2, the other diverging rate
+    assert edge.smallest_failing.lr == 1e-2  # not 3e-2, the other diverging rate
     assert edge.best.lr == 3e-3
     assert edge.largest_stable.lr == 3e-3
     assert edge.ratio == pytest.approx(1e-2 / 3e-3)
+    assert edge.unigram is None and edge.outcomes == {"lr=1e-3": "trains", "lr=3e-3": "trains",
+                                                      "lr=1e-2": "diverged", "lr=3e-2": "diverged"}
     text = analysis.lr_sweep_text(sweep, edge)
-    assert "2 diverged (1e-2, 3e-2)" in text
+    assert "2 of 4 failed: 1e-2 diverged at step 10; 3e-2 diverged at step 10." in text
     assert "The best rate is 3e-3, with a final validation loss of 2.200" in text
-    assert "The smallest diverging rate, 1e-2, is 3.33x the best rate" in text
+    assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
+    assert "the unigram loss, which would also mark runs that stop learning, is not known here" in text
+
+
+def test_a_rate_closer_to_the_unigram_loss_than_to_the_best_stopped_learning(tmp_path):
+    # Tokens 0 and 1 equally often: with add-one counts the unigram loss is ln 2 = 0.693.
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.array([0, 1] * 50, dtype=np.uint16))
+    finals = {1e-3: 0.30, 3e-3: 0.20, 1e-2: 0.45, 3e-2: None}  # midpoint of 0.693 and 0.200: 0.447
+    runs = load_runs([(f"lr={fmt_rate(lr)}", str(write_run(tmp_path / f"run{i}", lr, final, tokens=tokens, vocab_size=2)))
+                      for i, (lr, final) in enumerate(finals.items())])
+    edge = analysis.edge_of_stability(runs)
+    assert edge.unigram == pytest.approx(math.log(2))
+    assert edge.threshold == pytest.approx((math.log(2) + 0.2) / 2)
+    assert edge.outcomes == {"lr=1e-3": "trains", "lr=3e-3": "trains", "lr=1e-2": "stopped learning",
+                             "lr=3e-2": "diverged"}
+    assert edge.smallest_failing.lr == 1e-2 and edge.largest_stable.lr == 3e-3 and edge.best.lr == 3e-3
+    text = analysis.lr_sweep_text(runs, edge)
+    assert "no better than the unigram loss (0.693" in text and "above 0.447" in text
+    assert "2 of 4 failed: 1e-2 stopped learning (final validation loss 0.450); 3e-2 diverged" in text
+    assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
+
+
+def test_known_words_are_looked_up_in_the_training_text(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("Once upon a time, Lily's dog ran.\n<|endoftext|>\n" * 3 + "The end " * 10)
+    # A tiny read size: words cut at a chunk's end must still be found.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(analysis, "TEXT_CHUNK_CHARS", 7)
+        known = analysis.known_words(["Lily's dog ran, the END.", "Once upon a blorp blorp zig", ""], train)
+    assert known.per_sample == [1.0, 0.5, None]
+    assert (known.total, known.known, known.unknown) == (11, 8, ["blorp", "zig"])
+    assert analysis.known_words_text(known).startswith("72.7% of the 11 generated words occur in the training text")
+    assert "'blorp', 'zig'" in analysis.known_words_text(known)
+    with pytest.raises(FileNotFoundError, match="--train-text"):
+        analysis.known_words(["x"], tmp_path / "missing.txt")
 
 
 def test_edge_of_stability_when_nothing_or_everything_diverges(tmp_path):
     stable = load_runs([("a", str(write_run(tmp_path / "a", 1e-3, 2.0))),
                         ("b", str(write_run(tmp_path / "b", 1e-2, 2.1)))])
     edge = analysis.edge_of_stability(stable)
-    assert edge.smallest_diverging is None and edge.ratio is None
+    assert edge.smallest_failing is None and edge.ratio is None
     assert "lies above the largest rate tried, 1e-2" in analysis.lr_sweep_text(stable, edge)
     unstable = load_runs([("c", str(write_run(tmp_path / "c", 1.0, None)))])
     edge = analysis.edge_of_stability(unstable)
-    assert edge.best is None and edge.smallest_diverging.lr == 1.0
+    assert edge.best is None and edge.smallest_failing.lr == 1.0
     assert "Every rate diverged" in analysis.lr_sweep_text(unstable, edge)
 
 

@@ -18,9 +18,10 @@ import pytest
 
 from tinylm.cli import main
 from tinylm.config import RunConfig
-from tinylm.report import KINDS
+from tinylm.report import KINDS, analysis
 from tinylm.report.figures import DPI, SINGLE, WIDE
-from tinylm.report.tables import fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_ratio, fmt_signed, fmt_speed
+from tinylm.report.tables import (fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_ratio, fmt_share, fmt_signed,
+                                  fmt_speed)
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         assert main(["train-bpe", "--input", str(root / text), "--vocab-size", str(vocab), "--special-token",
                      "<|endoftext|>", "--out-dir", str(root / f"tok_{name}"), "--workers", "1",
                      "--no-progress"]) == 0
+    paths["train_text"] = root / "train.txt"
     paths["tokenizer_report"] = root / "tokenizers.json"
     assert main(["tokenizer-report", "--tokenizer", f"stories={root / 'tok_stories'}", "--tokenizer",
                  f"other={root / 'tok_other'}", "--corpus", f"stories={root / 'valid.txt'}", "--corpus",
@@ -140,21 +142,27 @@ def test_lr_sweep_finds_the_diverging_rate(runs, tmp_path):
     table = pd.read_csv(tmp_path / "lr_sweep" / "lr_sweep.csv")
     assert sorted(table["run"]) == sorted(labels)
     assert list(table.columns) == ["run", "lr", "status", "final_val_loss", "best_val_loss",
-                                   "target_reached_step", "diverged", "steps"]
+                                   "target_reached_step", "diverged", "steps", "outcome"]
     diverged = table[table["diverged"]]
     assert list(diverged["run"]) == ["lr=10"]
+    assert set(table["outcome"]) <= {"trains", "diverged", "stopped learning"}
+    assert table.loc[table["run"] == "lr=10", "outcome"].item() == "diverged"
 
     # The analysis, recomputed from the table alone.
     stable = table[~table["diverged"]]
     best = stable.loc[stable["final_val_loss"].idxmin()]
-    ratio = diverged["lr"].min() / best["lr"]
+    failing = table[(table["outcome"] != "trains") & (table["lr"] > best["lr"])]
+    ratio = failing["lr"].min() / best["lr"]
     text = paragraph(md)
     assert f"The best rate is {fmt_rate(best['lr'])}" in text
     assert fmt_loss(best["final_val_loss"]) in text
-    assert f"The smallest diverging rate, {fmt_rate(10.0)}" in text
+    assert f"The smallest failing rate, {fmt_rate(failing['lr'].min())}" in text
     assert f"{fmt_ratio(ratio)}x the best rate" in text
+    assert "unigram loss (" in text  # the runs' token arrays are there, so the criterion is complete
     edge = pd.read_csv(tmp_path / "lr_sweep" / "edge_of_stability.csv")
-    assert edge.loc[0, "smallest_diverging_lr"] == 10.0
+    assert list(edge.columns) == ["best_lr", "best_final_val_loss", "largest_stable_lr", "smallest_diverging_lr",
+                                  "ratio"]
+    assert edge.loc[0, "smallest_diverging_lr"] == failing["lr"].min()
     assert edge.loc[0, "ratio"] == pytest.approx(ratio)
     markdown = md.read_text()
     for _, row in stable.iterrows():  # the Markdown table shows every final loss as the text writes them
@@ -256,11 +264,19 @@ def test_tokenizer_section(runs, tmp_path):
 def test_generate_section(runs, tmp_path):
     out = tmp_path / "generate"
     md = report("generate", out, runs, [], "--generate", str(runs["generate"]),
-                "--sampling-grid", str(runs["sampling_grid"]))
+                "--sampling-grid", str(runs["sampling_grid"]), "--train-text", str(runs["train_text"]))
     check_files("generate", out)
     generated = json.loads(runs["generate"].read_text())
     samples = pd.read_csv(out / "samples.csv")
     assert list(samples["seed"]) == [0, 1]
+    # The share of each sample's words in the training text, recomputed from the whole text at once.
+    vocabulary = set(analysis.words(runs["train_text"].read_text()))
+    per_sample = [analysis.words(s["completion"]) for s in generated["samples"]]
+    for words, share in zip(per_sample, samples["known_word_ratio"]):
+        assert share == pytest.approx(sum(w in vocabulary for w in words) / len(words))
+    all_words = [w for words in per_sample for w in words]
+    known = sum(w in vocabulary for w in all_words) / len(all_words)
+    assert f"{fmt_share(known)} of the {len(all_words)} generated words occur in the training text" in md.read_text()
     grid = pd.read_csv(out / "sampling_settings.csv")
     assert sorted(zip(grid["temperature"], grid["top_p"])) == [(0.0, 0.5), (0.0, 1.0), (1.0, 0.5), (1.0, 1.0)]
     # The chosen run is the sweep's best non-diverged run, which the lr table would name too.

@@ -110,12 +110,12 @@ def _requeue_baseline_training(cluster: SlurmCluster, snakemake: subprocess.Pope
                          f"{snakemake.poll()}; jobs id|state|comment: {jobs})")
 
 
-def test_pipeline_on_slurm_equals_local_run(cluster, plugin_env, shared_data, tmp_path):
+def test_pipeline_on_slurm_equals_local_run(cluster, plugin_env, tmp_path):
     slurm_dir, local_dir = tmp_path / "slurm", tmp_path / "local"
     slurm_dir.mkdir()
     local_dir.mkdir()
     profile = _filled_profile(cluster, tmp_path / "profile")
-    config = write_config(tmp_path / "config.yaml", shared_data, training=INTERRUPTIBLE_TRAINING)
+    config = write_config(tmp_path / "config.yaml", training=INTERRUPTIBLE_TRAINING)
 
     command = snakemake_command(slurm_dir, config, "--profile", str(profile), "--slurm-keep-successful-logs",
                                 "--slurm-init-seconds-before-status-checks", "2", *TARGETS)

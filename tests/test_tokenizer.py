@@ -30,11 +30,8 @@ VARIED_TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def gpt2_files(shared_data) -> tuple[Path, Path]:
-    vocab, merges = shared_data / "gpt2" / "encoder.json", shared_data / "gpt2" / "vocab.bpe"
-    if not (vocab.is_file() and merges.is_file()):
-        pytest.skip(f"GPT-2 vocabulary files not found in {shared_data / 'gpt2'}")
-    return vocab, merges
+def gpt2_files(sample_data) -> tuple[Path, Path]:
+    return sample_data / "gpt2" / "encoder.json", sample_data / "gpt2" / "vocab.bpe"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +42,7 @@ def gpt2(gpt2_files) -> Tokenizer:
 @pytest.fixture(scope="module")
 def tiktoken_gpt2(gpt2_files, tmp_path_factory):
     """tiktoken.get_encoding("gpt2") offline: tiktoken finds its downloads by the sha1 of their
-    URL in TIKTOKEN_CACHE_DIR (see shared/data/SOURCES.md)."""
+    URL in TIKTOKEN_CACHE_DIR (see data/SOURCES.md)."""
     cache = tmp_path_factory.mktemp("tiktoken_cache")
     shutil.copy(gpt2_files[1], cache / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee")
     shutil.copy(gpt2_files[0], cache / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6")
@@ -56,7 +53,7 @@ def tiktoken_gpt2(gpt2_files, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Tokenizer:
-    """Trained on the varied texts alone, so that these tests run without the shared data."""
+    """Trained on the varied texts alone, so that these tests do not depend on the samples."""
     path = tmp_path_factory.mktemp("small") / "train.txt"
     path.write_text("".join(VARIED_TEXTS) * 5, encoding="utf-8")
     vocab, merges = train_bpe(path, 500, [EOT])
@@ -64,9 +61,9 @@ def small(tmp_path_factory) -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, shared_data) -> Tokenizer:
+def trained(tmp_path_factory, sample_data) -> Tokenizer:
     path = tmp_path_factory.mktemp("trained") / "train.txt"
-    path.write_bytes((shared_data / "tinystories_sample" / "train.txt").read_bytes()[:1_000_000])
+    path.write_bytes((sample_data / "tinystories" / "train.txt").read_bytes()[:1_000_000])
     vocab, merges = train_bpe(path, 2000, [EOT])
     return Tokenizer(vocab, merges, [EOT])
 
@@ -77,8 +74,8 @@ def test_gpt2_matches_tiktoken_on_varied_text(gpt2, tiktoken_gpt2):
         assert gpt2.decode(gpt2.encode(text)) == text
 
 
-def test_gpt2_matches_tiktoken_on_real_text(gpt2, tiktoken_gpt2, shared_data):
-    text = (shared_data / "owt_sample" / "valid.txt").read_text(encoding="utf-8")[:400_000]
+def test_gpt2_matches_tiktoken_on_real_text(gpt2, tiktoken_gpt2, sample_data):
+    text = (sample_data / "owt" / "valid.txt").read_text(encoding="utf-8")[:400_000]
     assert gpt2.encode(text) == tiktoken_gpt2.encode(text, allowed_special="all")
     assert gpt2.encode("a" + EOT + "b") == [64, 50256, 65]
 
@@ -104,12 +101,12 @@ def test_long_word_merge_loop_equals_the_simple_one(small, word):
         assert tokenizer_module.bpe_long(ids, small.merge_table) == small._bpe(word)
 
 
-def test_trained_matches_tiktoken_built_from_our_ranks(trained, shared_data):
+def test_trained_matches_tiktoken_built_from_our_ranks(trained, sample_data):
     ranks = {token: token_id for token_id, token in trained.vocab.items() if token_id not in trained.special_ids.values()}
     encoding = pytest.importorskip("tiktoken").Encoding("ours", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                  special_tokens=dict(trained.special_ids))
-    for corpus in ("tinystories_sample", "owt_sample"):
-        text = (shared_data / corpus / "valid.txt").read_text(encoding="utf-8")[:300_000]
+    for corpus in ("tinystories", "owt"):
+        text = (sample_data / corpus / "valid.txt").read_text(encoding="utf-8")[:300_000]
         assert trained.encode(text) == encoding.encode(text, allowed_special="all")
     for text in VARIED_TEXTS:
         assert trained.encode(text) == encoding.encode(text, allowed_special="all")
@@ -156,12 +153,12 @@ def test_decode_rejects_ids_outside_the_vocabulary(small, bad):
         small.decode([65, bad])
 
 
-def test_save_and_load_round_trip(trained, tmp_path, shared_data):
+def test_save_and_load_round_trip(trained, tmp_path, sample_data):
     trained.save(tmp_path / "tok")
     loaded = Tokenizer.from_dir(tmp_path / "tok")
     assert loaded.vocab == trained.vocab and loaded.merges == trained.merges
     assert loaded.special_tokens == [EOT]
-    text = (shared_data / "owt_sample" / "valid.txt").read_text(encoding="utf-8")[:50_000]
+    text = (sample_data / "owt" / "valid.txt").read_text(encoding="utf-8")[:50_000]
     assert loaded.encode(text) == trained.encode(text)
     assert Tokenizer.from_files(tmp_path / "tok" / "vocab.json", tmp_path / "tok" / "merges.txt",
                                 [EOT]).encode(text) == trained.encode(text)
@@ -194,10 +191,10 @@ def test_loading_bad_files(tmp_path):
 
 # ---- encode_iterable ---------------------------------------------------------------------------
 
-def test_encode_iterable_over_a_multi_megabyte_file_equals_encode(trained, shared_data, tmp_path):
+def test_encode_iterable_over_a_multi_megabyte_file_equals_encode(trained, sample_data, tmp_path):
     path = tmp_path / "big.txt"
-    parts = [(shared_data / corpus / "valid.txt").read_text(encoding="utf-8")
-             for corpus in ("tinystories_sample", "owt_sample")]
+    parts = [(sample_data / corpus / "valid.txt").read_text(encoding="utf-8")
+             for corpus in ("tinystories", "owt")]
     path.write_text("".join(parts) + "\n\n  trailing   \n", encoding="utf-8")
     with open(path, encoding="utf-8") as file:
         streamed = list(trained.encode_iterable(file))

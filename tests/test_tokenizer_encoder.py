@@ -44,9 +44,9 @@ def test_compiled_scanner_splits_like_the_gpt2_pattern(text):
 
 
 @needs_compiled
-def test_compiled_scanner_on_real_text(shared_data):
-    for corpus in ("tinystories_sample", "owt_sample"):
-        text = (shared_data / corpus / "valid.txt").read_text(encoding="utf-8")[:500_000]
+def test_compiled_scanner_on_real_text(sample_data):
+    for corpus in ("tinystories", "owt"):
+        text = (sample_data / corpus / "valid.txt").read_text(encoding="utf-8")[:500_000]
         assert compiled_encoder(BYTES_ONLY).pretokenize(text) == regex.findall(GPT2_PATTERN, text)
 
 
@@ -77,9 +77,9 @@ def test_compiled_and_python_paths_give_the_same_ids(both, text):
     assert python.decode(python.encode(text)) == text
 
 
-def test_both_paths_on_real_text(both, shared_data):
+def test_both_paths_on_real_text(both, sample_data):
     compiled, python = both
-    text = (shared_data / "owt_sample" / "valid.txt").read_text(encoding="utf-8")[:300_000]
+    text = (sample_data / "owt" / "valid.txt").read_text(encoding="utf-8")[:300_000]
     assert compiled.encode(text) == python.encode(text)
 
 

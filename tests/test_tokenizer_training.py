@@ -106,8 +106,8 @@ def test_merges_equal_reference_on_random_text(tmp_path_factory, text, compiled)
 
 
 @COMPILED
-def test_merges_equal_reference_on_real_text(tmp_path, shared_data, compiled):
-    text = (shared_data / "owt_sample" / "train.txt").read_bytes()[:60_000].decode("utf-8", errors="ignore")
+def test_merges_equal_reference_on_real_text(tmp_path, sample_data, compiled):
+    text = (sample_data / "owt" / "train.txt").read_bytes()[:60_000].decode("utf-8", errors="ignore")
     path = write(tmp_path, text)
     _, merges = train_bpe(path, 256 + 1 + 150, [EOT], workers=2, chunk_bytes=8_000, compiled=compiled)
     assert merges == reference_train(text, 256 + 1 + 150, [EOT])[1]
@@ -142,8 +142,8 @@ def test_chunks_start_where_the_whole_file_scan_matches_a_special(tmp_path):
 
 
 @pytest.mark.parametrize("chunk_bytes", [50, 4096])
-def test_result_does_not_depend_on_workers_or_chunks(tmp_path, shared_data, chunk_bytes):
-    text = (shared_data / "tinystories_sample" / "train.txt").read_text(encoding="utf-8")[:200_000]
+def test_result_does_not_depend_on_workers_or_chunks(tmp_path, sample_data, chunk_bytes):
+    text = (sample_data / "tinystories" / "train.txt").read_text(encoding="utf-8")[:200_000]
     path = write(tmp_path, text)
     results = [train_bpe(path, 700, [EOT], workers=w, chunk_bytes=c) for w, c in ((1, 10**9), (2, chunk_bytes), (3, chunk_bytes))]
     assert results[0] == results[1] == results[2]
@@ -255,8 +255,8 @@ def test_compiled_merge_loop_equals_the_python_one(word_counts, num_merges):
 
 
 @pytest.mark.skipif(compiled_learn_merges is None, reason="the compiled trainer was not built (no C compiler at install)")
-def test_compiled_merge_loop_on_real_pretoken_counts(tmp_path, shared_data):
-    path = shared_data / "owt_sample" / "train.txt"
+def test_compiled_merge_loop_on_real_pretoken_counts(tmp_path, sample_data):
+    path = sample_data / "owt" / "train.txt"
     counts, _ = count_file_pretokens(path, [EOT], workers=1)
     word_counts = Counter()
     for pretoken, count in counts.items():

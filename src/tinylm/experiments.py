@@ -198,7 +198,7 @@ class PlannedRun:
 class Generation:
     """Samples drawn for a section: from the best (non-diverged, lowest final loss) of `runs`."""
 
-    group: str                           # results/generate/<group>/<setting>.json
+    group: str                           # the corpus of its runs: results/generate/<group>/<setting>.json
     runs: tuple[str, ...]
     settings: dict[str, dict[str, list]]  # label -> {"temperatures", "top_ps", "seeds"}
     main: str                            # the label of the main setting
@@ -470,6 +470,8 @@ def _human(number: float, unit: str = "") -> str:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "<1 s"
     if seconds < 60:
         return f"{seconds:.0f} s"
     if seconds < 3600:

@@ -33,20 +33,22 @@ def report_outputs(name):
     return files
 
 
-def json_inputs(name):
-    """{tinylm report option: JSON file} of the section's kind."""
+def file_inputs(name):
+    """{tinylm report option: input file} of the section's kind."""
     planned = PLAN.sections[name]
     files = {"tokenizer_report": TOKENIZER_REPORT["json"], "max_batch": MAX_BATCH_JSON}
     if planned.generation:
         files["generate"] = generate_output(planned.generation.group, planned.generation.main)
         files["sampling_grid"] = generate_output(planned.generation.group, "grid")
+        # The text the sampled runs trained on: which generated words are real words of it.
+        files["train_text"] = download_path(planned.generation.group, "train")
     return {option: files[option] for option in KINDS[planned.kind].inputs}
 
 
 def report_inputs(name):
     def inputs(wildcards):
         runs = section_run_files(name) if KINDS[PLAN.sections[name].kind].runs else []
-        return {"code": REPORT_CODE, "runs": runs, **json_inputs(name)}
+        return {"code": REPORT_CODE, "runs": runs, **file_inputs(name)}
     return inputs
 
 
@@ -61,7 +63,7 @@ def report_arguments(name):
             if planned.baseline:
                 args += ["--baseline", planned.runs[planned.baseline]]
             args += ["--colour-order", *COLOUR_ORDER]
-        for option in json_inputs(name):
+        for option in file_inputs(name):
             args += [f"--{option.replace('_', '-')}", input[option]]
         return shlex.join(args)
     return arguments

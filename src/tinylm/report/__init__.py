@@ -17,7 +17,7 @@ class Kind:
     """What a kind of report section writes besides section.md, and what it reads.
 
     `figures`: stems written as .png + .svg; `tables`: stems written as .csv + .md (the Snakemake
-    rule declares exactly these files); `inputs`: the JSON options it needs (tinylm report --OPTION);
+    rule declares exactly these files); `inputs`: the file options it needs (tinylm report --OPTION);
     `runs`: whether it is drawn from runs' curves (otherwise from its JSON inputs alone).
     """
 
@@ -33,9 +33,9 @@ KINDS: dict[str, Kind] = {
     "tokenizer": Kind(("compression",), ("tokenizers", "compression"), ("tokenizer_report",), runs=False),
     "lr_sweep": Kind(("lr_schedule", *CURVES, "final_loss_vs_lr"), ("lr_sweep", "edge_of_stability")),
     "batch_size": Kind(("memory", *CURVES), ("batch_size",), ("max_batch",)),
-    "generate": Kind((), ("samples", "sampling_settings"), ("generate", "sampling_grid"), runs=False),
+    "generate": Kind((), ("samples", "sampling_settings"), ("generate", "sampling_grid", "train_text"), runs=False),
     "variant": Kind(("loss_vs_step",), ("final_losses",)),             # the baseline with one thing changed
-    "corpus": Kind(CURVES, ("final_losses", "samples"), ("generate",)),  # the same model on another corpus
+    "corpus": Kind(CURVES, ("final_losses", "samples"), ("generate", "train_text")),  # the model on another corpus
 }
 
 
@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampling-grid", metavar="JSON",
                         help="generate section: tinylm generate output over several temperatures and top-ps")
     parser.add_argument("--max-batch", metavar="JSON", help="batch_size section: tinylm max-batch output")
+    parser.add_argument("--train-text", metavar="TXT",
+                        help="generate/owt sections: the generating run's training text; the section reports "
+                             "the share of generated words that occur in it")
     parser.add_argument("--sections", nargs="+", default=[], metavar="SECTION_MD",
                         help="index: the section.md files to assemble")
     parser.add_argument("--out", metavar="MD", help="index: the README.md to write")
@@ -92,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
                     tokenizer_report=option_json(args.tokenizer_report, "--tokenizer-report"),
                     generate=option_json(args.generate, "--generate"),
                     sampling_grid=option_json(args.sampling_grid, "--sampling-grid"),
-                    max_batch=option_json(args.max_batch, "--max-batch"))
+                    max_batch=option_json(args.max_batch, "--max-batch"),
+                    train_text=Path(args.train_text) if args.train_text else None)
     out_dir = Path(args.out_dir)
     print(build(args.kind, args.title or out_dir.name, args.description, out_dir, inputs))
     return 0

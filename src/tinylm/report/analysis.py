@@ -5,12 +5,17 @@ the text follows the results when the configuration changes.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import regex
 
 from tinylm.report.runs import Run
-from tinylm.report.tables import (fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio,
+from tinylm.report.tables import (fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio, fmt_share,
                                   fmt_signed, fmt_speed)
 
 
@@ -50,49 +55,128 @@ def best_run(runs: list[Run]) -> Run | None:
 
 # ---- learning rate ---------------------------------------------------------------------------
 
+# Unigram frequencies are estimated from at most this many tokens of each array: plenty for a
+# vocabulary of tens of thousands, and the reference corpora hold billions.
+UNIGRAM_TOKENS = 10_000_000
+
+
+@lru_cache(maxsize=8)
+def _unigram_loss(train_tokens: str, valid_tokens: str, vocab_size: int) -> float | None:
+    if not (Path(train_tokens).is_file() and Path(valid_tokens).is_file()):
+        return None
+    train = np.load(train_tokens, mmap_mode="r")[:UNIGRAM_TOKENS]
+    valid = np.load(valid_tokens, mmap_mode="r")[:UNIGRAM_TOKENS]
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0  # add-one: no log(0)
+    log_p = np.log(counts / counts.sum())
+    return float(-log_p[valid].mean())
+
+
+def unigram_loss(run: Run) -> float | None:
+    """Cross-entropy (nats/token) of the run's validation tokens when each token is predicted by its
+    frequency in the training tokens alone: the loss of a model that learned nothing about context.
+    None when the token arrays named in the run's config are not there."""
+    data = run.config.get("data", {})
+    if not data.get("train_tokens") or not data.get("valid_tokens"):
+        return None
+    return _unigram_loss(data["train_tokens"], data["valid_tokens"], int(run.config["model"]["vocab_size"]))
+
+
+DIVERGED, STOPPED, TRAINS = "diverged", "stopped learning", "trains"
+
+
 @dataclass
 class EdgeOfStability:
+    """Which rates fail and where the edge lies. A rate fails when its run diverged (the trainer
+    caught a non-finite loss, or a training loss above `training.divergence_factor` times its first)
+    or when it stopped learning: its final validation loss is no better than the unigram loss, or
+    closer to it than to the best rate's loss (above `threshold`, their midpoint)."""
+
     best: Run | None                  # lowest final validation loss among runs that did not diverge
-    smallest_diverging: Run | None
-    largest_stable: Run | None
+    smallest_failing: Run | None      # the smallest failing rate above the best
+    largest_stable: Run | None        # the largest rate that trains
+    unigram: float | None
+    threshold: float | None
+    outcomes: dict[str, str]          # run label -> DIVERGED | STOPPED | TRAINS
 
     @property
     def ratio(self) -> float | None:
-        """Smallest diverging rate / best rate: how far below the edge the best rate lies."""
-        if self.best is None or self.smallest_diverging is None:
+        """Smallest failing rate / best rate: how far below the edge the best rate lies."""
+        if self.best is None or self.smallest_failing is None:
             return None
-        return self.smallest_diverging.lr / self.best.lr
+        return self.smallest_failing.lr / self.best.lr
+
+
+def outcome(run: Run, unigram: float | None, threshold: float | None) -> str:
+    if run.diverged:
+        return DIVERGED
+    val = run.final("final_val_loss")
+    if val is not None and unigram is not None and (val >= unigram or (threshold is not None and val > threshold)):
+        return STOPPED
+    return TRAINS
 
 
 def edge_of_stability(runs: list[Run]) -> EdgeOfStability:
-    diverging = [r for r in runs if r.diverged]
-    stable = [r for r in runs if not r.diverged]
+    best = best_run(runs)
+    unigram = next((u for u in map(unigram_loss, runs) if u is not None), None)
+    threshold = None
+    if unigram is not None and best is not None:
+        threshold = (unigram + best.final("final_val_loss")) / 2
+    outcomes = {r.label: outcome(r, unigram, threshold) for r in runs}
+    # The edge lies above the best rate: a rate below it that learns too little is slow, not unstable.
+    failing = [r for r in runs if outcomes[r.label] != TRAINS and (best is None or r.lr > best.lr)]
+    stable = [r for r in runs if outcomes[r.label] == TRAINS]
     return EdgeOfStability(
-        best=best_run(runs),
-        smallest_diverging=min(diverging, key=lambda r: r.lr, default=None),
+        best=best, smallest_failing=min(failing, key=lambda r: r.lr, default=None),
         largest_stable=max(stable, key=lambda r: r.lr, default=None),
-    )
+        unigram=unigram, threshold=threshold, outcomes=outcomes)
+
+
+def criterion_text(edge: EdgeOfStability, runs: list[Run]) -> str:
+    factors = sorted({float(r.config["training"].get("divergence_factor", 2.0)) for r in runs})
+    factor = "/".join(f"{f:g}" for f in factors)
+    text = (f"A rate fails when its run diverges (the trainer stops it at a non-finite loss or a training loss "
+            f"above {factor}x its first)")
+    if edge.unigram is None:
+        return text + ("; the unigram loss, which would also mark runs that stop learning, is not known here "
+                       "(the runs' token arrays are missing).")
+    text += (f" or when it stops learning: its final validation loss is no better than the unigram loss "
+             f"({fmt_loss(edge.unigram)}, predicting each token by its frequency in the training tokens)")
+    if edge.threshold is not None:
+        text += (f" or closer to it than to the best rate's, that is above {fmt_loss(edge.threshold)}, "
+                 f"the midpoint of the two")
+    return text + "."
 
 
 def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
     rates = sorted(r.lr for r in runs)
-    diverged = sorted((r for r in runs if r.diverged), key=lambda r: r.lr)
-    parts = [f"The sweep trained {len(runs)} learning rates from {fmt_rate(rates[0])} to {fmt_rate(rates[-1])}; "
-             + (f"{len(diverged)} diverged ({', '.join(fmt_rate(r.lr) for r in diverged)})."
-                if diverged else "none diverged.")]
+    failed = sorted((r for r in runs if edge.outcomes[r.label] != TRAINS), key=lambda r: r.lr)
+    parts = [f"The sweep trained {len(runs)} learning rates from {fmt_rate(rates[0])} to {fmt_rate(rates[-1])}.",
+             criterion_text(edge, runs)]
+    if failed:
+        described = []
+        for run in failed:
+            if edge.outcomes[run.label] == DIVERGED:
+                point = run.divergence_point()
+                described.append(f"{fmt_rate(run.lr)} diverged" + (f" at step {fmt_int(point[0])}" if point else ""))
+            else:
+                described.append(f"{fmt_rate(run.lr)} stopped learning (final validation loss "
+                                 f"{fmt_loss(run.final('final_val_loss'))})")
+        parts.append(f"{len(failed)} of {len(runs)} failed: {'; '.join(described)}.")
+    else:
+        parts.append("None failed.")
     if edge.best is not None:
         parts.append(f"The best rate is {fmt_rate(edge.best.lr)}, with a final validation loss of "
                      f"{fmt_loss(edge.best.final('final_val_loss'))}.")
-    if edge.smallest_diverging is not None and edge.best is not None:
-        parts.append(f"The smallest diverging rate, {fmt_rate(edge.smallest_diverging.lr)}, is "
+    if edge.smallest_failing is not None and edge.best is not None:
+        parts.append(f"The smallest failing rate, {fmt_rate(edge.smallest_failing.lr)}, is "
                      f"{fmt_ratio(edge.ratio)}x the best rate (the edge of stability).")
         if edge.largest_stable is edge.best:
-            parts.append(f"The best rate is also the largest stable rate tried, so the edge lies between "
-                         f"{fmt_rate(edge.best.lr)} and {fmt_rate(edge.smallest_diverging.lr)}.")
+            parts.append(f"The best rate is also the largest rate that trains, so the edge lies between "
+                         f"{fmt_rate(edge.best.lr)} and {fmt_rate(edge.smallest_failing.lr)}.")
         elif edge.largest_stable is not None:
             parts.append(f"The largest rate that still trains, {fmt_rate(edge.largest_stable.lr)}, ends at "
                          f"{fmt_loss(edge.largest_stable.final('final_val_loss'))}, above the best.")
-    elif edge.smallest_diverging is None and edge.best is not None:
+    elif edge.best is not None:
         parts.append(f"The edge of stability lies above the largest rate tried, {fmt_rate(rates[-1])}.")
     else:
         parts.append(f"Every rate diverged: the edge of stability lies below {fmt_rate(rates[0])}.")
@@ -157,6 +241,69 @@ def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
     if diverged:
         parts.append(f"Diverged: batch {', '.join(fmt_int(r.batch_size) for r in diverged)}.")
     return " ".join(parts)
+
+
+# ---- generation ------------------------------------------------------------------------------
+
+# A word: letters, with inner apostrophes (don't, Lily's); compared in lower case.
+WORD = regex.compile(r"\p{L}+(?:['’]\p{L}+)*")
+TEXT_CHUNK_CHARS = 1 << 24
+
+
+def words(text: str) -> list[str]:
+    return [w.lower() for w in WORD.findall(text)]
+
+
+def words_in_text(wanted: set[str], path: Path) -> set[str]:
+    """The words of `wanted` that occur in the text file, reading only until all are found."""
+    found: set[str] = set()
+    with open(path, encoding="utf-8", errors="replace") as text:
+        tail = ""
+        while (chunk := text.read(TEXT_CHUNK_CHARS)) and found != wanted:
+            chunk = tail + chunk
+            cut = max(chunk.rfind(" "), chunk.rfind("\n"))  # a word cut at the chunk's end waits for the next
+            head, tail = (chunk[:cut], chunk[cut:]) if cut >= 0 else ("", chunk)
+            found |= wanted & set(words(head))
+        found |= wanted & set(words(tail))
+    return found
+
+
+@dataclass
+class KnownWords:
+    """How many of the generated words occur in the training text."""
+
+    per_sample: list[float | None]    # share of each sample's words found in the training text
+    total: int                        # words in all samples
+    known: int                        # of which occur in the training text
+    unknown: list[str]                # distinct words not in it, most frequent first
+
+    @property
+    def ratio(self) -> float | None:
+        return self.known / self.total if self.total else None
+
+
+def known_words(texts: list[str], train_text: Path) -> KnownWords:
+    if not train_text.is_file():
+        raise FileNotFoundError(f"--train-text {str(train_text)!r}: file not found")
+    generated = [words(t) for t in texts]
+    found = words_in_text({w for ws in generated for w in ws}, train_text)
+    missing = Counter(w for ws in generated for w in ws if w not in found)
+    return KnownWords(
+        per_sample=[sum(w in found for w in ws) / len(ws) if ws else None for ws in generated],
+        total=sum(map(len, generated)), known=sum(len(ws) for ws in generated) - sum(missing.values()),
+        unknown=[w for w, _ in missing.most_common()])
+
+
+def known_words_text(known: KnownWords, shown: int = 8) -> str:
+    if not known.total:
+        return "The samples hold no words."
+    text = (f"{fmt_share(known.ratio)} of the {fmt_int(known.total)} generated words occur in the "
+            f"training text (words: letters with inner apostrophes, compared in lower case)")
+    if not known.unknown:
+        return text + "."
+    listed = ", ".join(repr(w) for w in known.unknown[:shown])
+    more = f" and {fmt_int(len(known.unknown) - shown)} more" if len(known.unknown) > shown else ""
+    return text + f"; the {fmt_int(len(known.unknown))} distinct words that do not: {listed}{more}."
 
 
 # ---- architecture variants -------------------------------------------------------------------

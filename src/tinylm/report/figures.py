@@ -149,8 +149,9 @@ def lr_schedule(runs: list[Run], title: str = "") -> plt.Figure:
     return fig
 
 
-def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_diverging: Run | None) -> plt.Figure:
-    """Final validation loss per learning rate; diverged rates marked by an x at the top."""
+def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_failing: Run | None) -> plt.Figure:
+    """Final validation loss per learning rate; diverged rates marked by an x at the top, failing
+    rates (diverged or stopped learning) shaded."""
     fig, ax = plt.subplots(figsize=SINGLE, layout="constrained")
     stable = sorted((r for r in runs if r.final("final_val_loss") is not None), key=lambda r: r.lr)
     if stable:
@@ -164,9 +165,9 @@ def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_diverging: Run 
         if run.final("final_val_loss") is None:
             ax.plot([run.lr], [0.93], transform=top_edge, marker="x", markersize=11, markeredgewidth=2.5,
                     linestyle="none", color=run.colour, label=run.legend, zorder=3)
-    if smallest_diverging is not None:
-        ax.axvspan(smallest_diverging.lr, ax.get_xlim()[1] * 10, color="#d62728", alpha=0.07, zorder=0)
-        ax.annotate("diverges →", xy=(smallest_diverging.lr, 0.99), xycoords=top_edge, fontsize=8,
+    if smallest_failing is not None:
+        ax.axvspan(smallest_failing.lr, ax.get_xlim()[1] * 10, color="#d62728", alpha=0.07, zorder=0)
+        ax.annotate("fails →", xy=(smallest_failing.lr, 0.99), xycoords=top_edge, fontsize=8,
                     color="#d62728", xytext=(-6, 0), textcoords="offset points", ha="right", va="top")
     if best is not None:
         ax.annotate(f"best: {best.label}", xy=(best.lr, best.final("final_val_loss")), xytext=(0, -16),

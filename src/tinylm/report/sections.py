@@ -15,7 +15,7 @@ from tinylm.fileio import write_text_atomic
 from tinylm.report import CURVES, KINDS, analysis, figures
 from tinylm.report.runs import Run, colour_by_order
 from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_excerpt, fmt_int, fmt_loss, fmt_percent,
-                                  fmt_rate, fmt_ratio, fmt_signed, fmt_speed, fmt_token, write_table)
+                                  fmt_rate, fmt_ratio, fmt_share, fmt_signed, fmt_speed, fmt_token, write_table)
 
 def _ffn_shape(run: Run) -> tuple:
     return run.config["model"]["ffn"], run.config["model"]["d_ff"]
@@ -41,6 +41,7 @@ class Inputs:
     generate: dict | None = None
     sampling_grid: dict | None = None
     max_batch: dict | None = None
+    train_text: Path | None = None     # the generating run's training text, to look the generated words up in
 
 
 class Section:
@@ -150,27 +151,31 @@ def lr_sweep(section: Section, inputs: Inputs) -> None:
     section.paragraph(analysis.lr_sweep_text(runs, edge))
     section.figure(figures.lr_schedule(runs), "lr_schedule", "Learning rate per step for each run")
     _curves(section, runs, None, "Learning-rate sweep")
-    section.figure(figures.final_loss_vs_lr(runs, edge.best, edge.smallest_diverging), "final_loss_vs_lr",
-                   "Final validation loss against learning rate (x: diverged)")
-    section.table(analysis.runs_frame(runs), [
+    section.figure(figures.final_loss_vs_lr(runs, edge.best, edge.smallest_failing), "final_loss_vs_lr",
+                   "Final validation loss against learning rate (x: diverged; shaded: failing rates)")
+    frame = analysis.runs_frame(runs)
+    frame["outcome"] = [edge.outcomes[label] for label in frame["run"]]
+    section.table(frame, [
         Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column("status", "status"),
         Column("final_val_loss", "final val loss", fmt_loss), Column("best_val_loss", "best val loss", fmt_loss),
         Column("target_reached_step", "target reached at step", fmt_int), Column("diverged", "diverged"),
-        Column("steps", "steps", fmt_int),
-    ], "lr_sweep", "Learning-rate sweep: final and best validation loss, step at which the target was reached")
+        Column("steps", "steps", fmt_int), Column("outcome", "outcome"),
+    ], "lr_sweep", "Learning-rate sweep: final and best validation loss, step at which the target was reached, "
+                   "and whether the rate trains, diverged or stopped learning")
+    # The CSV keeps its column names; "diverging" there means failing (diverged or stopped learning).
     edge_frame = pd.DataFrame([{
         "best_lr": edge.best.lr if edge.best else None,
         "best_final_val_loss": edge.best.final("final_val_loss") if edge.best else None,
         "largest_stable_lr": edge.largest_stable.lr if edge.largest_stable else None,
-        "smallest_diverging_lr": edge.smallest_diverging.lr if edge.smallest_diverging else None,
+        "smallest_diverging_lr": edge.smallest_failing.lr if edge.smallest_failing else None,
         "ratio": edge.ratio,
     }]).astype(object)
     section.table(edge_frame, [
         Column("best_lr", "best rate", fmt_rate), Column("best_final_val_loss", "its final val loss", fmt_loss),
-        Column("largest_stable_lr", "largest stable rate", fmt_rate),
-        Column("smallest_diverging_lr", "smallest diverging rate", fmt_rate),
-        Column("ratio", "smallest diverging / best", fmt_ratio),
-    ], "edge_of_stability", "Edge of stability")
+        Column("largest_stable_lr", "largest rate that trains", fmt_rate),
+        Column("smallest_diverging_lr", "smallest failing rate", fmt_rate),
+        Column("ratio", "smallest failing / best", fmt_ratio),
+    ], "edge_of_stability", "Edge of stability (failing: diverged or stopped learning)")
 
 
 # ---- 2. batch size ---------------------------------------------------------------------------
@@ -200,18 +205,33 @@ def distinct_word_ratio(text: str) -> float | None:
     return len(set(words)) / len(words) if words else None
 
 
-def _samples_frame(generated: dict) -> pd.DataFrame:
+def _samples_frame(generated: dict, known: analysis.KnownWords | None = None) -> pd.DataFrame:
+    """One row per sample; `known`: the share of its words found in the training text."""
+    samples = generated["samples"]
+    in_training = known.per_sample if known is not None else [None] * len(samples)
     return pd.DataFrame([{
         "temperature": s["temperature"], "top_p": s["top_p"], "seed": s["seed"],
         "num_new_tokens": s["num_new_tokens"], "stopped_at_eot": bool(s["stopped_at_eot"]),
-        "distinct_word_ratio": distinct_word_ratio(s["completion"]), "completion": s["completion"],
-    } for s in generated["samples"]]).astype(object)
+        "distinct_word_ratio": distinct_word_ratio(s["completion"]), "known_word_ratio": share,
+        "completion": s["completion"],
+    } for s, share in zip(samples, in_training)]).astype(object)
 
 
 SAMPLE_COLUMNS = [Column("seed", "seed", fmt_int), Column("num_new_tokens", "new tokens", fmt_int),
                   Column("stopped_at_eot", "ended at end-of-text"),
                   Column("distinct_word_ratio", "distinct words", fmt_ratio),
+                  Column("known_word_ratio", "words in training text", fmt_share),
                   Column("completion", "completion (beginning; whole text in the CSV)", fmt_excerpt)]
+
+
+def _samples(section: Section, generated: dict, train_text: Path | None, caption: str) -> None:
+    """The quoted samples, how many of their words the training text holds, and the samples table."""
+    section.parts.append(_quoted_samples(generated))
+    known = None
+    if train_text is not None:
+        known = analysis.known_words([s["completion"] for s in generated["samples"]], Path(train_text))
+        section.paragraph(analysis.known_words_text(known))
+    section.table(_samples_frame(generated, known), SAMPLE_COLUMNS, "samples", caption)
 
 
 def _quoted_samples(generated: dict) -> str:
@@ -270,8 +290,7 @@ def generate(section: Section, inputs: Inputs) -> None:
     generated = _need(inputs.generate, "--generate", section.key)
     section.paragraph(_generation_text(generated, "the non-diverged TinyStories run with the lowest final "
                                                   "validation loss"))
-    section.parts.append(_quoted_samples(generated))
-    section.table(_samples_frame(generated), SAMPLE_COLUMNS, "samples", "Samples")
+    _samples(section, generated, inputs.train_text, "Samples")
     grid = sampling_grid(inputs.sampling_grid or generated)
     section.paragraph(sampling_grid_text(grid))
     section.table(grid, [
@@ -325,8 +344,7 @@ def corpus(section: Section, inputs: Inputs) -> None:
         Column("val_vs_baseline", f"val loss - {baseline.label}", fmt_signed),
     ], "final_losses", f"Final losses, {run.label} and {baseline.label}")
     section.paragraph(_generation_text(generated, f"the {run.label} run"))
-    section.parts.append(_quoted_samples(generated))
-    section.table(_samples_frame(generated), SAMPLE_COLUMNS, "samples", f"{run.label} samples")
+    _samples(section, generated, inputs.train_text, f"{run.label} samples")
 
 
 BUILDERS = {"tokenizer": tokenizer, "lr_sweep": lr_sweep, "batch_size": batch_size, "generate": generate,

@@ -33,6 +33,7 @@ fmt_ratio = _formatter("{:.2f}")
 fmt_int = _formatter("{:,.0f}")
 fmt_speed = _formatter("{:,.0f}")
 fmt_percent = _formatter("{:.1f}%")
+fmt_share = _formatter("{:.1%}")        # a fraction (0-1) as a percentage: 0.985 -> 98.5%
 
 
 def fmt_rate(value: Any) -> str:
