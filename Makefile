@@ -37,7 +37,7 @@ $(VENV)/.bench-deps: $(VENV)/.run-deps
 	touch $@
 
 run: $(VENV)/.run-deps
-	$(BIN)/python -m tinylm.progress --log $(SNAKEMAKE_LOG) --report results/report/README.md -- \
+	$(BIN)/python -m tinylm.quiet --log $(SNAKEMAKE_LOG) --report results/report/README.md -- \
 		--cores $(CORES) $(SNAKEMAKE_ARGS) --configfile $(CONFIG)
 
 test: $(VENV)/.test-deps
