@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,8 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
+from tinylm.device import device_name
 from tinylm.fileio import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,13 +74,13 @@ def main() -> None:
                 timed_run(run_config, True, work, "compiled, empty cache", env),
                 timed_run(run_config, True, work, "compiled, warm cache", env)]
         load_after = os.getloadavg()[0]
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    meta = {"machine": device_name(torch.device("cpu")), "cpus": os.cpu_count(),
             "threads": args.threads, "load_average_before": round(load_before, 1),
             "load_average_after": round(load_after, 1), "model": run_config["model"],
             "steps": run_config["training"]["max_steps"], "batch_size": run_config["training"]["batch_size"]}
     lines = [f"# Whole `tinylm train` of the default baseline run, eager vs compiled (CPU, {args.threads} thread)", "",
              f"Model {meta['model']}, {meta['steps']} steps at batch {meta['batch_size']}, random tokens; "
-             f"{meta['cpus']}-CPU machine, 1-minute load average {meta['load_average_before']} before, "
+             f"{meta['cpus']}-CPU {meta['machine']} machine shared with other jobs, 1-minute load average {meta['load_average_before']} before, "
              f"{meta['load_average_after']} after.", "",
              "| setup | wall s (whole command) | training s | tokens/s (training) |", "|---|---:|---:|---:|"]
     lines += [f"| {r['setup']} | {r['wall_s']} | {r['train_time_s']} | {r['tokens_per_s']:,.0f} |" for r in rows]

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from tiny_run import one_thread, read_summary, signal_after_first_checkpoint, start_train, train, write_config
+from tiny_run import one_thread, read_metrics, read_summary, signal_after_first_checkpoint, start_train, train, write_config
 
 from tinylm import summary as summary_module
 from tinylm.checkpoint import load_training_state
@@ -80,11 +80,13 @@ def test_step_is_good_rule():
     assert not step_is_good(torch.tensor(1.0), torch.tensor(float("inf")), torch.tensor(1.0), 2.0)
 
 
-def test_guard_undoes_the_bad_update_and_every_later_one():
+@pytest.mark.parametrize("on_host", [True, False], ids=["skipped on the host", "undone on the device"])
+def test_guard_undoes_the_bad_update_and_every_later_one(on_host):
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=16, context_length=8, d_model=8, num_layers=1, num_heads=2, d_ff=16))
     optimizer = AdamW(model.parameters(), lr=1e-2)
     guard = DivergenceGuard(2.0, torch.device("cpu"))
+    guard.decide_on_host = on_host  # the GPU's way (make the update, restore the copy) runs here too
     tokens = torch.randint(16, (2, 9))
 
     def step(number):
@@ -213,3 +215,14 @@ def test_summary_has_the_runs_table_keys_and_provenance(tmp_path, monkeypatch):
     summary = read_summary(tmp_path / "b" / "out")
     assert summary["provenance"]["git_commit"] is None and summary["provenance"]["git_dirty"] is None
     assert summary["peak_flops_per_device"] == 1e12 and 0 < summary["mfu"] < 1
+
+
+def test_divergence_read_late_reports_the_first_bad_step(tmp_path):
+    """Read only every 7th step, a diverged run still ends at (and logs) its first bad step."""
+    config = write_config(tmp_path, optimizer={"lr": 50.0, "warmup_steps": 0}, training={"log_interval": 7})
+    assert train(config, tmp_path / "out", tmp_path / "ckpt") == 0
+    summary = read_summary(tmp_path / "out")
+    assert summary["status"] == "diverged"
+    last = read_metrics(tmp_path / "out")[-1]
+    assert last["step"] == summary["steps"] == summary["diverged_at_step"]
+    assert summary["tokens"] == last["tokens"] == (summary["steps"] - 1) * 8 * 32

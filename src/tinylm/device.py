@@ -45,9 +45,11 @@ def autocast_context(device: torch.device, precision: str) -> Callable[[], Conte
 def use_compile(setting: bool | str, device: torch.device) -> bool:
     """`training.compile`: true/false as given; `auto` compiles on CUDA only.
 
-    On the CPU, measured on the development machine (2-core Xeon, 1 thread, torch 2.13) for the
-    default config's baseline run, the compiled model's faster steps do not pay back the compile
-    time within the run (see benchmarks/results/compile_cpu.md), so `auto` leaves it eager there.
+    On the CPU, measured on the development machine (2-core AMD EPYC, 1 thread, torch 2.13) for
+    the default config's baseline run (500 steps), compiling made the whole `tinylm train` 2.7x
+    slower with a warm compile cache and 4.7x with an empty one: steps about 1.3x faster
+    (benchmarks/results/bench_train.md) never pay back the compile time within such a run
+    (benchmarks/results/compile_cpu.md), so `auto` leaves the CPU eager.
     """
     if setting == "auto":
         return device.type == "cuda"
@@ -113,10 +115,14 @@ class DivergenceGuard:
     `factor` times the first step's loss. From the first bad step on, no update is kept (the
     weights stay those before it), and `first_bad` holds that step's (number, loss, grad norm)
     until the host reads them (`read()`), which is the only time it waits for the device.
+
+    On the CPU the host *is* the device: a verdict costs no wait there, so a bad update is simply
+    not made, instead of being made and undone from a copy of the weights.
     """
 
     def __init__(self, factor: float, device: torch.device, initial_loss: float | None = None):
         self.factor = factor
+        self.decide_on_host = device.type == "cpu"
         self.initial_loss = None if initial_loss is None else torch.tensor(initial_loss, device=device)
         self.healthy = torch.ones((), dtype=torch.bool, device=device)
         self.first_bad = torch.zeros(3, dtype=torch.float64, device=device)  # step, loss, grad norm
@@ -179,6 +185,9 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inpu
         loss = reduce_loss(loss)
     if guard is None:
         optimizer.step()
+    elif guard.decide_on_host:
+        if guard.check(step, loss, grad_norm):
+            optimizer.step()
     else:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         keep = guard.check(step, loss, grad_norm)
