@@ -139,6 +139,7 @@ class DivergenceGuard:
         self.healthy = self.healthy & good
         return self.healthy
 
+    @torch.no_grad()
     def save(self, params: list[torch.Tensor]) -> None:
         """Keep a copy of the weights before the update (into buffers allocated once)."""
         if self._saved is None:
