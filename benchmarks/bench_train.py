@@ -14,7 +14,8 @@ baseline tokenizer's vocabulary and `baseline.training.batch_size`, read from th
 16 heads) at batch 4 on the CPU, 128 on a GPU. Each size has a target ratio of our best setup to
 the peer (issue 14), reported as met or missed.
 
-Setups: ours with fused attention and the trainer's divergence guard, eager and torch.compile'd (fp32 on the CPU, bf16 autocast on a
+Setups: ours with fused attention and the trainer's divergence guard, eager and torch.compile'd
+as the trainer compiles it (forward and loss as one graph, `tinylm.device.compiled_loss`) (fp32 on the CPU, bf16 autocast on a
 GPU; `--cpu-bf16` adds bf16 autocast on the CPU); the peer with its default (sdpa) attention and
 torch.optim.AdamW (fp32 on the CPU, bf16 autocast on a GPU). The setups are timed in interleaved
 rounds and the best round of each counts, so load from other processes on a shared machine hurts
@@ -36,7 +37,7 @@ import yaml
 
 from tinylm.config import ModelConfig
 from tinylm.fileio import write_json_atomic, write_text_atomic
-from tinylm.device import DivergenceGuard, autocast_context, device_name, peak_flops, training_step
+from tinylm.device import DivergenceGuard, autocast_context, compiled_loss, device_name, peak_flops, training_step
 from tinylm.nn import (
     build_model,
     forward_flops_per_token,
@@ -110,12 +111,14 @@ class Setup:
     peer: bool = False
     best_s: float = float("inf")
     guard: DivergenceGuard | None = None
+    loss_fn: object = None   # (inputs, targets) -> loss, as the trainer compiles it
     steps: int = field(default=0)
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if not self.peer:  # the trainer's own step, divergence guard included
             self.steps += 1
-            training_step(self.forward, self.optimizer, inputs, targets, self.autocast, 1.0, self.guard, self.steps)
+            training_step(self.forward, self.optimizer, inputs, targets, self.autocast, 1.0, self.guard, self.steps,
+                          loss_fn=self.loss_fn)
             return
         with self.autocast():  # the peer's, with PyTorch's loss and clipping
             logits = self.forward(inputs)
@@ -133,10 +136,9 @@ def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool, cpu_b
     def ours(label, compiled, autocast):
         torch.manual_seed(0)
         model = build_model(cfg, attention="fused", device=device)
-        forward = torch.compile(model) if compiled else model
         # A factor no random-batch loss reaches: the guard's cost is timed, it never undoes a step.
-        return Setup(label, model, forward, AdamW(model.parameters(), lr=LR), autocast,
-                     guard=DivergenceGuard(1e9, device))
+        return Setup(label, model, model, AdamW(model.parameters(), lr=LR), autocast,
+                     guard=DivergenceGuard(1e9, device), loss_fn=compiled_loss(model, autocast) if compiled else None)
 
     # The GPU runs the experiment configs' fast paths. On the CPU bf16 autocast only costs time
     # (0.5x fp32 on the development machine's AVX-512 BF16 Xeon), so it runs only when asked.

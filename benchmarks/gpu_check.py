@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.device import DivergenceGuard, autocast_context, device_name, peak_flops, training_step
+from tinylm.device import DivergenceGuard, autocast_context, compiled_loss, device_name, peak_flops, training_step
 from tinylm.fileio import write_json_atomic, write_text_atomic
 from tinylm.memory import probe_max_batch
 from tinylm.nn import build_model, model_flops_utilization, parameter_count, training_flops_per_token
@@ -127,24 +127,24 @@ def throughput(model_config: ModelConfig, batches: list[int], device_name_: str,
         for batch in batches:
             torch.manual_seed(0)
             model = build_model(model_config, attention="fused", device=device)
-            forward = torch.compile(model) if compiled else model
             optimizer = AdamW(model.parameters(), lr=1e-3)
             guard = DivergenceGuard(1e9, device)
             tokens = torch.randint(model_config.vocab_size, (batch, model_config.context_length + 1), device=device)
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
             autocast = autocast_context(device, precision)
+            loss_fn = compiled_loss(model, autocast) if compiled else None  # as the trainer compiles
             for step in range(3):
-                training_step(forward, optimizer, inputs, targets, autocast, 1.0, guard, step + 1)
+                training_step(model, optimizer, inputs, targets, autocast, 1.0, guard, step + 1, loss_fn=loss_fn)
             _synchronize(device)
             started = time.perf_counter()
             for step in range(steps):
-                training_step(forward, optimizer, inputs, targets, autocast, 1.0, guard, step + 4)
+                training_step(model, optimizer, inputs, targets, autocast, 1.0, guard, step + 4, loss_fn=loss_fn)
             _synchronize(device)
             rate = steps * batch * model_config.context_length / (time.perf_counter() - started)
             rows.append({"batch": batch, "compiled": compiled, "precision": precision, "tokens_per_s": round(rate),
                          "mfu": None if peak is None else round(model_flops_utilization(rate, model_config, peak), 4)})
             print(rows[-1], flush=True)
-            del model, forward, optimizer, guard
+            del model, loss_fn, optimizer, guard
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return {"model": model_config.__dict__, "peak_flops": peak, "params": parameter_count(model_config),

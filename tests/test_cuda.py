@@ -13,7 +13,14 @@ import torch
 from tiny_run import read_metrics, read_summary, train, write_config
 
 from tinylm.config import ModelConfig
-from tinylm.device import DivergenceGuard, autocast_context, device_name, peak_flops, training_step
+from tinylm.device import (
+    DivergenceGuard,
+    autocast_context,
+    compiled_loss,
+    device_name,
+    peak_flops,
+    training_step,
+)
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
 from tinylm.prefetch import BatchPrefetcher
@@ -38,19 +45,20 @@ def test_a_training_step_with_its_guard_and_next_batch_never_waits_for_the_gpu(c
     device = torch.device("cuda", 0)
     torch.manual_seed(0)
     model = build_model(MODEL, attention="fused", device=device)
-    forward = torch.compile(model) if compiled else model
     optimizer = AdamW(model.parameters(), lr=1e-3)
     guard = DivergenceGuard(2.0, device)
     tokens = np.random.default_rng(0).integers(0, MODEL.vocab_size, 50_000).astype(np.uint16)
     batches = BatchPrefetcher(tokens, 8, MODEL.context_length, 0, 0, 1, device)
     precision = autocast_context(device, "bf16")
+    loss_fn = compiled_loss(model, precision) if compiled else None
     try:
         for step in range(3):  # warm-up: compilation and first allocations may synchronise
-            training_step(forward, optimizer, *batches.batch(step), precision, 1.0, guard, step + 1)
+            training_step(model, optimizer, *batches.batch(step), precision, 1.0, guard, step + 1, loss_fn=loss_fn)
         with no_host_sync():
             for step in range(3, 8):
                 inputs, targets = batches.batch(step)
-                loss, grad_norm = training_step(forward, optimizer, inputs, targets, precision, 1.0, guard, step + 1)
+                loss, grad_norm = training_step(model, optimizer, inputs, targets, precision, 1.0, guard, step + 1,
+                                                loss_fn=loss_fn)
     finally:
         batches.close()
     assert inputs.is_cuda and loss.is_cuda and grad_norm.is_cuda

@@ -165,20 +165,39 @@ def step_is_good(loss: torch.Tensor, grad_norm: torch.Tensor, initial_loss: torc
     return torch.isfinite(loss) & torch.isfinite(grad_norm) & (loss <= factor * initial_loss)
 
 
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> mean loss
+
+
+def model_loss(model: torch.nn.Module, precision: Callable[[], ContextManager]) -> LossFunction:
+    """Forward pass in `precision`, then cross-entropy in float32."""
+    def loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with precision():
+            logits = model(inputs)                 # (batch, context, vocab)
+        return cross_entropy(logits, targets)      # float32 scalar
+    return loss
+
+
+def compiled_loss(model: torch.nn.Module, precision: Callable[[], ContextManager]) -> LossFunction:
+    """`model_loss` compiled as one graph, so the loss fuses with the output layer's kernels. At the
+    default config's baseline size on one thread of the 2-core development machine (interleaved,
+    load average ~7), a step took 52.6 ms this way, 64.9 ms with the model alone compiled and
+    66.6 ms eager."""
+    return torch.compile(model_loss(model, precision))
+
+
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                   targets: torch.Tensor, precision: Callable[[], ContextManager], grad_clip: float,
                   guard: DivergenceGuard | None = None, step: int = 0,
-                  reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  loss_fn: LossFunction | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward, clip, AdamW update; returns (loss, grad norm before clipping) on the device.
 
     With a `guard`, step number `step` is checked on the device and its update undone when bad.
     `reduce_loss` turns this process's loss into the global batch's (distributed runs), so every
-    process's guard sees the same numbers.
+    process's guard sees the same numbers. `loss_fn` (e.g. `compiled_loss(model, precision)`)
+    replaces `model_loss(model, precision)`.
     """
-    with precision():
-        logits = model(inputs)                     # (batch, context, vocab)
-    loss = cross_entropy(logits, targets)          # float32 scalar
+    loss = (loss_fn or model_loss(model, precision))(inputs, targets)
     loss.backward()
     grad_norm = gradient_clipping(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
     loss = loss.detach()

@@ -41,7 +41,14 @@ from tinylm.data import (
     sequential_windows,
     validation_starts,
 )
-from tinylm.device import DivergenceGuard, autocast_context, resolve_device, training_step, use_compile
+from tinylm.device import (
+    DivergenceGuard,
+    autocast_context,
+    compiled_loss,
+    resolve_device,
+    training_step,
+    use_compile,
+)
 from tinylm.distributed import EXIT_PREEMPTED, Distributed, is_worker, launch_distributed
 from tinylm.memory import memory_percent, memory_stats
 from tinylm.metrics import MetricsWriter, finite_or_none, start_wandb
@@ -159,9 +166,12 @@ class Trainer:
         # Wrappers go on after loading, so checkpoints always hold the bare model's keys.
         self.eval_model = torch.compile(self.model) if self.compiled else self.model
         self.train_model = self.eval_model
+        self.loss_fn = None  # forward + cross-entropy of train_model
         if self.dist.world_size > 1:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.eval_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        elif self.compiled:  # one graph for forward and loss (under DDP, the model alone is compiled)
+            self.loss_fn = compiled_loss(self.model, self.precision)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.out_dir / "config.json")
@@ -236,7 +246,8 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 loss, grad_norm = training_step(self.train_model, self.optimizer, inputs, targets, self.precision,
-                                                self.config.optimizer.grad_clip, self.guard, p.step + 1, reduce_loss)
+                                                self.config.optimizer.grad_clip, self.guard, p.step + 1, reduce_loss,
+                                                self.loss_fn)
                 p.step += 1
                 p.tokens += self.tokens_per_step
                 self.bar.update(1)

@@ -19,7 +19,7 @@ TEST_CONFIG = REPO / "config" / "test.yaml"
 # A baseline run long enough (a few seconds) to be interrupted between checkpoints.
 INTERRUPTIBLE_TRAINING = {"max_steps": 600, "checkpoint_interval": 50, "eval_interval": 200, "log_interval": 25}
 # Readings of the clock and of memory differ between two runs; everything else must not.
-VOLATILE_KEY = re.compile(r"time|_per_s|mem")
+VOLATILE_KEY = re.compile(r"time|_per_s|mem|provenance")  # provenance: when, where, by which command
 
 
 def write_config(path: Path, shared_data: Path, training: dict | None = None, optimizer: dict | None = None) -> Path:
