@@ -208,7 +208,7 @@ def markdown(result: dict) -> str:
              f"mode {'quick' if meta['quick'] else 'full'}; started {meta['started']}.", "",
              "| check | ok | seconds | result |", "|---|---|---:|---|"]
     for name, record in sections.items():
-        shown = {k: v for k, v in record.items() if k not in ("ok", "seconds", "rows", "tried")}
+        shown = {k: v for k, v in record.items() if k not in ("ok", "seconds", "rows", "tried", "model")}
         lines.append(f"| {name} | {'yes' if record['ok'] else 'NO'} | {record['seconds']} | "
                      f"{json.dumps(shown)[:300]} |")
     rows = sections.get("throughput", {}).get("rows")
