@@ -20,6 +20,8 @@ import yaml
 
 from tinylm.config import ModelConfig, OptimizerConfig, TrainingConfig
 
+pytest.importorskip("snakemake", reason="the pipeline tests need snakemake")  # run as `python -m snakemake`
+
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ["tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "post_norm", "nope", "silu", "owt"]
 RUN_FILES = ["metrics.jsonl", "summary.json", "config.json", "model.pt", "eval.json"]
