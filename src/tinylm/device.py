@@ -46,10 +46,12 @@ def use_compile(setting: bool | str, device: torch.device) -> bool:
     """`training.compile`: true/false as given; `auto` compiles on CUDA only.
 
     On the CPU, measured on the development machine (2-core AMD EPYC, 1 thread, torch 2.13) for
-    the default config's baseline run (500 steps), compiling made the whole `tinylm train` 2.7x
-    slower with a warm compile cache and 4.7x with an empty one: steps about 1.3x faster
-    (benchmarks/results/bench_train.md) never pay back the compile time within such a run
-    (benchmarks/results/compile_cpu.md), so `auto` leaves the CPU eager.
+    the default config's baseline run (500 steps; benchmarks/results/compile_cpu.md), the whole
+    `tinylm train` took 59 s eager, 127 s compiled with an empty compile cache and 44 s with a
+    warm one: a cold compile costs as much as four warm runs of the same shape save. Most of the
+    default config's runs have a shape or architecture of their own (batch sizes, norm, position
+    and FFN variants, the OpenWebText vocabulary), so they would compile cold: `auto` leaves the
+    CPU eager.
     """
     if setting == "auto":
         return device.type == "cuda"
