@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from tiny_run import one_thread, read_metrics, read_summary, signal_after_first_checkpoint, start_train, train, write_config
@@ -226,3 +227,19 @@ def test_divergence_read_late_reports_the_first_bad_step(tmp_path):
     last = read_metrics(tmp_path / "out")[-1]
     assert last["step"] == summary["steps"] == summary["diverged_at_step"]
     assert summary["tokens"] == last["tokens"] == (summary["steps"] - 1) * 8 * 32
+
+
+def test_prefetched_batches_are_the_seeded_batches_of_their_steps_in_any_order():
+    from tinylm.data import batch_from_starts, rank_slice, train_batch_starts
+    from tinylm.prefetch import BatchPrefetcher
+
+    tokens = np.arange(10_000, dtype=np.uint16)
+    batches = BatchPrefetcher(tokens, 4, 16, 3, 1, 2, torch.device("cpu"))  # rank 1 of 2
+    try:
+        for step in (0, 1, 2, 7, 3):  # in order (prefetched) and out of order (a resume)
+            inputs, targets = batches.batch(step)
+            starts = rank_slice(train_batch_starts(len(tokens), 4, 16, 3, step), 1, 2)
+            expected = batch_from_starts(tokens, starts, 16, "cpu")
+            assert torch.equal(inputs, expected[0]) and torch.equal(targets, expected[1])
+    finally:
+        batches.close()
