@@ -3,7 +3,6 @@ progress records of old and foreign checkpoints, the run lock, stale outputs, pr
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
