@@ -257,11 +257,11 @@ def main() -> int:
                   3 if args.quick else 20)
     check.section("bf16_compile_vs_fp32", precision_agreement, model, 20 if args.quick else 200,
                   4 if args.quick else 64, args.device)
-    check.section("trainer_throughput", trainer_throughput, model, 4 if args.quick else 128,
-                  20 if args.quick else 300, args.device)
     check.section("max_batch", max_batch, model, args.device, args.quick)
     if gpus >= 2 or args.device == "cpu":
         check.section("ddp_2_processes", two_process_ddp, QUICK, args.device)
+    check.section("trainer_throughput", trainer_throughput, model, 4 if args.quick else 128,
+                  20 if args.quick else 300, args.device)
     failed = [name for name, record in check.result["sections"].items() if not record["ok"]]
     print(f"results in {out}/gpu_check.json and .md; failed: {', '.join(failed) or 'none'}")
     return 1 if failed else 0
