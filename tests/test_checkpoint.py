@@ -22,6 +22,7 @@ from tinylm.checkpoint import (
 from tinylm.config import ModelConfig, RunConfig
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
+from tinylm.progress import Progress
 
 MODEL = ModelConfig(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
 
@@ -127,7 +128,7 @@ def test_load_model_rebuilds_the_same_function(tmp_path):
                                                                  "data.train_tokens": "t.npy",
                                                                  "data.valid_tokens": "v.npy"})
     save_model(tmp_path / "model.pt", model, config)
-    save_training_state(tmp_path / "checkpoint.pt", model, optimizer, config, {"step": 2, "status": "running"})
+    save_training_state(tmp_path / "checkpoint.pt", model, optimizer, config, Progress(step=2))
     tokens = torch.randint(50, (3, 16))
     for path in ("model.pt", "checkpoint.pt"):
         loaded, loaded_config = load_model(tmp_path / path)
@@ -135,7 +136,7 @@ def test_load_model_rebuilds_the_same_function(tmp_path):
         assert not loaded.training
         assert torch.equal(loaded(tokens), model(tokens))
     state = load_training_state(tmp_path / "checkpoint.pt")
-    assert state["progress"] == {"step": 2, "status": "running"}
+    assert state["progress"] == Progress(step=2)
     assert state["iteration"] == 2
 
 

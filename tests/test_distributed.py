@@ -65,7 +65,7 @@ def test_sigterm_then_resume_under_two_processes(tmp_path, single_process):
     signal_after_first_checkpoint(process, tmp_path / "ckpt", signal.SIGTERM)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == EXIT_PREEMPTED, stderr
-    assert load_training_state(tmp_path / "ckpt" / "checkpoint.pt")["progress"]["step"] < TRAINING["max_steps"]
+    assert load_training_state(tmp_path / "ckpt" / "checkpoint.pt")["progress"].step < TRAINING["max_steps"]
     assert not (tmp_path / "out" / "summary.json").exists()
 
     process = start_train(config, tmp_path / "out", tmp_path / "ckpt")

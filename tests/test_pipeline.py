@@ -19,6 +19,8 @@ import yaml
 
 from tinylm.experiments import build_plan, parse_overrides, resolve_config
 
+pytest.importorskip("snakemake", reason="the pipeline tests need snakemake")  # run as `python -m snakemake`
+
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ["tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "post_norm", "nope", "silu", "owt"]
 PROVENANCE_KEYS = {"git_commit", "git_dirty", "tinylm_version", "torch_version", "python_version", "device_name",

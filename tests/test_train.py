@@ -121,7 +121,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(reference, tmp_path):
     signal_after_first_checkpoint(process, tmp_path / "ckpt", signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
     assert not (tmp_path / "out" / "summary.json").exists()
-    assert load_training_state(tmp_path / "ckpt" / "checkpoint.pt")["progress"]["step"] < 240
+    assert load_training_state(tmp_path / "ckpt" / "checkpoint.pt")["progress"].step < 240
 
     shutil.rmtree(tmp_path / "out")  # as Snakemake does with a failed job's outputs
     assert train(config, tmp_path / "out", tmp_path / "ckpt") == 0
@@ -135,7 +135,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_the_preempted_status(referenc
     signal_after_first_checkpoint(process, tmp_path / "ckpt", signal.SIGTERM)
     assert process.wait(timeout=60) == EXIT_PREEMPTED == 143
     assert "SIGTERM" in process.stderr.read()
-    saved_step = load_training_state(tmp_path / "ckpt" / "checkpoint.pt")["progress"]["step"]
+    saved_step = load_training_state(tmp_path / "ckpt" / "checkpoint.pt")["progress"].step
     assert read_metrics(tmp_path / "out")[-1]["step"] == saved_step < 240
     assert not (tmp_path / "out" / "summary.json").exists()
 

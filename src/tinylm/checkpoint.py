@@ -18,6 +18,7 @@ import torch
 from tinylm.config import RunConfig
 from tinylm.fileio import atomic_path
 from tinylm.loading import first_line, load_torch
+from tinylm.progress import Progress
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
@@ -143,21 +144,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---- resumable training state ---------------------------------------------------------------
 
 def save_training_state(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        config: RunConfig, progress: dict[str, Any]) -> None:
+                        config: RunConfig, progress: Progress) -> None:
     """Everything a run needs to continue exactly: weights, optimizer, RNGs, config, progress.
 
-    `progress` holds the trainer's counters (step, tokens, elapsed time, initial/best losses,
-    status, metrics lines logged so far); plain numbers, strings, lists and None only.
+    `progress` is stored as a plain dict (numbers, strings, lists and None only).
     """
     _save({"model": model_state_dict(model), "optimizer": optimizer.state_dict(),
-           "iteration": int(progress["step"]), "config": config.to_dict(), "rng": rng_state(),
-           "progress": dict(progress)}, path)
+           "iteration": int(progress.step), "config": config.to_dict(), "rng": rng_state(),
+           "progress": progress.to_dict()}, path)
 
 
 def load_training_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """The dict written by `save_training_state` (restore RNGs with `set_rng_state(state["rng"])`)."""
-    return _load(path, map_location, required=("model", "optimizer", "config", "rng", "progress"),
-                 kind="resumable training")
+    """The dict written by `save_training_state`, its "progress" as a `Progress` record
+    (restore RNGs with `set_rng_state(state["rng"])`)."""
+    state = _load(path, map_location, required=("model", "optimizer", "config", "rng", "progress"),
+                  kind="resumable training")
+    state["progress"] = Progress.from_dict(state["progress"], path)
+    return state
 
 
 # ---- final models ---------------------------------------------------------------------------

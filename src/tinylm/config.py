@@ -137,9 +137,10 @@ class TrainingConfig:
     device: str = "auto"                    # auto | cpu | cuda | mps
     devices: int = 1                        # processes under torchrun (DistributedDataParallel)
     precision: str = "fp32"                 # fp32 | bf16 (autocast)
-    compile: bool = False                   # torch.compile the model
+    compile: Any = "auto"                   # torch.compile the model: true | false | auto (where it pays)
     attention: str = "reference"            # reference | fused (torch scaled_dot_product_attention)
     wandb: bool = False                     # log to Weights & Biases when installed
+    peak_flops: float | None = None         # one device's peak FLOP/s for MFU; None = tinylm.device's table
 
     def validate(self, prefix: str = "training") -> None:
         for name in ("batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval", "devices"):
@@ -158,6 +159,11 @@ class TrainingConfig:
         _one_of(self.device, DEVICES, f"{prefix}.device")
         _one_of(self.precision, PRECISIONS, f"{prefix}.precision")
         _one_of(self.attention, ATTENTIONS, f"{prefix}.attention")
+        _check(isinstance(self.compile, bool) or self.compile == "auto", f"{prefix}.compile",
+               f"must be true, false or auto, got {self.compile!r}")
+        if self.peak_flops is not None:
+            _check(math.isfinite(self.peak_flops) and self.peak_flops > 0, f"{prefix}.peak_flops",
+                   f"must be a positive number of FLOP/s, got {self.peak_flops}")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from tinylm.checkpoint import load_model
 from tinylm.data import check_token_ids, load_tokens, loss_sum_over_windows, sequential_windows
 from tinylm.fileio import write_json_atomic
 from tinylm.nn.functional import cross_entropy
-from tinylm.train import autocast_context, resolve_device
+from tinylm.device import autocast_context, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

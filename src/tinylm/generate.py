@@ -135,7 +135,7 @@ def check_settings(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from tinylm.checkpoint import load_model
     from tinylm.tokenizer import Tokenizer
-    from tinylm.train import resolve_device
+    from tinylm.device import resolve_device
 
     check_settings(args)
     run_dir, summary, candidates = choose_run(args.run_dir)

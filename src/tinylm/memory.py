@@ -14,8 +14,6 @@ import resource
 import sys
 from typing import TYPE_CHECKING
 
-import psutil
-
 from tinylm.config import ModelConfig, RunConfig
 from tinylm.fileio import write_json_atomic
 
@@ -60,11 +58,18 @@ def memory_stats(device: torch.device) -> tuple[int, int, int]:
     if device.type == "cuda":
         return (torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device),
                 torch.cuda.get_device_properties(device).total_memory)
+    import psutil  # CPU and MPS only: a bare GPU machine may lack it
+
     total = psutil.virtual_memory().total
     if device.type == "mps":
         allocated = torch.mps.current_allocated_memory()
         return allocated, max(allocated, torch.mps.driver_allocated_memory()), total
     return psutil.Process().memory_info().rss, peak_rss_bytes(), total
+
+
+def memory_percent(peak: int, total: int) -> float:
+    """Peak memory as a percentage of the device's (or machine's) total."""
+    return round(100.0 * peak / total, 3)
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -92,7 +97,7 @@ def probe_max_batch(config: RunConfig, memory_budget_bytes: int | None, max_batc
 
     from tinylm.nn import build_model
     from tinylm.optim import AdamW
-    from tinylm.train import autocast_context, resolve_device, training_step
+    from tinylm.device import autocast_context, resolve_device, training_step
 
     device = resolve_device(config.training.device)
     if device.type != "cuda" and memory_budget_bytes is None:

@@ -12,14 +12,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+# These tests run `python -m snakemake`; where it is not installed (a bare GPU machine) they skip.
+pytest.importorskip("snakemake", reason="the pipeline tests need snakemake")
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CONFIG = REPO / "config" / "test.yaml"
 # A baseline run long enough (a few seconds) to be interrupted between checkpoints.
 INTERRUPTIBLE_TRAINING = {"max_steps": 600, "checkpoint_interval": 50, "eval_interval": 200, "log_interval": 25}
 # Readings of the clock and of memory differ between two runs; everything else must not.
-VOLATILE_KEY = re.compile(r"time|_per_s|mem")
+VOLATILE_KEY = re.compile(r"time|_per_s|mem|provenance")  # provenance: when, where, by which command
 
 
 def write_config(path: Path, training: dict | None = None, optimizer: dict | None = None) -> Path:

@@ -1,0 +1,221 @@
+"""Devices, precision, peak FLOP/s and one optimizer step: what training, evaluation and generation share.
+
+Nothing here waits for the device: `training_step` returns the loss and gradient norm as device
+tensors, and its divergence guard decides on the device whether the update is kept, so a step is
+queued without the host reading a single number back.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import platform
+import re
+from typing import Callable, ContextManager
+
+import torch
+
+from tinylm.nn.functional import cross_entropy, gradient_clipping
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """`auto` -> cuda, then mps, then cpu; each process of a multi-GPU run takes its own GPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("training.device: cuda requested but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("training.device: mps requested but MPS is not available")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str) -> Callable[[], ContextManager]:
+    """A factory of the context the forward pass runs in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def use_compile(setting: bool | str, device: torch.device) -> bool:
+    """`training.compile`: true/false as given; `auto` compiles on CUDA only.
+
+    On the CPU, measured on the development machine (2-core AMD EPYC, 1 thread, torch 2.13) for
+    the default config's baseline run (500 steps; benchmarks/results/compile_cpu.md), the whole
+    `tinylm train` took 59 s eager, 127 s compiled with an empty compile cache and 44 s with a
+    warm one: a cold compile costs as much as four warm runs of the same shape save. Most of the
+    default config's runs have a shape or architecture of their own (batch sizes, norm, position
+    and FFN variants, the OpenWebText vocabulary), so they would compile cold: `auto` leaves the
+    CPU eager.
+    """
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's marketing name, or the CPU model (from /proc/cpuinfo where there is one)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple MPS ({platform.processor() or platform.machine()})"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+# ---- peak FLOP/s, for model FLOPs utilisation (MFU) ------------------------------------------
+
+# Dense (no structured sparsity) tensor-core peaks from the vendors' datasheets, in FLOP/s, per GPU:
+# (bf16, fp32). "fp32" is the TF32 tensor-core peak, the rate fp32 matmuls run at on NVIDIA GPUs
+# under torch.set_float32_matmul_precision("high"), which the trainer sets on CUDA. Datasheets
+# often print the sparse figure, twice these. Patterns are tried in order; the first match wins.
+PEAK_FLOPS: list[tuple[str, str, float, float | None]] = [
+    # (pattern on torch.cuda.get_device_name, GPU, bf16, fp32 as TF32)
+    (r"\bH100\b.*\bPCIe\b", "H100 PCIe", 756e12, 378e12),
+    (r"\bH100 NVL\b", "H100 NVL", 835e12, 417.5e12),
+    (r"\bH100\b", "H100 SXM", 989.4e12, 494.7e12),
+    (r"\bH200 NVL\b", "H200 NVL", 835e12, 417.5e12),
+    (r"\bH200\b", "H200 SXM", 989.4e12, 494.7e12),
+    (r"\bB200\b", "B200", 2250e12, 1125e12),
+    (r"\bA100\b", "A100", 312e12, 156e12),
+    (r"\bL40S\b", "L40S", 362.05e12, 183.2e12),
+    (r"\bL4$", "L4", 121e12, 60e12),
+    (r"\bA10$", "A10", 125e12, 62.5e12),
+    (r"\bRTX 4090$", "GeForce RTX 4090", 165.2e12, 82.6e12),   # bf16 with fp32 accumulate
+    (r"\bRTX 3090$", "GeForce RTX 3090", 71e12, 35.6e12),      # bf16 with fp32 accumulate
+    # ROCm: whether fp32 matmuls use the TF32-like path depends on the build, so fp32 stays unknown.
+    (r"\bMI300X\b", "Instinct MI300X", 1307.4e12, None),
+]
+
+
+def peak_flops(name: str, precision: str) -> float | None:
+    """Dense peak FLOP/s of one GPU called `name` (torch.cuda.get_device_name) at `precision`;
+    None for a GPU not in the table (or a CPU): no MFU is better than a wrong one."""
+    for pattern, _, bf16, fp32 in PEAK_FLOPS:
+        if re.search(pattern, name.strip(), flags=re.IGNORECASE):
+            return bf16 if precision == "bf16" else fp32
+    return None
+
+
+# ---- one optimizer step ---------------------------------------------------------------------
+
+class DivergenceGuard:
+    """Decides on the device, step by step, whether an update is kept; the host reads it later.
+
+    A step is bad when its loss or gradient norm is not finite, or its loss exceeds
+    `factor` times the first step's loss. From the first bad step on, no update is kept (the
+    weights stay those before it), and `first_bad` holds that step's (number, loss, grad norm)
+    until the host reads them (`read()`), which is the only time it waits for the device.
+
+    On the CPU the host *is* the device: a verdict costs no wait there, so a bad update is simply
+    not made, instead of being made and undone from a copy of the weights.
+    """
+
+    def __init__(self, factor: float, device: torch.device, initial_loss: float | None = None):
+        self.factor = factor
+        self.decide_on_host = device.type == "cpu"
+        self.initial_loss = None if initial_loss is None else torch.tensor(initial_loss, device=device)
+        self.healthy = torch.ones((), dtype=torch.bool, device=device)
+        self.first_bad = torch.zeros(3, dtype=torch.float64, device=device)  # step, loss, grad norm
+        self._saved: list[torch.Tensor] | None = None
+
+    def check(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """Fold step `step` (1-based) into the guard; returns the device bool "keep this update"."""
+        if self.initial_loss is None:
+            self.initial_loss = loss.detach().float().clone()
+        good = step_is_good(loss, grad_norm, self.initial_loss, self.factor)
+        newly_bad = self.healthy & ~good
+        record = torch.stack([torch.full_like(loss, step, dtype=torch.float64), loss.double(), grad_norm.double()])
+        self.first_bad = torch.where(newly_bad, record, self.first_bad)
+        self.healthy = self.healthy & good
+        return self.healthy
+
+    @torch.no_grad()
+    def save(self, params: list[torch.Tensor]) -> None:
+        """Keep a copy of the weights before the update (into buffers allocated once)."""
+        if self._saved is None:
+            self._saved = [torch.empty_like(p) for p in params]
+        torch._foreach_copy_(self._saved, params)
+
+    @torch.no_grad()
+    def restore_unless(self, keep: torch.Tensor, params: list[torch.Tensor]) -> None:
+        for param, saved in zip(params, self._saved):
+            torch.where(keep, param, saved, out=param)
+
+    def read(self) -> tuple[int, float, float] | None:
+        """None while every step was good; else the first bad step's (number, loss, grad norm)."""
+        if bool(self.healthy):
+            return None
+        step, loss, grad_norm = self.first_bad.tolist()
+        return int(step), loss, grad_norm
+
+
+def step_is_good(loss: torch.Tensor, grad_norm: torch.Tensor, initial_loss: torch.Tensor,
+                 factor: float) -> torch.Tensor:
+    """The divergence rule, as a device bool: finite loss and norm, loss <= factor * first loss."""
+    return torch.isfinite(loss) & torch.isfinite(grad_norm) & (loss <= factor * initial_loss)
+
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> mean loss
+
+
+def model_loss(model: torch.nn.Module, precision: Callable[[], ContextManager]) -> LossFunction:
+    """Forward pass in `precision`, then cross-entropy in float32."""
+    def loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with precision():
+            logits = model(inputs)                 # (batch, context, vocab)
+        return cross_entropy(logits, targets)      # float32 scalar
+    return loss
+
+
+def compiled_loss(model: torch.nn.Module, precision: Callable[[], ContextManager]) -> LossFunction:
+    """`model_loss` compiled as one graph, so the loss fuses with the output layer's kernels. At the
+    default config's baseline size on one thread of the 2-core development machine (interleaved,
+    load average ~7), a step took 52.6 ms this way, 64.9 ms with the model alone compiled and
+    66.6 ms eager."""
+    # Training shapes never change within a run, so no dynamic-shape graph is ever worth its cost.
+    return torch.compile(model_loss(model, precision), dynamic=False)
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                  targets: torch.Tensor, precision: Callable[[], ContextManager], grad_clip: float,
+                  guard: DivergenceGuard | None = None, step: int = 0,
+                  reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  loss_fn: LossFunction | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, clip, AdamW update; returns (loss, grad norm before clipping) on the device.
+
+    With a `guard`, step number `step` is checked on the device and its update undone when bad.
+    `reduce_loss` turns this process's loss into the global batch's (distributed runs), so every
+    process's guard sees the same numbers. `loss_fn` (e.g. `compiled_loss(model, precision)`)
+    replaces `model_loss(model, precision)`.
+    """
+    loss = (loss_fn or model_loss(model, precision))(inputs, targets)
+    loss.backward()
+    grad_norm = gradient_clipping(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    loss = loss.detach()
+    if reduce_loss is not None:
+        loss = reduce_loss(loss)
+    if guard is None:
+        optimizer.step()
+    elif guard.decide_on_host:
+        if guard.check(step, loss, grad_norm):
+            optimizer.step()
+    else:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        keep = guard.check(step, loss, grad_norm)
+        guard.save(params)
+        optimizer.step()
+        guard.restore_unless(keep, params)
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm
