@@ -55,7 +55,7 @@ def write_tokenizer(directory):
 def save_run(directory, tokenizer_dir, seed=0, status="completed", loss=2.0, **model_changes):
     """A run directory holding randomly initialised weights (model.pt, summary.json)."""
     config = RunConfig(name=directory.name, model=ModelConfig(**{**SHAPE, **model_changes}))
-    config.training.max_steps = 1
+    config.training.max_steps, config.optimizer.warmup_steps = 1, 0
     config.data.train_tokens = config.data.valid_tokens = "unused.npy"
     config.data.tokenizer_dir = str(tokenizer_dir)
     torch.manual_seed(seed)
