@@ -208,12 +208,12 @@ OFFICIAL_NAMES = {("tinystories", "train"): "TinyStoriesV2-GPT4-train.txt",
 
 
 @pytest.mark.slow
-def test_reference_dag_runs_on_cpu_with_size_overrides(tmp_path, shared_data):
+def test_reference_dag_runs_on_cpu_with_size_overrides(tmp_path, sample_data):
     """Every rule of the reference plan completes, its corpora read whole from a mirror folder."""
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     for (corpus, split), name in OFFICIAL_NAMES.items():
-        text = (shared_data / f"{corpus if corpus == 'owt' else 'tinystories'}_sample" / f"{split}.txt").read_text()
+        text = (sample_data / corpus / f"{split}.txt").read_text()
         cut = text.index("<|endoftext|>", 60_000) + len("<|endoftext|>")
         (mirror / name).write_text(text[:cut] + "\n")
     workdir = tmp_path / "work"

@@ -21,10 +21,8 @@ PATHS = [pytest.param(True, id="compiled"), pytest.param(False, id="python")]
 
 
 @pytest.fixture(scope="module")
-def gpt2_definition(shared_data) -> tuple[dict, list]:
-    vocab, merges = shared_data / "gpt2" / "encoder.json", shared_data / "gpt2" / "vocab.bpe"
-    if not (vocab.is_file() and merges.is_file()):
-        pytest.skip(f"GPT-2 vocabulary files not found in {shared_data / 'gpt2'}")
+def gpt2_definition(sample_data) -> tuple[dict, list]:
+    vocab, merges = sample_data / "gpt2" / "encoder.json", sample_data / "gpt2" / "vocab.bpe"
     tokenizer = Tokenizer.from_files(vocab, merges, [EOT])
     return tokenizer.vocab, tokenizer.merges
 
