@@ -190,3 +190,13 @@ def test_index_orders_sections_and_rewrites_links(tmp_path):
     (tmp_path / "other" / "section.md").write_text("x")
     with pytest.raises(ValueError, match="'other' is not a report section"):
         write_index([tmp_path / "other" / "section.md"], tmp_path / "README.md")
+
+
+def test_stability_text_names_the_largest_spike_against_the_threshold(sweep):
+    run = next(r for r in sweep if r.lr == 1e-3)
+    run.metrics.loc[run.metrics["step"] == 6, "train_loss"] = 5.0  # after 4.5 at step 5: a rise of 0.5
+    assert analysis.largest_spike(run) == (6.0, pytest.approx(0.5))
+    text = analysis.stability_text(run)
+    assert "lr=1e-3 did not diverge" in text and "+0.500 (step 6)" in text
+    assert "2x its first logged loss (9.800)" in text  # first loss 4.9
+    assert analysis.stability_text(next(r for r in sweep if r.diverged)) == ""

@@ -311,7 +311,11 @@ def variant(section: Section, inputs: Inputs) -> None:
     baseline = _need(inputs.baseline, "--baseline", section.key)
     runs = [baseline] + [r for r in inputs.runs if r is not baseline]
     widths = " " + _ffn_widths(runs) if section.key == "silu" else ""
-    section.paragraph(VARIANTS[section.key] + widths + " " + analysis.variant_text(runs, baseline))
+    text = VARIANTS[section.key] + widths + " " + analysis.variant_text(runs, baseline)
+    if section.key == "no_rmsnorm":  # the log's finding is a divergence at the baseline's rate
+        same_rate = [r for r in runs if r is not baseline and r.lr == baseline.lr]
+        text += "".join(" " + analysis.stability_text(r) for r in same_rate if not r.diverged)
+    section.paragraph(text)
     section.figure(figures.loss_curves(runs, "step", baseline), "loss_vs_step",
                    "Train and validation loss against step: variants solid, baseline dashed")
     columns = [Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column("status", "status"),
