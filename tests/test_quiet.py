@@ -96,6 +96,8 @@ def test_reason_is_the_last_error_line_of_the_log(tmp_path):
     log = tmp_path / "job.log"
     log.write_text("downloading\ntinylm download: error: cannot get 'x.txt'\nbye\n\n")
     assert reason_in_log(log) == "tinylm download: error: cannot get 'x.txt'"
+    log.write_text("starting\nrun:  77%|███████▋  | 232/300 [02:17<00:40,  1.69step/s]\n")
+    assert reason_in_log(log) == "starting"  # a progress bar is not a reason
     log.write_text("just this\n")
     assert reason_in_log(log) == "just this"
     assert "no log" in reason_in_log(tmp_path / "missing.log")

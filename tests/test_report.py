@@ -216,3 +216,13 @@ def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
     assert list(envs["device_name"]) == ["cpu A", "cpu B"] and list(envs["runs"]) == [1, 1]
     assert list(envs["cuda_version"].fillna("x")) == ["not recorded"] * 2
     assert "| nope | nope | position=none | completed |" in markdown
+
+
+def test_stability_text_names_the_largest_spike_against_the_threshold(sweep):
+    run = next(r for r in sweep if r.lr == 1e-3)
+    run.metrics.loc[run.metrics["step"] == 6, "train_loss"] = 5.0  # after 4.5 at step 5: a rise of 0.5
+    assert analysis.largest_spike(run) == (6.0, pytest.approx(0.5))
+    text = analysis.stability_text(run)
+    assert "lr=1e-3 did not diverge" in text and "+0.500 (step 6)" in text
+    assert "2x its first logged loss (9.800)" in text  # first loss 4.9
+    assert analysis.stability_text(next(r for r in sweep if r.diverged)) == ""

@@ -32,6 +32,7 @@ WORKDIR = re.compile(r"^\s*Working directory: (.+)$")  # job log paths are relat
 NOTHING_TO_DO = "Nothing to be done"
 # The line of a failed job's log that says what went wrong: the CLI's one-line errors first.
 ERROR_LINE = re.compile(r"error|exception|traceback|killed|no such file|not found", re.I)
+PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's bars say how far a job got, not why it stopped
 
 
 def fmt_elapsed(seconds: float) -> str:
@@ -46,7 +47,7 @@ def reason_in_log(path: Path) -> str:
         lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
     except OSError:
         return f"(no log at {path})"
-    lines = [line for line in lines if line]
+    lines = [line for line in lines if line and not PROGRESS_BAR.search(line)]
     if not lines:
         return "(the log is empty)"
     errors = [line for line in lines if ERROR_LINE.search(line)]

@@ -177,7 +177,12 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
             parts.append(f"The largest rate that still trains, {fmt_rate(edge.largest_stable.lr)}, ends at "
                          f"{fmt_loss(edge.largest_stable.final('final_val_loss'))}, above the best.")
     elif edge.best is not None:
-        parts.append(f"The edge of stability lies above the largest rate tried, {fmt_rate(rates[-1])}.")
+        largest = max(runs, key=lambda r: r.lr)
+        parts.append(f"The edge of stability lies above the largest rate tried, {fmt_rate(rates[-1])}"
+                     + (f": it ends at {fmt_loss(largest.final('final_val_loss'))}, "
+                        f"{fmt_signed(largest.final('final_val_loss') - edge.best.final('final_val_loss'))} "
+                        f"from the best, below the failure threshold of {fmt_loss(edge.threshold)}."
+                        if edge.threshold is not None and largest.final("final_val_loss") is not None else "."))
     else:
         parts.append(f"Every rate diverged: the edge of stability lies below {fmt_rate(rates[0])}.")
     parts.append(target_text(runs))
@@ -307,6 +312,28 @@ def known_words_text(known: KnownWords, shown: int = 8) -> str:
 
 
 # ---- architecture variants -------------------------------------------------------------------
+
+def largest_spike(run: Run) -> tuple[float, float] | None:
+    """(step, rise): the largest rise of the logged training loss above its lowest value so far."""
+    losses = run.metrics[["step", "train_loss"]].dropna()
+    if losses.empty:
+        return None
+    rise = losses["train_loss"] - losses["train_loss"].cummin()
+    at = rise.idxmax()
+    return float(losses.loc[at, "step"]), float(rise.loc[at])
+
+
+def stability_text(run: Run) -> str:
+    """Why a run that might have diverged did not: its largest loss spike against the trainer's threshold."""
+    spike = largest_spike(run)
+    first = run.metrics["train_loss"].dropna()
+    if run.diverged or spike is None or first.empty:
+        return ""
+    factor = float(run.config["training"].get("divergence_factor", 2.0))
+    return (f"{run.label} did not diverge: its largest rise of the training loss above its lowest value so far "
+            f"is {fmt_signed(spike[1])} (step {fmt_int(spike[0])}), far from the divergence threshold of "
+            f"{factor:g}x its first logged loss ({fmt_loss(factor * first.iloc[0])}).")
+
 
 def variant_text(runs: list[Run], baseline: Run) -> str:
     base_val = baseline.final("final_val_loss")

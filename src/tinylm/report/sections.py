@@ -311,7 +311,12 @@ def variant(section: Section, inputs: Inputs) -> None:
     ffn_changed = any(_ffn_shape(r) != _ffn_shape(baseline) for r in runs)
     widths = " " + _ffn_widths(runs) if ffn_changed else ""
     what = section.description or f"{', '.join(r.label for r in runs if r is not baseline)} against the baseline."
-    section.paragraph(what + widths + " " + analysis.variant_text(runs, baseline))
+    text = what + widths + " " + analysis.variant_text(runs, baseline)
+    # Without any normalisation the log's finding is a divergence at the baseline's rate: a run
+    # that survived it says how close it came.
+    unnormalised = [r for r in runs if r is not baseline and r.lr == baseline.lr and r.config["model"]["norm"] == "none"]
+    text += "".join(" " + analysis.stability_text(r) for r in unnormalised if not r.diverged)
+    section.paragraph(text)
     section.figure(figures.loss_curves(runs, "step", baseline), "loss_vs_step",
                    "Train and validation loss against step: variants solid, baseline dashed")
     columns = [Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column("status", "status"),
