@@ -16,9 +16,11 @@ Prints a table and writes benchmarks/results/tokenizer.{json,md}.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
+import shutil
 import resource
 import subprocess
 import sys
@@ -172,8 +174,9 @@ def to_markdown(rows: list[dict], machine: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
-                        help="directory holding tinystories_sample/train.txt")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="directory holding tinystories_sample/train.txt (and owt_sample/train.txt); "
+                             "default: the samples embedded in data/, decompressed")
     parser.add_argument("--big-mb", type=float, default=100.0, help="size of the repeated file (0: skip it)")
     parser.add_argument("--repeats", type=int, default=5, help="timings of the small file keep the best of this many")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -185,6 +188,13 @@ def main() -> int:
         print(json.dumps(trainer(path, int(workers), out_dir)))
         return 0
 
+    if args.data is None:
+        args.data = Path(tempfile.mkdtemp(prefix="bench-data-"))
+        for corpus in ("tinystories", "owt"):
+            (args.data / f"{corpus}_sample").mkdir()
+            with gzip.open(REPO / "data" / corpus / "train.txt.gz", "rb") as src, \
+                    open(args.data / f"{corpus}_sample" / "train.txt", "wb") as dst:
+                shutil.copyfileobj(src, dst)
     sample = args.data / "tinystories_sample" / "train.txt"
     if not sample.is_file():
         print(f"benchmark input not found: {sample}", file=sys.stderr)
