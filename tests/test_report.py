@@ -195,7 +195,8 @@ def test_index_keeps_the_given_order_and_rewrites_links(tmp_path):
 def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
     from tinylm.report.overview import write_overview
 
-    env = {"device_name": "cpu A", "torch_version": "2.13.0", "git_commit": "abc", "git_dirty": False}
+    env = {"device_name": "cpu A", "torch_version": "2.13.0", "git_commit": "abc", "git_dirty": False,
+           "cuda_version": None}
     for name, loss, device in (("baseline", 3.0, "cpu A"), ("nope", 3.2, "cpu B")):
         (tmp_path / "runs" / name).mkdir(parents=True)
         (tmp_path / "runs" / name / "summary.json").write_text(json.dumps({
@@ -214,7 +215,7 @@ def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
     assert list(runs["final_val_loss"]) == [3.0, 3.2] and "provenance.git_commit" in runs.columns
     envs = pd.read_csv(tmp_path / "environments.csv")
     assert list(envs["device_name"]) == ["cpu A", "cpu B"] and list(envs["runs"]) == [1, 1]
-    assert list(envs["cuda_version"].fillna("x")) == ["not recorded"] * 2
+    assert list(envs["cuda_version"]) == ["none"] * 2 and list(envs["hostname"]) == ["not recorded"] * 2
     assert "| nope | nope | position=none | completed |" in markdown
 
 

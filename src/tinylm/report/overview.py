@@ -39,7 +39,9 @@ def runs_frame(plan: dict, run_root: Path) -> pd.DataFrame:
             "status": summary.get("status"), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
             "wall_time_s": summary.get("time_s"), "tokens_per_s": summary.get("tokens_per_s"),
             "final_val_loss": summary.get("final_val_loss"), "best_val_loss": summary.get("best_val_loss"),
-            "params": summary.get("params"), **{f"provenance.{k}": v for k, v in summary.get("provenance", {}).items()},
+            # A key recorded as null (no CUDA on a CPU) reads "none"; a key never recorded stays missing.
+            "params": summary.get("params"),
+            **{f"provenance.{k}": "none" if v is None else v for k, v in summary.get("provenance", {}).items()},
         })
     return pd.DataFrame(rows).astype(object)
 
