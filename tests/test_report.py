@@ -203,8 +203,9 @@ def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
             "status": "completed", "steps": 10, "tokens": 640, "time_s": 2.0, "tokens_per_s": 320.0,
             "final_val_loss": loss, "best_val_loss": loss - 0.1, "params": 1000,
             "provenance": {**env, "device_name": device}}))
-    plan = {"runs": {"baseline": {"changes": ""}, "nope": {"changes": "position=none"},
-                     "batch_size-batch=64": {"changes": "batch=64"}},  # planned before the probe, not trained
+    plan = {"runs": {"baseline": {"changes": "", "sections": ["lr_sweep", "nope"]},
+                     "nope": {"changes": "position=none", "sections": ["nope"]},
+                     "batch_size-batch=64": {"changes": "batch=64", "sections": []}},  # planned before the probe, not trained
             "sections": {"lr_sweep": {"runs": {"baseline": "lr=3e-3"}},
                          "nope": {"runs": {"nope": "NoPE", "baseline": "baseline"}}}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))

@@ -222,6 +222,15 @@ class Plan:
     sections: dict[str, PlannedSection]
     probe: dict | None           # the max-batch probe's settings, or None when it is off
 
+    def sections_using(self) -> dict[str, list[str]]:
+        """{run name: the sections that show it}; runs no section shows (batch sizes the probe
+        dropped) are left out."""
+        uses: dict[str, list[str]] = {}
+        for section in self.sections.values():
+            for run in section.runs:
+                uses.setdefault(run, []).append(section.name)
+        return uses
+
     def run(self, name: str) -> PlannedRun:
         if name not in self.runs:
             raise ValueError(f"unknown run {name!r}: not in the plan ({', '.join(self.runs)})")
@@ -481,10 +490,7 @@ def _duration(seconds: float) -> str:
 
 def plan_table(plan: Plan, peak_flops: float = ASSUMED_PEAK_FLOPS, mfu: float = ASSUMED_MFU) -> str:
     """The plan as a text table: one row per run (first section that uses it), totals at the bottom."""
-    uses: dict[str, list[str]] = {}
-    for section in plan.sections.values():
-        for run in section.runs:
-            uses.setdefault(run, []).append(section.name)
+    uses = plan.sections_using()
     header = ["run", "sections", "changes against the baseline", "steps", "tokens", "train FLOPs", "GPU time"]
     rows = []
     seconds_per_flop = 1 / (peak_flops * mfu)
@@ -540,8 +546,9 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def plan_json(plan: Plan) -> dict:
+    uses = plan.sections_using()
     return {
-        "runs": {name: {"section": r.section, "changes": r.changes, "tokenizer": r.tokenizer, "corpus": r.corpus,
+        "runs": {name: {"section": r.section, "sections": uses.get(name, []), "changes": r.changes, "tokenizer": r.tokenizer, "corpus": r.corpus,
                         "data_note": r.data_note, "steps": r.steps, "tokens": r.tokens, "train_flops": r.train_flops,
                         "resources": r.resources, "config": r.config.to_dict()} for name, r in plan.runs.items()},
         "sections": {name: {"title": s.title, "kind": s.kind, "runs": s.runs, "baseline": s.baseline,

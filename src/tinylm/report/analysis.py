@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import regex
 
+from tinylm.loading import load_npy
 from tinylm.report.runs import Run
 from tinylm.report.tables import (fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio, fmt_share,
                                   fmt_signed, fmt_speed)
@@ -64,8 +65,8 @@ UNIGRAM_TOKENS = 10_000_000
 def _unigram_loss(train_tokens: str, valid_tokens: str, vocab_size: int) -> float | None:
     if not (Path(train_tokens).is_file() and Path(valid_tokens).is_file()):
         return None
-    train = np.load(train_tokens, mmap_mode="r")[:UNIGRAM_TOKENS]
-    valid = np.load(valid_tokens, mmap_mode="r")[:UNIGRAM_TOKENS]
+    train = load_npy(train_tokens, "token array")[:UNIGRAM_TOKENS]
+    valid = load_npy(valid_tokens, "token array")[:UNIGRAM_TOKENS]
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0  # add-one: no log(0)
     log_p = np.log(counts / counts.sum())
     return float(-log_p[valid].mean())

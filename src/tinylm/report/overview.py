@@ -25,17 +25,13 @@ NOT_RECORDED = "not recorded"
 
 def runs_frame(plan: dict, run_root: Path) -> pd.DataFrame:
     """One row per planned run, from its summary.json (the plan gives sections and changes)."""
-    uses: dict[str, list[str]] = {}
-    for name, section in plan["sections"].items():
-        for run in section["runs"]:
-            uses.setdefault(run, []).append(name)
     rows = []
     for name, run in plan["runs"].items():
-        if name not in uses:  # planned before the probe answered, not trained
+        if not run["sections"]:  # planned before the probe answered, not trained
             continue
         summary = read_json(run_root / name / "summary.json", "run summary", expect=dict)
         rows.append({
-            "run": name, "sections": ", ".join(uses[name]), "changes": run["changes"] or "(the baseline)",
+            "run": name, "sections": ", ".join(run["sections"]), "changes": run["changes"] or "(the baseline)",
             "status": summary.get("status"), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
             "wall_time_s": summary.get("time_s"), "tokens_per_s": summary.get("tokens_per_s"),
             "final_val_loss": summary.get("final_val_loss"), "best_val_loss": summary.get("best_val_loss"),
