@@ -260,7 +260,6 @@ class _Planner:
     # -- references between config entries, checked before any run is made
     def _check_references(self) -> None:
         c = self.config
-        corpora, tokenizers = list(c["corpora"]), list(c["tokenizers"])
 
         def need(value: str, kind: str, key: str) -> None:
             known = list(c[kind])
