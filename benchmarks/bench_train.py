@@ -6,7 +6,7 @@ and the logits compared, which shows the two compute the same function. One trai
 forward + cross-entropy + backward + gradient clipping + AdamW step, on the same random batch.
 
     python benchmarks/bench_train.py --threads 1   # both sizes, CPU (or the GPU when there is one)
-    python benchmarks/bench_train.py --sizes reference --rounds 5 --cpu-bf16
+    python benchmarks/bench_train.py --sizes reference --rounds 5
 
 Sizes: `baseline`, the default config's baseline run (config/config.yaml `baseline.model` with the
 baseline tokenizer's vocabulary and `baseline.training.batch_size`, read from the file), and
@@ -15,11 +15,11 @@ baseline tokenizer's vocabulary and `baseline.training.batch_size`, read from th
 the peer (issue 14), reported as met or missed.
 
 Setups: ours with fused attention and the trainer's divergence guard, eager and torch.compile'd
-as the trainer compiles it (forward and loss as one graph, `tinylm.device.compiled_loss`) (fp32 on the CPU, bf16 autocast on a
-GPU; `--cpu-bf16` adds bf16 autocast on the CPU); the peer with its default (sdpa) attention and
-torch.optim.AdamW (fp32 on the CPU, bf16 autocast on a GPU). The setups are timed in interleaved
-rounds and the best round of each counts, so load from other processes on a shared machine hurts
-all of them alike. Prints a table and writes
+as the trainer compiles it (forward and loss as one graph, `tinylm.device.compiled_loss`); the peer
+with its default (sdpa) attention and torch.optim.AdamW. Each runs in bf16 autocast on a GPU, and
+in both fp32 and bf16 autocast on the CPU; ratios are against the peer's fastest setup. The setups
+are timed in interleaved rounds and the best round of each counts, so load from other processes on
+a shared machine hurts all of them alike. Prints a table and writes
 benchmarks/results/bench_train.{json,md}. On a GPU it also reports model FLOPs utilisation (MFU)
 against that GPU's dense bf16 peak (tinylm.device.PEAK_FLOPS; "unknown" for a GPU not in it).
 """
@@ -129,37 +129,38 @@ class Setup:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool, cpu_bf16: bool = False) -> list[Setup]:
-    bf16, fp32 = autocast_context(device, "bf16"), autocast_context(device, "fp32")
-    gpu = device.type == "cuda"
+def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool) -> list[Setup]:
+    """Ours (eager, and compiled as the trainer compiles it) and the peer, in each precision the device
+    trains well in: bf16 autocast on a GPU; fp32 and bf16 autocast on the CPU, where bf16 matmuls pay
+    on AVX-512 BF16 / AMX cores and cost time on others."""
+    precisions = ["bf16"] if device.type == "cuda" else ["fp32", "bf16"]
 
-    def ours(label, compiled, autocast):
+    def ours(precision, compiled):
         torch.manual_seed(0)
         model = build_model(cfg, attention="fused", device=device)
+        autocast = autocast_context(device, precision)
         # A factor no random-batch loss reaches: the guard's cost is timed, it never undoes a step.
-        return Setup(label, model, model, AdamW(model.parameters(), lr=LR), autocast,
-                     guard=DivergenceGuard(1e9, device), loss_fn=compiled_loss(model, autocast) if compiled else None)
+        return Setup(f"tinylm fused {precision}" + (" compile" if compiled else ""), model, model,
+                     AdamW(model.parameters(), lr=LR), autocast, guard=DivergenceGuard(1e9, device),
+                     loss_fn=compiled_loss(model, autocast) if compiled else None)
 
-    # The GPU runs the experiment configs' fast paths. On the CPU bf16 autocast only costs time
-    # (0.5x fp32 on the development machine's AVX-512 BF16 Xeon), so it runs only when asked.
-    setups = [ours("tinylm fused bf16", False, bf16)] if gpu else [ours("tinylm fused fp32", False, fp32)]
-    if try_compile:
-        setups.append(ours("tinylm fused bf16 compile", True, bf16) if gpu else
-                      ours("tinylm fused fp32 compile", True, fp32))
-    if cpu_bf16 and not gpu:
-        setups.append(ours("tinylm fused bf16", False, bf16))
+    setups = [ours(precision, compiled) for precision in precisions for compiled in (False, True)
+              if try_compile or not compiled]
     peer = llama_peer(cfg, device)
     copy_weights_into_peer(setups[0].model, peer, cfg)
     peer_forward = lambda ids: peer(input_ids=ids).logits  # noqa: E731
-    setups.append(Setup("HF Llama sdpa " + ("bf16" if gpu else "fp32"), peer, peer_forward,
-                        torch.optim.AdamW(peer.parameters(), lr=LR), bf16 if gpu else fp32, peer=True))
+    optimizer = torch.optim.AdamW(peer.parameters(), lr=LR)
+    setups += [Setup(f"HF Llama sdpa {precision}", peer, peer_forward, optimizer, autocast_context(device, precision),
+                     peer=True) for precision in precisions]
     return setups
 
 
 @torch.no_grad()
 def max_logit_difference(setups: list[Setup], inputs: torch.Tensor) -> float:
-    ours, peer = setups[0], setups[-1]
-    return (ours.model(inputs).float() - peer.forward(inputs).float()).abs().max().item()
+    """Ours against the peer in the first precision (fp32 on the CPU), with the same weights."""
+    ours, peer = setups[0], next(setup for setup in setups if setup.peer)
+    with ours.autocast():
+        return (ours.model(inputs).float() - peer.forward(inputs).float()).abs().max().item()
 
 
 def load_average() -> float | None:
@@ -173,8 +174,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def bench_size(name: str, cfg: ModelConfig, batch_size: int, device: torch.device, round_s: float,
-               rounds: int, try_compile: bool, cpu_bf16: bool) -> dict:
-    setups = make_setups(cfg, device, try_compile, cpu_bf16)
+               rounds: int, try_compile: bool) -> dict:
+    setups = make_setups(cfg, device, try_compile)
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length + 1), generator=generator)
     inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
@@ -199,7 +200,7 @@ def bench_size(name: str, cfg: ModelConfig, batch_size: int, device: torch.devic
             synchronize(device)
             setup.best_s = min(setup.best_s, (time.perf_counter() - started) / steps[setup.label])
     tokens_per_step = batch_size * cfg.context_length
-    peer_rate = tokens_per_step / setups[-1].best_s
+    peer_rate = tokens_per_step / min(setup.best_s for setup in setups if setup.peer)  # the peer's fastest setup
     peak = peak_flops(device_name(device), "bf16") if device.type == "cuda" else None
     rows = []
     for setup in setups:
@@ -208,7 +209,7 @@ def bench_size(name: str, cfg: ModelConfig, batch_size: int, device: torch.devic
         if device.type == "cuda":
             row["mfu"] = None if peak is None else model_flops_utilization(rate, cfg, peak)
         rows.append(row)
-    ours_best = max(rows[:-1], key=lambda r: r["tokens_per_s"])
+    ours_best = max((row for row, setup in zip(rows, setups) if not setup.peer), key=lambda r: r["tokens_per_s"])
     target = TARGETS.get(name) if device.type == "cpu" else None
     return {"size": name, "model": cfg.__dict__, "batch_size": batch_size, "params": parameter_count(cfg),
             "forward_flops_per_token": forward_flops_per_token(cfg),
@@ -231,7 +232,7 @@ def markdown(results: list[dict], meta: dict) -> str:
                   f"{result['params']:,} parameters; {result['forward_flops_per_token']:,} forward / "
                   f"{result['training_flops_per_token']:,} training FLOPs per token; "
                   f"max |logits ours - peer| with shared weights: {result['max_logit_difference_vs_peer']:.2e}", "",
-                  "| setup | s/step | tokens/s | vs peer |" + (" MFU |" if mfu else ""),
+                  "| setup | s/step | tokens/s | vs the peer's fastest |" + (" MFU |" if mfu else ""),
                   "|---|---:|---:|---:|" + ("---:|" if mfu else "")]
         for row in result["rows"]:
             shown_mfu = "unknown" if row.get("mfu") is None else f"{row['mfu']:.1%}"
@@ -257,7 +258,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None, help="override the per-size batch size")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile setups")
-    parser.add_argument("--cpu-bf16", action="store_true", help="also time bf16 autocast on the CPU")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=str(RESULTS / "bench_train"), help="output path without extension")
     args = parser.parse_args()
@@ -278,8 +278,7 @@ def main() -> None:
         batch_size = args.batch_size or (gpu_batch if device.type == "cuda" else cpu_batch)
         print(f"{name}: {parameter_count(cfg):,} parameters, {training_flops_per_token(cfg):,} training "
               f"FLOPs/token, batch {batch_size}", flush=True)
-        results.append(bench_size(name, cfg, batch_size, device, args.round_seconds, args.rounds, args.compile,
-                                  args.cpu_bf16))
+        results.append(bench_size(name, cfg, batch_size, device, args.round_seconds, args.rounds, args.compile))
     meta["load_average_after"] = load_average()
     text = markdown(results, meta)
     print(text)

@@ -196,6 +196,27 @@ def test_bf16_autocast_stays_close_to_fp32():
             assert loss.item() == pytest.approx(cross_entropy(expected, ids).item(), rel=2e-2)
 
 
+def test_cpu_bf16_autocast_runs_the_fused_attention_kernel_in_fp32(monkeypatch):
+    # The CPU kernel's bf16 backward is the slow one (see MultiHeadSelfAttention._attend); the
+    # matmuls around it stay in bf16.
+    seen = []
+    kernel = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_kernel(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return kernel(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_kernel)
+    _, fused = _pair()
+    ids = torch.randint(0, TINY.vocab_size, (2, TINY.context_length))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = fused(ids)
+    logits.float().sum().backward()
+    assert logits.dtype == torch.bfloat16
+    assert seen == [(torch.float32,) * 3] * TINY.num_layers
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fused.parameters())
+
+
 @pytest.mark.slow
 def test_torch_compile_equals_reference():
     reference, fused = _pair()
