@@ -21,12 +21,12 @@ from tinylm.report.tables import Column, fmt_bytes, fmt_duration, fmt_loss, fmt_
 
 
 def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20, tokens: Path | None = None,
-              vocab_size: int = 10000) -> Path:
+              vocab_size: int = 10000, warmup_steps: int = 0) -> Path:
     """A finished run's three files: a loss falling towards `final_val`, or diverging when it is None.
     `tokens`: the token array the run trained and was validated on (default: none there)."""
     train, valid = (str(tokens), str(tokens)) if tokens else ("t.npy", "v.npy")
     config = RunConfig().with_overrides({"name": run_dir.name, "optimizer.lr": lr, "training.max_steps": steps,
-                                         "optimizer.warmup_steps": 0, "data.train_tokens": train,
+                                         "optimizer.warmup_steps": warmup_steps, "data.train_tokens": train,
                                          "data.valid_tokens": valid, "model.vocab_size": vocab_size})
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
@@ -35,7 +35,8 @@ def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20
     lines = []
     for step in range(1, last + 1):
         loss = 5.0 * 3 ** (step - last + 2) if diverged and step > last - 3 else 5.0 - step * 0.1
-        lines.append({"step": step, "tokens": step * 64, "time_s": step * 0.1, "lr": lr, "train_loss": loss,
+        lines.append({"step": step, "tokens": step * 64, "time_s": step * 0.1,
+                      "lr": lr * min(1.0, step / warmup_steps) if warmup_steps else lr, "train_loss": loss,
                       "val_loss": loss + 0.1 if step % 5 == 0 else None})
     if diverged:
         lines[-1]["train_loss"] = None  # non-finite loss, logged as null
@@ -64,7 +65,8 @@ def test_edge_of_stability_constructed_case(sweep):
     assert edge.unigram is None and edge.outcomes == {"lr=1e-3": "trains", "lr=3e-3": "trains",
                                                       "lr=1e-2": "diverged", "lr=3e-2": "diverged"}
     text = analysis.lr_sweep_text(sweep, edge)
-    assert "2 of 4 failed: 1e-2 diverged at step 10; 3e-2 diverged at step 10." in text
+    assert ("2 of 4 failed: 1e-2 diverged at step 10 (training loss 15.000; lr 1e-2); "
+            "3e-2 diverged at step 10 (training loss 15.000; lr 3e-2).") in text
     assert "The best rate is 3e-3, with a final validation loss of 2.200" in text
     assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
     assert "the unigram loss, which would also mark runs that stop learning, is not known here" in text
@@ -131,7 +133,15 @@ def test_variant_text_states_the_differences(sweep):
     assert frame.loc[0, "val_vs_baseline"] == pytest.approx(2.5 - 2.2)
     text = analysis.variant_text(sweep, baseline)
     assert f"{variant.label} ends at 2.500, +0.300 (worse than the baseline)" in text
-    assert "lr=1e-2 diverged at step 10" in text
+    assert "lr=1e-2 diverged at step 10 (training loss 15.000; lr 1e-2)." in text
+
+
+def test_a_divergence_during_the_warm_up_says_so(tmp_path):
+    # Diverging at a fraction of the configured rate says little about that rate.
+    runs = load_runs([("baseline", str(write_run(tmp_path / "base", 3e-3, 2.2))),
+                      ("early", str(write_run(tmp_path / "early", 3e-3, None, warmup_steps=15)))])
+    text = analysis.variant_text(runs, runs[0])
+    assert "early diverged at step 10 (training loss 15.000; lr 2e-3, still warming up to 3e-3)." in text
 
 
 def test_colours_follow_the_run_across_sections(tmp_path):

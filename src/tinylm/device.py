@@ -46,12 +46,11 @@ def use_compile(setting: bool | str, device: torch.device) -> bool:
     """`training.compile`: true/false as given; `auto` compiles on CUDA only.
 
     On the CPU, measured on the development machine (2-core AMD EPYC, 1 thread, torch 2.13) for
-    the default config's baseline run (500 steps; benchmarks/results/compile_cpu.md), the whole
-    `tinylm train` took 59 s eager, 127 s compiled with an empty compile cache and 44 s with a
-    warm one: a cold compile costs as much as four warm runs of the same shape save. Most of the
-    default config's runs have a shape or architecture of their own (batch sizes, norm, position
-    and FFN variants, the OpenWebText vocabulary), so they would compile cold: `auto` leaves the
-    CPU eager.
+    the default config's baseline run (700 steps at batch 8, bf16; benchmarks/results/compile_cpu.md),
+    the whole `tinylm train` took 110 s eager, 177 s compiled with an empty compile cache and 85 s
+    with a warm one: a cold compile costs more than two warm runs of the same shape save. Half of
+    the default config's runs have a shape or architecture of their own (batch sizes, norm,
+    position and FFN variants), so they would compile cold: `auto` leaves the CPU eager.
     """
     if setting == "auto":
         return device.type == "cuda"

@@ -157,8 +157,7 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
         described = []
         for run in failed:
             if edge.outcomes[run.label] == DIVERGED:
-                point = run.divergence_point()
-                described.append(f"{fmt_rate(run.lr)} diverged" + (f" at step {fmt_int(point[0])}" if point else ""))
+                described.append(divergence_text(run, fmt_rate(run.lr)))
             else:
                 described.append(f"{fmt_rate(run.lr)} stopped learning (final validation loss "
                                  f"{fmt_loss(run.final('final_val_loss'))})")
@@ -336,6 +335,23 @@ def stability_text(run: Run) -> str:
             f"{factor:g}x its first logged loss ({fmt_loss(factor * first.iloc[0])}).")
 
 
+def divergence_text(run: Run, name: str) -> str:
+    """"<name> diverged at step N (training loss L, lr R)", saying when the warm-up had not ended: a
+    run that blows up while its rate is still a fraction of the configured one says little about
+    that rate."""
+    point = run.divergence_point()
+    if point is None:
+        return f"{name} diverged"
+    step, loss = point
+    logged = run.metrics[run.metrics["step"] <= step]
+    lr = float(logged["lr"].iloc[-1]) if "lr" in logged and not logged["lr"].dropna().empty else None
+    details = [f"training loss {fmt_loss(loss)}"]
+    if lr is not None:
+        warming_up = step < int(run.config["optimizer"].get("warmup_steps", 0))
+        details.append(f"lr {fmt_rate(lr)}" + (f", still warming up to {fmt_rate(run.lr)}" if warming_up else ""))
+    return f"{name} diverged at step {fmt_int(step)} ({'; '.join(details)})"
+
+
 def variant_text(runs: list[Run], baseline: Run) -> str:
     base_val = baseline.final("final_val_loss")
     named = "" if baseline.label == "baseline" else f" {baseline.label}"
@@ -345,9 +361,7 @@ def variant_text(runs: list[Run], baseline: Run) -> str:
         if run is baseline:
             continue
         if run.diverged:
-            point = run.divergence_point()
-            where = f" at step {fmt_int(point[0])}" if point else ""
-            parts.append(f"{run.label} diverged{where}.")
+            parts.append(divergence_text(run, run.label) + ".")
             continue
         val = run.final("final_val_loss")
         if val is None or base_val is None:
