@@ -65,8 +65,8 @@ def test_edge_of_stability_constructed_case(sweep):
     assert edge.unigram is None and edge.outcomes == {"lr=1e-3": "trains", "lr=3e-3": "trains",
                                                       "lr=1e-2": "diverged", "lr=3e-2": "diverged"}
     text = analysis.lr_sweep_text(sweep, edge)
-    assert ("2 of 4 failed: 1e-2 diverged at step 10 (training loss 15.000; lr 1e-2); "
-            "3e-2 diverged at step 10 (training loss 15.000; lr 3e-2).") in text
+    assert ("2 of 4 failed: 1e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 1e-2); "
+            "3e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 3e-2).") in text
     assert "The best rate is 3e-3, with a final validation loss of 2.200" in text
     assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
     assert "the unigram loss, which would also mark runs that stop learning, is not known here" in text
@@ -133,7 +133,7 @@ def test_variant_text_states_the_differences(sweep):
     assert frame.loc[0, "val_vs_baseline"] == pytest.approx(2.5 - 2.2)
     text = analysis.variant_text(sweep, baseline)
     assert f"{variant.label} ends at 2.500, +0.300 (worse than the baseline)" in text
-    assert "lr=1e-2 diverged at step 10 (training loss 15.000; lr 1e-2)." in text
+    assert "lr=1e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 1e-2)." in text
 
 
 def test_a_divergence_during_the_warm_up_says_so(tmp_path):
@@ -141,7 +141,8 @@ def test_a_divergence_during_the_warm_up_says_so(tmp_path):
     runs = load_runs([("baseline", str(write_run(tmp_path / "base", 3e-3, 2.2))),
                       ("early", str(write_run(tmp_path / "early", 3e-3, None, warmup_steps=15)))])
     text = analysis.variant_text(runs, runs[0])
-    assert "early diverged at step 10 (training loss 15.000; lr 2e-3, still warming up to 3e-3)." in text
+    assert ("early diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 2e-3, "
+            "still warming up to 3e-3).") in text
 
 
 def test_colours_follow_the_run_across_sections(tmp_path):

@@ -346,6 +346,9 @@ def divergence_text(run: Run, name: str) -> str:
     logged = run.metrics[run.metrics["step"] <= step]
     lr = float(logged["lr"].iloc[-1]) if "lr" in logged and not logged["lr"].dropna().empty else None
     details = [f"training loss {fmt_loss(loss)}"]
+    first = logged.dropna(subset=["train_loss"])
+    if not first.empty and float(first["step"].iloc[0]) < step:
+        details[0] += f", from {fmt_loss(float(first['train_loss'].iloc[0]))} at step {fmt_int(first['step'].iloc[0])}"
     if lr is not None:
         warming_up = step < int(run.config["optimizer"].get("warmup_steps", 0))
         details.append(f"lr {fmt_rate(lr)}" + (f", still warming up to {fmt_rate(run.lr)}" if warming_up else ""))
