@@ -1,5 +1,9 @@
 # Tokenizers: one byte-level BPE per `tokenizers` entry, trained on its corpus's training split;
 # token arrays per (tokenizer, corpus, split); the tokenizer report over every validation split.
+#
+# BPE training and tokenization go before any training job that is ready (priority 1): each takes
+# `threads.tokenizer` cores at once, which one-thread training jobs started first would keep busy
+# until the end (the OpenWebText arrays were then made after the last TinyStories run).
 
 REPORT_CORPORA = config["tokenizer_report"]["corpora"] or list(config["corpora"])
 
@@ -14,6 +18,7 @@ rule train_bpe:
         special=lambda w: " ".join(f"--special-token {shlex.quote(t)}"
                                    for t in config["tokenizers"][w.tok]["special_tokens"]),
         out_dir=lambda w: tokenizer_dir(w.tok),
+    priority: 1
     threads: config["threads"]["tokenizer"]
     log:
         log_path("train_bpe", "{tok}"),
@@ -30,6 +35,7 @@ rule tokenize:
         tokens_path("{tok}", "{corpus}", "{split}"),
     params:
         tokenizer_dir=lambda w: tokenizer_dir(w.tok),
+    priority: 1
     threads: config["threads"]["tokenizer"]
     log:
         log_path("tokenize", "{tok}-{corpus}-{split}"),
