@@ -325,14 +325,21 @@ def largest_spike(run: Run) -> tuple[float, float] | None:
 
 def stability_text(run: Run) -> str:
     """Why a run that might have diverged did not: its largest loss spike against the trainer's threshold."""
-    spike = largest_spike(run)
-    first = run.metrics["train_loss"].dropna()
-    if run.diverged or spike is None or first.empty:
+    spike, first = largest_spike(run), first_logged_loss(run)
+    if run.diverged or spike is None or first is None:
         return ""
     factor = float(run.config["training"].get("divergence_factor", 2.0))
     return (f"{run.label} did not diverge: its largest rise of the training loss above its lowest value so far "
             f"is {fmt_signed(spike[1])} (step {fmt_int(spike[0])}), far from the divergence threshold of "
-            f"{factor:g}x its first logged loss ({fmt_loss(factor * first.iloc[0])}).")
+            f"{factor:g}x its first logged loss ({fmt_loss(factor * first[1])}).")
+
+
+def first_logged_loss(run: Run) -> tuple[float, float] | None:
+    """(step, training loss) of the first metrics line with a training loss; None when none has."""
+    logged = run.metrics.dropna(subset=["train_loss"])
+    if logged.empty:
+        return None
+    return float(logged["step"].iloc[0]), float(logged["train_loss"].iloc[0])
 
 
 def divergence_text(run: Run, name: str) -> str:
@@ -346,9 +353,9 @@ def divergence_text(run: Run, name: str) -> str:
     logged = run.metrics[run.metrics["step"] <= step]
     lr = float(logged["lr"].iloc[-1]) if "lr" in logged and not logged["lr"].dropna().empty else None
     details = [f"training loss {fmt_loss(loss)}"]
-    first = logged.dropna(subset=["train_loss"])
-    if not first.empty and float(first["step"].iloc[0]) < step:
-        details[0] += f", from {fmt_loss(float(first['train_loss'].iloc[0]))} at step {fmt_int(first['step'].iloc[0])}"
+    first = first_logged_loss(run)
+    if first is not None and first[0] < step:
+        details[0] += f", from {fmt_loss(first[1])} at step {fmt_int(first[0])}"
     if lr is not None:
         warming_up = step < int(run.config["optimizer"].get("warmup_steps", 0))
         details.append(f"lr {fmt_rate(lr)}" + (f", still warming up to {fmt_rate(run.lr)}" if warming_up else ""))
