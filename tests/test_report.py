@@ -43,7 +43,8 @@ def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     summary = {"name": run_dir.name, "status": "diverged" if diverged else "completed", "steps": last,
                "final_val_loss": final_val, "final_train_loss": None if diverged else final_val - 0.1,
-               "best_val_loss": final_val, "diverged_at_step": last if diverged else None, "params": 1000}
+               "best_val_loss": final_val, "diverged_at_step": last if diverged else None, "params": 1000,
+               "divergence_reference_loss": lines[0]["train_loss"]}
     (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
@@ -145,6 +146,26 @@ def test_a_divergence_during_the_warm_up_says_so(tmp_path):
             "still warming up to 3e-3).") in text
 
 
+def test_variant_rates_text_places_the_variants_edge_against_the_baselines_rate(tmp_path):
+    def variant_runs(finals):
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        return load_runs([("baseline", str(write_run(out / "base", 3e-3, 2.2)))]
+                         + [(f"v lr={fmt_rate(lr)}", str(write_run(out / f"v{i}", lr, final)))
+                            for i, (lr, final) in enumerate(finals.items())])
+
+    runs = variant_runs({1e-3: 2.5, 3e-3: 2.3, 1e-2: None})
+    assert analysis.variant_rates_text(runs, runs[0]) == (
+        "The smallest rate at which the variant diverged is 1e-2, 3.33x the baseline's rate (3e-3), and it "
+        "trains at 1e-3 and 3e-3: its edge of stability lies above the baseline's rate.")
+    runs = variant_runs({1e-3: 2.5, 3e-3: None, 1e-2: None})
+    assert analysis.variant_rates_text(runs, runs[0]).endswith(
+        "is 3e-3, 1.00x the baseline's rate (3e-3), and it trains at 1e-3: its edge of stability lies at or "
+        "below the baseline's rate.")
+    runs = variant_runs({1e-3: 2.5, 3e-3: 2.3})
+    assert analysis.variant_rates_text(runs, runs[0]) == "None of the variant's 2 rates diverged."
+    assert analysis.variant_rates_text(runs[:2], runs[0]) == ""  # one rate: nothing to place
+
+
 def test_colours_follow_the_run_across_sections(tmp_path):
     dirs = {name: str(write_run(tmp_path / name, 1e-3, 2.0)) for name in ("base", "x", "y")}
     order = ["base", "x", "y"]
@@ -237,5 +258,5 @@ def test_stability_text_names_the_largest_spike_against_the_threshold(sweep):
     assert analysis.largest_spike(run) == (6.0, pytest.approx(0.5))
     text = analysis.stability_text(run)
     assert "lr=1e-3 did not diverge" in text and "+0.500 (step 6)" in text
-    assert "2x its first logged loss (9.800)" in text  # first loss 4.9
+    assert "2x the untrained model's smoothed loss (9.800)" in text  # the reference, 4.9
     assert analysis.stability_text(next(r for r in sweep if r.diverged)) == ""

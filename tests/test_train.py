@@ -30,7 +30,7 @@ from tinylm.train import EXIT_PREEMPTED
 METRICS_KEYS = {"step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s", "val_loss",
                 "mem_allocated_bytes", "mem_peak_bytes", "mem_total_bytes", "mem_percent"}
 SUMMARY_KEYS = {"name", "status", "steps", "tokens", "time_s", "final_train_loss", "final_val_loss",
-                "best_val_loss", "early_stop_loss", "target_reached_step", "diverged_at_step",
+                "best_val_loss", "early_stop_loss", "target_reached_step", "diverged_at_step", "divergence_reference_loss",
                 "peak_mem_bytes", "mem_total_bytes", "mem_percent", "tokens_per_s", "params", "device"}
 # Long enough (about two seconds) that a kill after the first checkpoint lands mid-run.
 RESUME_TRAINING = {"max_steps": 240, "log_interval": 1, "eval_interval": 20, "checkpoint_interval": 10}

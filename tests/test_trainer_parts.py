@@ -23,6 +23,7 @@ from tinylm.optim import AdamW
 from tinylm.progress import Progress
 from tinylm.runlock import RUN_OUTPUTS, run_lock
 from tinylm.stopping import (
+    INITIAL_LOSS_STEPS,
     PreemptionFlag,
     budget_reached,
     checkpoint_due,
@@ -78,6 +79,49 @@ def test_step_is_good_rule():
     assert not step_is_good(torch.tensor(2.01), one, torch.tensor(1.0), 2.0)
     assert not step_is_good(torch.tensor(float("nan")), one, torch.tensor(1.0), 2.0)
     assert not step_is_good(torch.tensor(1.0), torch.tensor(float("inf")), torch.tensor(1.0), 2.0)
+
+
+def _losses_through(guard: DivergenceGuard, losses: list[float], first_step: int = 1) -> None:
+    for step, loss in enumerate(losses, start=first_step):
+        guard.check(step, torch.tensor(loss), torch.tensor(1.0))
+
+
+def test_guard_takes_the_untrained_models_noisy_batches_for_what_they_are():
+    """The untrained default model without any norm (seed 0, bf16): its batch losses of the first
+    steps at lr 1e-9. Step 14's batch is 2.2x the largest of the first ten; the run has not diverged."""
+    guard = DivergenceGuard(2.0, torch.device("cpu"))
+    _losses_through(guard, [14.3, 20.4, 18.3, 20.7, 19.2, 13.9, 15.6, 23.5, 23.1, 28.2, 16.5, 26.8, 22.5, 62.3,
+                            22.8, 25.8, 30.4, 17.6, 28.3, 24.5])
+    assert guard.read() is None
+
+
+def test_guard_catches_a_sustained_rise_but_not_one_outlier_batch():
+    guard = DivergenceGuard(2.0, torch.device("cpu"))
+    _losses_through(guard, [10.0] * INITIAL_LOSS_STEPS)
+    assert float(guard.initial_loss) == pytest.approx(10.0)
+    _losses_through(guard, [100.0, 10.0], first_step=INITIAL_LOSS_STEPS + 1)  # smoothed: 19, then 18.1
+    assert guard.read() is None and float(guard.initial_loss) == pytest.approx(10.0)
+    _losses_through(guard, [40.0], first_step=INITIAL_LOSS_STEPS + 3)  # smoothed 20.29 > 2 x 10
+    assert guard.read() == (INITIAL_LOSS_STEPS + 3, 40.0, 1.0)
+
+
+def test_guard_catches_a_blow_up_within_the_first_steps():
+    guard = DivergenceGuard(2.0, torch.device("cpu"))
+    _losses_through(guard, [8.0, 1000.0])  # a bad step does not raise the reference it is judged by
+    assert guard.read() == (2, 1000.0, 1.0) and float(guard.initial_loss) == 8.0
+
+
+def test_a_guard_restored_from_its_numbers_judges_like_the_uninterrupted_one():
+    losses = [7.0, 9.0, 8.0, 12.0, 7.5, 8.5, 9.5, 7.0, 6.0, 6.5, 11.0, 14.0, 30.0, 60.0, 90.0, 120.0]
+    whole = DivergenceGuard(2.0, torch.device("cpu"))
+    _losses_through(whole, losses)
+    first = DivergenceGuard(2.0, torch.device("cpu"))
+    _losses_through(first, losses[:6])
+    resumed = DivergenceGuard(2.0, torch.device("cpu"), float(first.initial_loss), float(first.smoothed_loss))
+    _losses_through(resumed, losses[6:], first_step=7)
+    assert resumed.read() == whole.read() is not None
+    assert torch.equal(resumed.smoothed_loss, whole.smoothed_loss)
+    assert torch.equal(resumed.initial_loss, whole.initial_loss)
 
 
 @pytest.mark.parametrize("on_host", [True, False], ids=["skipped on the host", "undone on the device"])

@@ -132,7 +132,7 @@ class TrainingConfig:
     log_interval: int = 10                  # steps between metrics lines
     checkpoint_interval: int = 500          # steps between resumable checkpoints
     early_stop_loss: float | None = None    # stop once validation loss falls below this
-    divergence_factor: float = 2.0          # diverged if train loss > factor * initial loss (or non-finite)
+    divergence_factor: float = 2.0          # diverged if train loss > factor * the untrained model's (or non-finite)
     seed: int = 0
     device: str = "auto"                    # auto | cpu | cuda | mps
     devices: int = 1                        # processes under torchrun (DistributedDataParallel)

@@ -15,6 +15,7 @@ from typing import Callable, ContextManager
 import torch
 
 from tinylm.nn.functional import cross_entropy, gradient_clipping
+from tinylm.stopping import INITIAL_LOSS_STEPS, LOSS_SMOOTHING
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -112,28 +113,40 @@ def peak_flops(name: str, precision: str) -> float | None:
 class DivergenceGuard:
     """Decides on the device, step by step, whether an update is kept; the host reads it later.
 
-    A step is bad when its loss or gradient norm is not finite, or its loss exceeds
-    `factor` times the first step's loss. From the first bad step on, no update is kept (the
-    weights stay those before it), and `first_bad` holds that step's (number, loss, grad norm)
-    until the host reads them (`read()`), which is the only time it waits for the device.
+    A step is bad when its loss or gradient norm is not finite, or its smoothed loss (an
+    exponential moving average, decay `LOSS_SMOOTHING`) exceeds `factor` times the untrained
+    model's: the largest smoothed loss of the first `INITIAL_LOSS_STEPS` good steps. A single
+    batch is no such reference: the untrained default model without any norm has batch losses
+    from 14 to 62 in its first 30 steps, so one batch at twice another's is no divergence. From the
+    first bad step on, no update is kept (the weights stay those before it), and `first_bad` holds
+    that step's (number, loss, grad norm) until the host reads them (`read()`), which is the only
+    time it waits for the device.
 
     On the CPU the host *is* the device: a verdict costs no wait there, so a bad update is simply
     not made, instead of being made and undone from a copy of the weights.
     """
 
-    def __init__(self, factor: float, device: torch.device, initial_loss: float | None = None):
+    def __init__(self, factor: float, device: torch.device, initial_loss: float | None = None,
+                 smoothed_loss: float | None = None):
         self.factor = factor
         self.decide_on_host = device.type == "cpu"
+        # Both restored from a checkpoint's progress record, so a resumed run judges its steps alike.
         self.initial_loss = None if initial_loss is None else torch.tensor(initial_loss, device=device)
+        self.smoothed_loss = None if smoothed_loss is None else torch.tensor(smoothed_loss, device=device)
         self.healthy = torch.ones((), dtype=torch.bool, device=device)
         self.first_bad = torch.zeros(3, dtype=torch.float64, device=device)  # step, loss, grad norm
         self._saved: list[torch.Tensor] | None = None
 
     def check(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         """Fold step `step` (1-based) into the guard; returns the device bool "keep this update"."""
-        if self.initial_loss is None:
-            self.initial_loss = loss.detach().float().clone()
-        good = step_is_good(loss, grad_norm, self.initial_loss, self.factor)
+        value = loss.detach().float()
+        smoothed = value if self.smoothed_loss is None else \
+            LOSS_SMOOTHING * self.smoothed_loss + (1 - LOSS_SMOOTHING) * value
+        reference = smoothed if self.initial_loss is None else self.initial_loss
+        good = step_is_good(smoothed, grad_norm, reference, self.factor)
+        if self.initial_loss is None or step <= INITIAL_LOSS_STEPS:
+            self.initial_loss = torch.where(good, torch.maximum(reference, smoothed), reference)
+        self.smoothed_loss = smoothed
         newly_bad = self.healthy & ~good
         record = torch.stack([torch.full_like(loss, step, dtype=torch.float64), loss.double(), grad_norm.double()])
         self.first_bad = torch.where(newly_bad, record, self.first_bad)
@@ -160,10 +173,11 @@ class DivergenceGuard:
         return int(step), loss, grad_norm
 
 
-def step_is_good(loss: torch.Tensor, grad_norm: torch.Tensor, initial_loss: torch.Tensor,
+def step_is_good(smoothed_loss: torch.Tensor, grad_norm: torch.Tensor, initial_loss: torch.Tensor,
                  factor: float) -> torch.Tensor:
-    """The divergence rule, as a device bool: finite loss and norm, loss <= factor * first loss."""
-    return torch.isfinite(loss) & torch.isfinite(grad_norm) & (loss <= factor * initial_loss)
+    """The divergence rule, as a device bool: finite (smoothed) loss and norm, and the smoothed loss
+    at most factor * initial loss. A non-finite loss makes the smoothed one non-finite too."""
+    return torch.isfinite(smoothed_loss) & torch.isfinite(grad_norm) & (smoothed_loss <= factor * initial_loss)
 
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> mean loss

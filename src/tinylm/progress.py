@@ -22,7 +22,8 @@ class Progress:
     time_s: float = 0.0                      # wall time of the run so far, all sessions
     train_time_s: float = 0.0                # of which training steps (no evaluation, no checkpoints)
     status: str = "running"                  # running | completed | early_stopped | diverged
-    initial_loss: float | None = None        # first step's training loss (the divergence rule's base)
+    initial_loss: float | None = None        # the divergence rule's reference (DivergenceGuard)
+    smoothed_loss: float | None = None       # its moving average of the training loss
     last_train_loss: float | None = None
     best_val_loss: float | None = None
     target_reached_step: int | None = None

@@ -12,6 +12,12 @@ import threading
 from typing import Iterator
 
 
+# The divergence rule (`tinylm.device.DivergenceGuard`) reads the training loss smoothed by an
+# exponential moving average with this decay, against its largest value over the first steps.
+LOSS_SMOOTHING = 0.9
+INITIAL_LOSS_STEPS = 10
+
+
 def budget_reached(step: int, total_steps: int) -> bool:
     return step >= total_steps
 

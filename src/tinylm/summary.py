@@ -47,6 +47,7 @@ def write_summary(path: Path, config: RunConfig, progress: Progress, device: tor
         "final_val_loss": final_val_loss, "final_val_tokens": final_val_tokens,
         "best_val_loss": p.best_val_loss, "early_stop_loss": config.training.early_stop_loss,
         "target_reached_step": p.target_reached_step, "diverged_at_step": p.diverged_at_step,
+        "divergence_reference_loss": finite_or_none(p.initial_loss),
         "peak_mem_bytes": peak_mem, "mem_total_bytes": total_mem,
         "mem_percent": memory_percent(peak_mem, total_mem),
         "tokens_per_s": round(tokens_per_s, 1) if tokens_per_s is not None else None,

@@ -11,7 +11,7 @@ CHECKPOINT_DIR (a second one fails at once, naming the holder).
 
 Steps are queued without the host waiting for the device: loss and gradient norm are read once
 per `log_interval` and at evaluations, checkpoints and the end; a bad step (non-finite, or a loss
-past `divergence_factor` times the first) has its update undone on the device and the run is marked
+past `divergence_factor` times the untrained model's: `DivergenceGuard`) has its update undone on the device and the run is marked
 diverged at the next read.
 
 Exit status: 0 when the run completed, stopped early at its target loss, or diverged (a diverged
@@ -162,7 +162,8 @@ class Trainer:
             if removed:
                 print(f"{c.name}: starting from scratch; removed an earlier run's {', '.join(removed)} "
                       f"from {self.out_dir}", file=sys.stderr)
-        self.guard = DivergenceGuard(t.divergence_factor, self.device, self.progress.initial_loss)
+        self.guard = DivergenceGuard(t.divergence_factor, self.device, self.progress.initial_loss,
+                                     self.progress.smoothed_loss)
         # Wrappers go on after loading, so checkpoints always hold the bare model's keys.
         self.eval_model = torch.compile(self.model) if self.compiled else self.model
         self.train_model = self.eval_model
@@ -287,7 +288,7 @@ class Trainer:
         else:
             loss_value, norm_value = loss.item(), grad_norm.item()
         self.clock.lap()
-        p.initial_loss = float(self.guard.initial_loss) if p.initial_loss is None else p.initial_loss
+        p.initial_loss, p.smoothed_loss = float(self.guard.initial_loss), float(self.guard.smoothed_loss)
         p.last_train_loss = loss_value
         val_loss = None
         if p.status == "running" and p.step % t.eval_interval == 0:

@@ -16,6 +16,7 @@ import regex
 
 from tinylm.loading import load_npy
 from tinylm.report.runs import Run
+from tinylm.stopping import INITIAL_LOSS_STEPS, LOSS_SMOOTHING
 from tinylm.report.tables import (fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio, fmt_share,
                                   fmt_signed, fmt_speed)
 
@@ -88,7 +89,8 @@ DIVERGED, STOPPED, TRAINS = "diverged", "stopped learning", "trains"
 @dataclass
 class EdgeOfStability:
     """Which rates fail and where the edge lies. A rate fails when its run diverged (the trainer
-    caught a non-finite loss, or a training loss above `training.divergence_factor` times its first)
+    caught a non-finite loss, or a smoothed training loss above `training.divergence_factor` times the
+    untrained model's)
     or when it stopped learning: its final validation loss is no better than the unigram loss, or
     closer to it than to the best rate's loss (above `threshold`, their midpoint)."""
 
@@ -136,7 +138,8 @@ def criterion_text(edge: EdgeOfStability, runs: list[Run]) -> str:
     factors = sorted({float(r.config["training"].get("divergence_factor", 2.0)) for r in runs})
     factor = "/".join(f"{f:g}" for f in factors)
     text = (f"A rate fails when its run diverges (the trainer stops it at a non-finite loss or a training loss "
-            f"above {factor}x its first)")
+            f"smoothed over about {1 / (1 - LOSS_SMOOTHING):.0f} steps above {factor}x the untrained model's, its "
+            f"largest over the first {INITIAL_LOSS_STEPS} steps)")
     if edge.unigram is None:
         return text + ("; the unigram loss, which would also mark runs that stop learning, is not known here "
                        "(the runs' token arrays are missing).")
@@ -176,6 +179,7 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
         elif edge.largest_stable is not None:
             parts.append(f"The largest rate that still trains, {fmt_rate(edge.largest_stable.lr)}, ends at "
                          f"{fmt_loss(edge.largest_stable.final('final_val_loss'))}, above the best.")
+            parts.append(stability_text(edge.largest_stable))
     elif edge.best is not None:
         largest = max(runs, key=lambda r: r.lr)
         parts.append(f"The edge of stability lies above the largest rate tried, {fmt_rate(rates[-1])}"
@@ -325,13 +329,13 @@ def largest_spike(run: Run) -> tuple[float, float] | None:
 
 def stability_text(run: Run) -> str:
     """Why a run that might have diverged did not: its largest loss spike against the trainer's threshold."""
-    spike, first = largest_spike(run), first_logged_loss(run)
-    if run.diverged or spike is None or first is None:
+    spike, reference = largest_spike(run), run.summary.get("divergence_reference_loss")
+    if run.diverged or spike is None or reference is None:
         return ""
     factor = float(run.config["training"].get("divergence_factor", 2.0))
     return (f"{run.label} did not diverge: its largest rise of the training loss above its lowest value so far "
             f"is {fmt_signed(spike[1])} (step {fmt_int(spike[0])}), far from the divergence threshold of "
-            f"{factor:g}x its first logged loss ({fmt_loss(factor * first[1])}).")
+            f"{factor:g}x the untrained model's smoothed loss ({fmt_loss(factor * reference)}).")
 
 
 def first_logged_loss(run: Run) -> tuple[float, float] | None:
@@ -386,6 +390,25 @@ def variant_text(runs: list[Run], baseline: Run) -> str:
     elif len(set(params.values()) - {None}) > 1:
         parts.append("Parameter counts: " + ", ".join(f"{label} {fmt_int(n)}" for label, n in params.items()) + ".")
     return " ".join(parts)
+
+
+def variant_rates_text(runs: list[Run], baseline: Run) -> str:
+    """For a variant trained at several rates: the smallest rate at which it diverged, against the
+    baseline's rate (the log's no-RMSNorm finding is a divergence at the baseline's best rate)."""
+    variants = [r for r in runs if r is not baseline]
+    if len({r.lr for r in variants}) < 2:
+        return ""
+    diverged = sorted((r for r in variants if r.diverged), key=lambda r: r.lr)
+    if not diverged:
+        return f"None of the variant's {len(variants)} rates diverged."
+    smallest, base = diverged[0], fmt_rate(baseline.lr)
+    text = (f"The smallest rate at which the variant diverged is {fmt_rate(smallest.lr)}, "
+            f"{fmt_ratio(smallest.lr / baseline.lr)}x the baseline's rate ({base})")
+    trains_below = sorted(r.lr for r in variants if not r.diverged and r.lr < smallest.lr)
+    if trains_below:
+        text += f", and it trains at {' and '.join(map(fmt_rate, trains_below))}"
+    where = "at or below" if smallest.lr <= baseline.lr else "above"
+    return text + f": its edge of stability lies {where} the baseline's rate."
 
 
 def comparison_text(run: Run, other: Run) -> str:

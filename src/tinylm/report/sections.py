@@ -316,6 +316,8 @@ def variant(section: Section, inputs: Inputs) -> None:
     # that survived it says how close it came.
     unnormalised = [r for r in runs if r is not baseline and r.lr == baseline.lr and r.config["model"]["norm"] == "none"]
     text += "".join(" " + analysis.stability_text(r) for r in unnormalised if not r.diverged)
+    rates = analysis.variant_rates_text(runs, baseline)
+    text += " " + rates if rates else ""
     section.paragraph(text)
     section.figure(figures.loss_curves(runs, "step", baseline), "loss_vs_step",
                    "Train and validation loss against step: variants solid, baseline dashed")
