@@ -15,9 +15,10 @@ baseline tokenizer's vocabulary and `baseline.training.batch_size`, read from th
 the peer (issue 14), reported as met or missed.
 
 Setups: ours with fused attention and the trainer's divergence guard, eager and torch.compile'd
-as the trainer compiles it (forward and loss as one graph, `tinylm.device.compiled_loss`); the peer
-with its default (sdpa) attention and torch.optim.AdamW. Each runs in bf16 autocast on a GPU, and
-in both fp32 and bf16 autocast on the CPU; ratios are against the peer's fastest setup. The setups
+as the trainer compiles it (forward and loss as one graph, `tinylm.device.compiled_loss`, and the
+AdamW update as another, `tinylm.optim.AdamW(compiled=True)`); the peer with its default (sdpa)
+attention and torch.optim.AdamW. Each runs in bf16 autocast on a GPU, and in both fp32 and bf16
+autocast on the CPU; ratios are against the peer's fastest setup. The setups
 are timed in interleaved rounds and the best round of each counts, so load from other processes on
 a shared machine hurts all of them alike. Prints a table and writes
 benchmarks/results/bench_train.{json,md}. On a GPU it also reports model FLOPs utilisation (MFU)
@@ -141,8 +142,8 @@ def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool) -> li
         autocast = autocast_context(device, precision)
         # A factor no random-batch loss reaches: the guard's cost is timed, it never undoes a step.
         return Setup(f"tinylm fused {precision}" + (" compile" if compiled else ""), model, model,
-                     AdamW(model.parameters(), lr=LR), autocast, guard=DivergenceGuard(1e9, device),
-                     loss_fn=compiled_loss(model, autocast) if compiled else None)
+                     AdamW(model.parameters(), lr=LR, compiled=compiled), autocast,
+                     guard=DivergenceGuard(1e9, device), loss_fn=compiled_loss(model, autocast) if compiled else None)
 
     setups = [ours(precision, compiled) for precision in precisions for compiled in (False, True)
               if try_compile or not compiled]

@@ -128,7 +128,7 @@ def throughput(model_config: ModelConfig, batches: list[int], device_name_: str,
         for batch in batches:
             torch.manual_seed(0)
             model = build_model(model_config, attention="fused", device=device)
-            optimizer = AdamW(model.parameters(), lr=1e-3)
+            optimizer = AdamW(model.parameters(), lr=1e-3, compiled=compiled)
             guard = DivergenceGuard(1e9, device)
             tokens = torch.randint(model_config.vocab_size, (batch, model_config.context_length + 1), device=device)
             inputs, targets = tokens[:, :-1], tokens[:, 1:]

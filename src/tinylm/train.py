@@ -153,7 +153,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 runs on GPU
         self.model = build_model(c.model, attention=t.attention, device=self.device)
-        self.optimizer = AdamW.from_config(self.model.parameters(), c.optimizer)
+        self.optimizer = AdamW.from_config(self.model.parameters(), c.optimizer, compiled=self.compiled)
         self.progress = Progress(started_at=utc_now())
         if self.checkpoint_path.is_file():
             self._resume()
