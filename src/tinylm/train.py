@@ -10,9 +10,9 @@ scratch first removes an earlier run's results from OUT_DIR. One trainer at a ti
 CHECKPOINT_DIR (a second one fails at once, naming the holder).
 
 Steps are queued without the host waiting for the device: loss and gradient norm are read once
-per `log_interval` and at evaluations, checkpoints and the end; a bad step (non-finite, or a loss
-past `divergence_factor` times the untrained model's: `DivergenceGuard`) has its update undone on the device and the run is marked
-diverged at the next read.
+per `log_interval` and at evaluations, checkpoints and the end; a bad step (non-finite, or a smoothed
+loss past `divergence_factor` times the untrained model's: `DivergenceGuard`) has its update undone
+on the device and the run is marked diverged at the next read.
 
 Exit status: 0 when the run completed, stopped early at its target loss, or diverged (a diverged
 run is a result); EXIT_PREEMPTED (143 = 128 + SIGTERM) when a SIGTERM stopped it after saving a
