@@ -14,15 +14,16 @@ baseline tokenizer's vocabulary and `baseline.training.batch_size`, read from th
 16 heads) at batch 4 on the CPU, 128 on a GPU. Each size has a target ratio of our best setup to
 the peer (issue 14), reported as met or missed.
 
-Setups: ours with fused attention and the trainer's divergence guard, eager and torch.compile'd
-as the trainer compiles it (forward and loss as one graph, `tinylm.device.compiled_loss`, and the
-AdamW update as another, `tinylm.optim.AdamW(compiled=True)`); the peer with its default (sdpa)
-attention and torch.optim.AdamW. Each runs in bf16 autocast on a GPU, and in both fp32 and bf16
-autocast on the CPU; ratios are against the peer's fastest setup. The setups
-are timed in interleaved rounds and the best round of each counts, so load from other processes on
-a shared machine hurts all of them alike. Prints a table and writes
-benchmarks/results/bench_train.{json,md}. On a GPU it also reports model FLOPs utilisation (MFU)
-against that GPU's dense bf16 peak (tinylm.device.PEAK_FLOPS; "unknown" for a GPU not in it).
+Setups: ours with the trainer's divergence guard and fused attention (on the CPU also the reference
+attention in bf16), eager and torch.compile'd as the trainer compiles it (forward and loss as one
+graph, `tinylm.device.compiled_loss`, and the AdamW update as another,
+`tinylm.optim.AdamW(compiled=True)`); the peer with its default (sdpa) attention and
+torch.optim.AdamW. Each runs in bf16 autocast on a GPU, and in both fp32 and bf16 autocast on the
+CPU; ratios are against the peer's fastest setup. The setups are timed in interleaved rounds and
+the best round of each counts, so load from other processes on a shared machine hurts all of them
+alike. Prints a table and writes benchmarks/results/bench_train.{json,md}. On a GPU it also reports
+model FLOPs utilisation (MFU) against that GPU's dense bf16 peak (tinylm.device.PEAK_FLOPS;
+"unknown" for a GPU not in it).
 """
 from __future__ import annotations
 
@@ -135,17 +136,22 @@ def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool) -> li
     trains well in: bf16 autocast on a GPU; fp32 and bf16 autocast on the CPU, where bf16 matmuls pay
     on AVX-512 BF16 / AMX cores and cost time on others."""
     precisions = ["bf16"] if device.type == "cuda" else ["fp32", "bf16"]
+    # On the CPU the fused kernel runs attention in fp32 (see MultiHeadSelfAttention._attend), while
+    # the reference path's attention matmuls run in bf16, which torch.compile makes the faster one.
+    kernels = [("fused", precision) for precision in precisions]
+    if device.type == "cpu":
+        kernels.append(("reference", "bf16"))
 
-    def ours(precision, compiled):
+    def ours(attention, precision, compiled):
         torch.manual_seed(0)
-        model = build_model(cfg, attention="fused", device=device)
+        model = build_model(cfg, attention=attention, device=device)
         autocast = autocast_context(device, precision)
         # A factor no random-batch loss reaches: the guard's cost is timed, it never undoes a step.
-        return Setup(f"tinylm fused {precision}" + (" compile" if compiled else ""), model, model,
+        return Setup(f"tinylm {attention} {precision}" + (" compile" if compiled else ""), model, model,
                      AdamW(model.parameters(), lr=LR, compiled=compiled), autocast,
                      guard=DivergenceGuard(1e9, device), loss_fn=compiled_loss(model, autocast) if compiled else None)
 
-    setups = [ours(precision, compiled) for precision in precisions for compiled in (False, True)
+    setups = [ours(attention, precision, compiled) for attention, precision in kernels for compiled in (False, True)
               if try_compile or not compiled]
     peer = llama_peer(cfg, device)
     copy_weights_into_peer(setups[0].model, peer, cfg)
