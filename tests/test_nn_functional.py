@@ -62,6 +62,23 @@ def test_cross_entropy_upcasts_bf16_logits():
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits.float(), targets))
 
 
+def test_cross_entropy_gradient_is_the_formulas_in_the_logits_dtype_and_survives_a_second_backward():
+    torch.manual_seed(5)
+    logits = (torch.randn(3, 4, 13) * 3).bfloat16().requires_grad_()
+    targets = torch.randint(0, 13, (3, 4))
+    upcast = logits.detach().float().requires_grad_()
+    textbook = (torch.logsumexp(upcast, -1) - upcast.gather(-1, targets.unsqueeze(-1)).squeeze(-1)).mean()
+    textbook.backward()
+    loss = cross_entropy(logits, targets)
+    loss.backward(retain_graph=True)
+    assert logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.grad, upcast.grad.bfloat16())
+    first = logits.grad.clone()
+    logits.grad = None
+    (2 * loss).backward()
+    torch.testing.assert_close(logits.grad, (2 * first.float()).bfloat16())
+
+
 def test_gradchecks_in_float64():
     torch.manual_seed(3)
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)

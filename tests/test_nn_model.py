@@ -1,10 +1,12 @@
 """TransformerLM against a plain re-implementation, its variants, fast paths, KV cache and FLOPs."""
+import contextlib
 import math
 
 import pytest
 import torch
 
 from tinylm.config import ModelConfig
+from tinylm.device import compiled_loss
 from tinylm.nn import (
     TransformerBlock,
     TransformerLM,
@@ -220,9 +222,9 @@ def test_cpu_bf16_autocast_runs_the_fused_attention_kernel_in_fp32(monkeypatch):
 @pytest.mark.slow
 def test_torch_compile_equals_reference():
     reference, fused = _pair()
-    compiled = torch.compile(fused)
+    compiled = compiled_loss(fused, contextlib.nullcontext)  # model and loss in one graph, as the trainer has them
     ids = torch.randint(0, TINY.vocab_size, (2, TINY.context_length))
-    loss = cross_entropy(compiled(ids[:, :-1]), ids[:, 1:])
+    loss = compiled(ids[:, :-1], ids[:, 1:])
     loss.backward()
     expected = cross_entropy(reference(ids[:, :-1]), ids[:, 1:])
     expected.backward()

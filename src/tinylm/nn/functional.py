@@ -46,14 +46,39 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of `targets` under softmax(`logits`), in at least float32.
 
     logits: (..., vocab), targets: (...) integer ids -> scalar. Uses log-sum-exp, so large logits
-    neither overflow nor lose precision; low-precision (bf16) logits are upcast first.
+    neither overflow nor lose precision; low-precision (bf16) logits are upcast first, and their
+    gradient comes back in their dtype.
     """
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    # log softmax(x)_t = (x_t - m) - log(sum(exp(x - m))) for any m; m = max keeps exp <= 1.
-    shifted = logits - logits.amax(dim=-1, keepdim=True).detach()  # (..., vocab); m's gradient is 0
-    log_sum_exp = torch.log(torch.exp(shifted).sum(dim=-1))         # (...)
-    target_logits = shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (...)
-    return (log_sum_exp - target_logits).mean()
+    return _CrossEntropy.apply(logits, targets)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Cross-entropy with its gradient written out: d loss / d logits = (softmax - one_hot) / N.
+
+    One buffer goes from upcast logits to shifted logits to their exponentials, which the backward
+    pass turns into the gradient. Autograd of the formula would allocate a (..., vocab) tensor per
+    operation, and at the default config's size those allocations and their page faults cost more
+    than the arithmetic.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # log softmax(x)_t = (x_t - m) - log(sum(exp(x - m))) for any m; m = max keeps exp <= 1.
+        exps = logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True)  # (..., vocab)
+        exps.sub_(exps.amax(dim=-1, keepdim=True))
+        target_logits = exps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (...)
+        sums = exps.exp_().sum(dim=-1)                                      # (...)
+        ctx.save_for_backward(exps, sums, targets)
+        ctx.logits_dtype = logits.dtype
+        return (torch.log(sums) - target_logits).mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:
+        exps, sums, targets = ctx.saved_tensors
+        scale = grad_loss / targets.numel()
+        grad = exps * (scale / sums).unsqueeze(-1)  # softmax * scale; exps stays intact for a second backward
+        grad.scatter_add_(-1, targets.unsqueeze(-1), (-scale).expand(targets.shape).unsqueeze(-1).to(grad.dtype))
+        return grad.to(ctx.logits_dtype), None
 
 
 @torch.no_grad()
