@@ -198,24 +198,28 @@ def test_bf16_autocast_stays_close_to_fp32():
             assert loss.item() == pytest.approx(cross_entropy(expected, ids).item(), rel=2e-2)
 
 
-def test_cpu_bf16_autocast_runs_the_fused_attention_kernel_in_fp32(monkeypatch):
-    # The CPU kernel's bf16 backward is the slow one (see MultiHeadSelfAttention._attend); the
-    # matmuls around it stay in bf16.
-    seen = []
-    kernel = torch.nn.functional.scaled_dot_product_attention
+def test_cpu_bf16_autocast_runs_fused_attention_as_torchs_softmax_between_bf16_matmuls(monkeypatch):
+    # The CPU flash kernel is the slow choice there in either precision (see MultiHeadSelfAttention._attend).
+    softmax_inputs = []
+    softmax = torch.softmax
 
-    def recording_kernel(q, k, v, **kwargs):
-        seen.append((q.dtype, k.dtype, v.dtype))
-        return kernel(q, k, v, **kwargs)
+    def recording_softmax(x, dim):
+        softmax_inputs.append((x.dtype, x.shape))
+        return softmax(x, dim)
 
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_kernel)
+    def no_flash_kernel(*args, **kwargs):
+        raise AssertionError("the CPU flash kernel ran under bf16 autocast")
+
+    monkeypatch.setattr(torch, "softmax", recording_softmax)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", no_flash_kernel)
     _, fused = _pair()
     ids = torch.randint(0, TINY.vocab_size, (2, TINY.context_length))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = fused(ids)
     logits.float().sum().backward()
     assert logits.dtype == torch.bfloat16
-    assert seen == [(torch.float32,) * 3] * TINY.num_layers
+    scores = (2, TINY.num_heads, TINY.context_length, TINY.context_length)
+    assert softmax_inputs == [(torch.bfloat16, scores)] * TINY.num_layers
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in fused.parameters())
 
 

@@ -7,7 +7,7 @@ maximum before exponentiating).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -29,17 +29,19 @@ def silu(x: torch.Tensor) -> torch.Tensor:
 
 
 def scaled_dot_product_attention(Q: torch.Tensor, K: torch.Tensor, V: torch.Tensor,
-                                 mask: torch.Tensor | None = None) -> torch.Tensor:
+                                 mask: torch.Tensor | None = None,
+                                 softmax: Callable[[torch.Tensor, int], torch.Tensor] = softmax) -> torch.Tensor:
     """softmax(Q K^T / sqrt(d_k)) V.
 
     Q: (..., queries, d_k), K: (..., keys, d_k), V: (..., keys, d_v) -> (..., queries, d_v).
     mask: bool, broadcastable to (..., queries, keys); True = may attend. A query whose keys are all
     masked would divide 0 by 0; causal masks never do that (every query sees itself).
+    `softmax` may be swapped for a faster one of the same signature (torch.softmax).
     """
     scores = Q @ K.transpose(-2, -1) / math.sqrt(Q.shape[-1])  # (..., queries, keys)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return softmax(scores, dim=-1) @ V
+    return softmax(scores, -1) @ V
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
