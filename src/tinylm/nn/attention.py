@@ -35,9 +35,15 @@ class RotaryPositionalEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, token_positions: torch.Tensor) -> torch.Tensor:
         """x: (..., seq, d_k); token_positions: (seq,) or (..., seq), broadcast against x's leading dims."""
-        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
-        rotated = x * self.cos[token_positions] + swapped * self.signed_sin[token_positions]
-        return rotated.to(x.dtype)
+        cos, signed_sin = self.cos[token_positions], self.signed_sin[token_positions]  # (..., seq, d_k)
+        if torch.compiler.is_compiling():  # inductor fuses these into one kernel; it generates no complex code
+            swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+            return (x * cos + swapped * signed_sin).to(x.dtype)
+        # Eager, each pair times e^(i angle) as one complex multiplication is one pass over x,
+        # forward and backward, where the sum above is five.
+        pairs = torch.view_as_complex(x.to(torch.promote_types(x.dtype, cos.dtype)).unflatten(-1, (-1, 2)))
+        rotations = torch.complex(cos[..., 0::2], signed_sin[..., 1::2])
+        return torch.view_as_real(pairs * rotations).flatten(-2).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
