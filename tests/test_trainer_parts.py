@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
+import resource
 import signal
 import socket
 import subprocess
@@ -17,7 +19,14 @@ from tiny_run import one_thread, read_metrics, read_summary, signal_after_first_
 from tinylm import summary as summary_module
 from tinylm.checkpoint import load_training_state
 from tinylm.config import ModelConfig, RunConfig, TrainingConfig
-from tinylm.device import DivergenceGuard, peak_flops, step_is_good, training_step, use_compile
+from tinylm.device import (
+    DivergenceGuard,
+    keep_freed_host_memory,
+    peak_flops,
+    step_is_good,
+    training_step,
+    use_compile,
+)
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
 from tinylm.progress import Progress
@@ -71,6 +80,20 @@ def test_compile_setting():
             TrainingConfig(max_steps=1, compile=bad).validate()
     with pytest.raises(ValueError, match="training.peak_flops"):
         TrainingConfig(max_steps=1, peak_flops=float("inf")).validate()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_freed_host_memory_is_reused_without_page_faults():
+    def faults_of_a_step():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        buffers = [torch.ones(2 << 20) for _ in range(4)]  # 4 x 8 MiB alive at once, as in a step
+        del buffers
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    assert keep_freed_host_memory()
+    faults_of_a_step(), faults_of_a_step()  # the heap grows to the step's peak
+    # Handed back to the OS, as glibc may do by default, each step would fault in all 8192 pages again.
+    assert sum(faults_of_a_step() for _ in range(10)) < (8 << 20) // resource.getpagesize()
 
 
 def test_step_is_good_rule():

@@ -7,6 +7,7 @@ queued without the host reading a single number back.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import platform
 import re
@@ -34,6 +35,25 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("training.device: mps requested but MPS is not available")
     return torch.device(name)
+
+
+def keep_freed_host_memory() -> bool:
+    """Ask the C allocator (glibc malloc) to keep freed memory for reuse, as PyTorch's CUDA allocator
+    does on the GPU; returns whether it agreed (False where there is no glibc).
+
+    A CPU training step frees and reallocates the same activation buffers every step. By default
+    glibc hands large buffers back to the OS, and each comes back through a page fault per 4 KiB:
+    at the default config's size, on one thread of the development VM, a multiplication into a
+    fresh (1024, 2000) float32 buffer took 3.4 ms where a subtraction in place took 0.2 ms.
+    Buffers up to 32 MiB (glibc's limit) now stay in the process, whose memory stays at its peak,
+    which a training step reaches every step anyway.
+    """
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's <malloc.h>
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def autocast_context(device: torch.device, precision: str) -> Callable[[], ContextManager]:

@@ -45,6 +45,7 @@ from tinylm.device import (
     DivergenceGuard,
     autocast_context,
     compiled_loss,
+    keep_freed_host_memory,
     resolve_device,
     training_step,
     use_compile,
@@ -152,6 +153,8 @@ class Trainer:
         random.seed(t.seed)
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 runs on GPU
+        elif self.device.type == "cpu":
+            keep_freed_host_memory()
         self.model = build_model(c.model, attention=t.attention, device=self.device)
         self.optimizer = AdamW.from_config(self.model.parameters(), c.optimizer, compiled=self.compiled)
         self.progress = Progress(started_at=utc_now())
