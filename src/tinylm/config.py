@@ -136,7 +136,7 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"                    # auto | cpu | cuda | mps
     devices: int = 1                        # processes under torchrun (DistributedDataParallel)
-    precision: str = "fp32"                 # fp32 | bf16 (autocast; on the CPU, fused attention stays fp32)
+    precision: str = "fp32"                 # fp32 | bf16 (autocast: matmuls in bf16, norms and the loss in fp32)
     compile: Any = "auto"                   # torch.compile model and AdamW update: true | false | auto (where it pays)
     attention: str = "reference"            # reference | fused (torch scaled_dot_product_attention)
     wandb: bool = False                     # log to Weights & Biases when installed
