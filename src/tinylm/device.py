@@ -66,9 +66,9 @@ def autocast_context(device: torch.device, precision: str) -> Callable[[], Conte
 def use_compile(setting: bool | str, device: torch.device) -> bool:
     """`training.compile`: true/false as given; `auto` compiles on CUDA only.
 
-    On the CPU, measured on the development machine (2-core AMD EPYC VM, 1 thread, a second
-    process busy on the other core, torch 2.13) for the default config's baseline run (700 steps at
-    batch 8, bf16; benchmarks/bench_compile.py), the whole `tinylm train` took 66 s eager, 150 s
+    On the CPU, measured on the development machine (2-core AMD EPYC VM, 1 thread, load average
+    1.2, torch 2.13) for the default config's baseline run (700 steps at batch 8, bf16;
+    benchmarks/bench_compile.py), the whole `tinylm train` took 66 s eager, 150 s
     compiled (model, loss and AdamW update) with an empty compile cache and 69 s with a warm one:
     even warm, tracing and loading the compiled graphs cost what their faster steps save. Half of
     the default config's runs have a shape or architecture of their own (batch sizes, norm,
