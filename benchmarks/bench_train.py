@@ -22,11 +22,11 @@ graph, `tinylm.device.compiled_loss`, and the AdamW update as another,
 `tinylm.optim.AdamW(compiled=True)`); the peer with its default (sdpa) attention and with its
 eager one (the faster on a CPU), and torch.optim.AdamW. Each runs in bf16 autocast on a GPU, and
 in both fp32 and bf16 autocast on the CPU; ratios are against the peer's fastest setup. On the CPU
-both keep freed memory for reuse, as the trainer does (`tinylm.device.keep_freed_host_memory`). The setups are timed in interleaved rounds and
-the best round of each counts, so load from other processes on a shared machine hurts all of them
-alike. Prints a table and writes benchmarks/results/bench_train.{json,md}. On a GPU it also reports
-model FLOPs utilisation (MFU) against that GPU's dense bf16 peak (tinylm.device.PEAK_FLOPS;
-"unknown" for a GPU not in it).
+both keep freed memory for reuse, as the trainer does (`tinylm.device.keep_freed_host_memory`).
+The setups are timed in interleaved rounds and the best round of each counts, so load from other
+processes on a shared machine hurts all of them alike. Prints a table and writes
+benchmarks/results/bench_train.{json,md}. On a GPU it also reports model FLOPs utilisation (MFU)
+against that GPU's dense bf16 peak (tinylm.device.PEAK_FLOPS; "unknown" for a GPU not in it).
 """
 from __future__ import annotations
 
@@ -314,13 +314,14 @@ def main() -> None:
             "load_average_before": load_average()}
     results = []
     shapes = sizes(Path(args.config))
+    default_label = default_setup(Path(args.config), device)
     for name in args.sizes:
         cfg, cpu_batch, gpu_batch = shapes[name]
         batch_size = args.batch_size or (gpu_batch if device.type == "cuda" else cpu_batch)
         print(f"{name}: {parameter_count(cfg):,} parameters, {training_flops_per_token(cfg):,} training "
               f"FLOPs/token, batch {batch_size}", flush=True)
         results.append(bench_size(name, cfg, batch_size, device, args.round_seconds, args.rounds, args.compile,
-                                  default_setup(Path(args.config), device)))
+                                  default_label))
     meta["load_average_after"] = load_average()
     text = markdown(results, meta)
     print(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tinylm.nn.functional import scaled_dot_product_attention
+from tinylm.nn.functional import scaled_dot_product_attention, softmax
 from tinylm.nn.layers import Linear
 
 # The attention kernels MultiHeadSelfAttention can run (tinylm.config offers the same choices).
@@ -131,22 +131,22 @@ class MultiHeadSelfAttention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         num_queries, num_keys = q.shape[-2], k.shape[-2]
-        if self.attention == "fused" and q.device.type == "cpu" and q.dtype == torch.bfloat16:
-            # The CPU flash-attention kernel trains slowly in bf16 (its backward) and in fp32 (its
-            # matmuls). Forward and backward of one layer on one thread of the AVX-512 BF16
-            # development VM (torch 2.13), baseline / reference size: flash bf16 13.2 / 49.8 ms,
-            # flash fp32 4.9 / 35.7 ms, bf16 matmuls around torch's softmax 3.7 / 30.4 ms. The
-            # price is holding every (query, key) score at once, as the reference path does.
-            mask = causal_mask(num_queries, num_keys, device=q.device)
-            return scaled_dot_product_attention(q, k, v, mask, softmax=torch.softmax)
-        if self.attention == "fused":
+        # The CPU flash-attention kernel trains slowly in bf16 (its backward) and in fp32 (its
+        # matmuls). Forward and backward of one layer on one thread of the AVX-512 BF16
+        # development VM (torch 2.13), baseline / reference size: flash bf16 13.2 / 49.8 ms,
+        # flash fp32 4.9 / 35.7 ms, bf16 matmuls around torch's softmax 3.7 / 30.4 ms. There,
+        # fused attention is the reference formula with torch's softmax, holding every score at once.
+        cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
+        if self.attention == "fused" and not cpu_bf16:
             if num_queries == num_keys:
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
             if num_queries == 1:  # one new token after the cache: it sees every key
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v)
             mask = causal_mask(num_queries, num_keys, device=q.device)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return scaled_dot_product_attention(q, k, v, causal_mask(num_queries, num_keys, device=q.device))
+        mask = causal_mask(num_queries, num_keys, device=q.device)
+        return scaled_dot_product_attention(q, k, v, mask,
+                                            softmax=torch.softmax if self.attention == "fused" else softmax)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, attention={self.attention!r}"
