@@ -18,7 +18,7 @@ missed; the best of ours is reported beside it.
 
 Setups: ours with the trainer's divergence guard and fused attention (on the CPU also the reference
 attention in bf16), eager and torch.compile'd as the trainer compiles it (forward and loss as one
-graph, `tinylm.device.compiled_loss`, and the AdamW update as another,
+graph, `tinylm.device.TrainingStep`, and the AdamW update as another,
 `tinylm.optim.AdamW(compiled=True)`); the peer with its default (sdpa) attention and with its
 eager one (the faster on a CPU), and torch.optim.AdamW. Each runs in bf16 autocast on a GPU, and
 in both fp32 and bf16 autocast on the CPU; ratios are against the peer's fastest setup. On the CPU
@@ -43,12 +43,11 @@ from tinylm.config import ModelConfig, TrainingConfig
 from tinylm.fileio import write_json_atomic, write_text_atomic
 from tinylm.device import (
     DivergenceGuard,
+    TrainingStep,
     autocast_context,
-    compiled_loss,
     device_name,
     keep_freed_host_memory,
     peak_flops,
-    training_step,
     use_compile,
 )
 from tinylm.experiments import resolve_config
@@ -136,15 +135,13 @@ class Setup:
     autocast: object         # () -> context manager
     peer: bool = False
     best_s: float = float("inf")
-    guard: DivergenceGuard | None = None
-    loss_fn: object = None   # (inputs, targets) -> loss, as the trainer compiles it
+    training_step: TrainingStep | None = None  # ours: the trainer's own step, divergence guard included
     steps: int = field(default=0)
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        if not self.peer:  # the trainer's own step, divergence guard included
+        if self.training_step is not None:
             self.steps += 1
-            training_step(self.forward, self.optimizer, inputs, targets, self.autocast, 1.0, self.guard, self.steps,
-                          loss_fn=self.loss_fn)
+            self.training_step(inputs, targets, self.steps)
             return
         with self.autocast():  # the peer's, with PyTorch's loss and clipping
             logits = self.forward(inputs)
@@ -170,10 +167,11 @@ def make_setups(cfg: ModelConfig, device: torch.device, try_compile: bool) -> li
         torch.manual_seed(0)
         model = build_model(cfg, attention=attention, device=device)
         autocast = autocast_context(device, precision)
-        # A factor no random-batch loss reaches: the guard's cost is timed, it never undoes a step.
-        return Setup(setup_label(attention, precision, compiled), model, model,
-                     AdamW(model.parameters(), lr=LR, compiled=compiled), autocast,
-                     guard=DivergenceGuard(1e9, device), loss_fn=compiled_loss(model, autocast) if compiled else None)
+        optimizer = AdamW(model.parameters(), lr=LR, compiled=compiled)
+        # A factor no random-batch loss reaches: the guard's cost is timed, it never rejects a step.
+        step = TrainingStep(model, optimizer, autocast, 1.0, DivergenceGuard(1e9, device), compiled=compiled)
+        return Setup(setup_label(attention, precision, compiled), model, model, optimizer, autocast,
+                     training_step=step)
 
     setups = [ours(attention, precision, compiled) for attention, precision in kernels for compiled in (False, True)
               if try_compile or not compiled]

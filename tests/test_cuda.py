@@ -12,16 +12,9 @@ import pytest
 import torch
 from tiny_run import read_metrics, read_summary, train, write_config
 
-from tinylm.config import ModelConfig
-from tinylm.device import (
-    DivergenceGuard,
-    autocast_context,
-    compiled_loss,
-    device_name,
-    peak_flops,
-    training_step,
-)
-from tinylm.nn import build_model
+from tinylm.config import ModelConfig, RunConfig
+from tinylm.device import DivergenceGuard, TrainingStep, autocast_context, device_name, peak_flops
+from tinylm.nn import build_model, model_flops_utilization
 from tinylm.optim import AdamW
 from tinylm.prefetch import BatchPrefetcher
 
@@ -45,20 +38,18 @@ def test_a_training_step_with_its_guard_and_next_batch_never_waits_for_the_gpu(c
     device = torch.device("cuda", 0)
     torch.manual_seed(0)
     model = build_model(MODEL, attention="fused", device=device)
-    optimizer = AdamW(model.parameters(), lr=1e-3)
+    optimizer = AdamW(model.parameters(), lr=1e-3, compiled=compiled)
     guard = DivergenceGuard(2.0, device)
     tokens = np.random.default_rng(0).integers(0, MODEL.vocab_size, 50_000).astype(np.uint16)
     batches = BatchPrefetcher(tokens, 8, MODEL.context_length, 0, 0, 1, device)
-    precision = autocast_context(device, "bf16")
-    loss_fn = compiled_loss(model, precision) if compiled else None
+    step = TrainingStep(model, optimizer, autocast_context(device, "bf16"), 1.0, guard, compiled=compiled)
     try:
-        for step in range(3):  # warm-up: compilation and first allocations may synchronise
-            training_step(model, optimizer, *batches.batch(step), precision, 1.0, guard, step + 1, loss_fn=loss_fn)
+        for number in range(1, 4):  # warm-up: compilation and first allocations may synchronise
+            step(*batches.batch(number - 1), number)
         with no_host_sync():
-            for step in range(3, 8):
-                inputs, targets = batches.batch(step)
-                loss, grad_norm = training_step(model, optimizer, inputs, targets, precision, 1.0, guard, step + 1,
-                                                loss_fn=loss_fn)
+            for number in range(4, 9):
+                inputs, targets = batches.batch(number - 1)
+                loss, grad_norm = step(inputs, targets, number)
     finally:
         batches.close()
     assert inputs.is_cuda and loss.is_cuda and grad_norm.is_cuda
@@ -93,9 +84,13 @@ def test_a_run_on_the_gpu_trains_and_records_the_gpu(tmp_path, settings):
     assert summary["provenance"]["device_name"] == torch.cuda.get_device_name(0)
     assert summary["provenance"]["cuda_version"] == torch.version.cuda
     assert summary["compiled"] is settings["compile"]
-    if peak_flops(device_name(torch.device("cuda", 0)), settings["precision"]) is None:
+    assert (summary["compile_time_s"] > 0) is settings["compile"]
+    peak = peak_flops(device_name(torch.device("cuda", 0)), settings["precision"])
+    if peak is None:
         assert summary["mfu"] is None  # an unknown GPU gets no MFU rather than a wrong one
-    else:
+    else:  # the model FLOPs of the tokens trained per second, over the GPU's peak: stored unrounded
+        model = RunConfig.load(config).model
+        assert summary["mfu"] == pytest.approx(model_flops_utilization(summary["tokens_per_s"], model, peak), rel=1e-3)
         assert 0 < summary["mfu"] < 1
 
 

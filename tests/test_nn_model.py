@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinylm.config import ModelConfig
-from tinylm.device import compiled_loss
+from tinylm.device import ModelLoss, compile_static
 from tinylm.nn import (
     TransformerBlock,
     TransformerLM,
@@ -226,7 +226,7 @@ def test_cpu_bf16_autocast_runs_fused_attention_as_torchs_softmax_between_bf16_m
 @pytest.mark.slow
 def test_torch_compile_equals_reference():
     reference, fused = _pair()
-    compiled = compiled_loss(fused, contextlib.nullcontext)  # model and loss in one graph, as the trainer has them
+    compiled = compile_static(ModelLoss(fused, contextlib.nullcontext))  # model and loss in one graph, as the trainer has them
     ids = torch.randint(0, TINY.vocab_size, (2, TINY.context_length))
     loss = compiled(ids[:, :-1], ids[:, 1:])
     loss.backward()

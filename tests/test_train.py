@@ -29,7 +29,7 @@ from tinylm.train import EXIT_PREEMPTED
 
 METRICS_KEYS = {"step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s", "val_loss",
                 "mem_allocated_bytes", "mem_peak_bytes", "mem_total_bytes", "mem_percent"}
-SUMMARY_KEYS = {"name", "status", "steps", "tokens", "time_s", "final_train_loss", "final_val_loss",
+SUMMARY_KEYS = {"name", "status", "steps", "tokens", "time_s", "compile_time_s", "final_train_loss", "final_val_loss",
                 "best_val_loss", "early_stop_loss", "target_reached_step", "diverged_at_step", "divergence_reference_loss",
                 "peak_mem_bytes", "mem_total_bytes", "mem_percent", "tokens_per_s", "params", "device"}
 # Long enough (about two seconds) that a kill after the first checkpoint lands mid-run.
@@ -208,19 +208,44 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, capsys):
     assert "optimizer.lr" in err and "checkpoint.pt" in err
 
 
-def test_max_batch_on_cpu_stops_at_the_memory_budget(tmp_path):
+@pytest.mark.slow
+def test_a_compiled_run_counts_compilation_apart_and_compiles_each_graph_once(tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    config = write_config(tmp_path, training={"max_steps": 12, "log_interval": 1, "eval_interval": 6,
+                                              "compile": True, "final_eval_tokens": 1000})
+    assert train(config, tmp_path / "out", tmp_path / "ckpt") == 0
+    summary, metrics = read_summary(tmp_path / "out"), read_metrics(tmp_path / "out")
+    assert summary["compiled"] and summary["compile_time_s"] > 0
+    # Throughput counts the steps that trained, over their time: not the first step, which compiled.
+    trained_tokens = summary["tokens"] - summary["tokens"] // summary["steps"]
+    assert summary["tokens_per_s"] * summary["train_time_s"] == pytest.approx(trained_tokens, rel=0.05)
+    assert summary["time_s"] >= summary["compile_time_s"] + summary["train_time_s"] - 0.01
+    assert metrics[0]["tokens_per_s"] is None and all(m["tokens_per_s"] > 0 for m in metrics[1:])
+    # The loss (forward and backward), the AdamW update and evaluation compile once each: the final
+    # evaluation's short last window and partial batch are padded to the same shape.
+    assert counters["stats"]["unique_graphs"] == 3 and counters["frames"]["total"] == 3
+
+
+@pytest.mark.parametrize("start", [1, 256], ids=["doubling from 1", "halving from 256"])
+def test_max_batch_on_cpu_stops_at_the_memory_budget(tmp_path, start):
     config = write_config(tmp_path)
     out = tmp_path / "max_batch.json"
     budget_mb = 12
-    assert main(["max-batch", "--config", str(config), "--out", str(out),
-                 "--memory-budget-mb", str(budget_mb), "--max-batch", "1024"]) == 0
+    assert main(["max-batch", "--config", str(config), "--out", str(out), "--cpu-memory-budget-mb", str(budget_mb),
+                 "--max-batch", "1024", "--start-batch", str(start)]) == 0
     result = json.loads(out.read_text())
-    tried = result["tried"]
-    assert [t["batch"] for t in tried] == [2 ** i for i in range(len(tried))]
-    assert all(t["fits"] for t in tried[:-1]) and not tried[-1]["fits"]
-    assert tried[-1]["peak_bytes"] > budget_mb * 2**20 >= max(t["peak_bytes"] for t in tried[:-1])
-    assert result["largest_batch"] == tried[-2]["batch"] >= 2
-    assert result["device"] == "cpu" and result["total_memory"] > 0
+    tried = result["tried"]  # in batch order, whichever way the search went
+    batches = [t["batch"] for t in tried]
+    assert batches == [batches[0] * 2 ** i for i in range(len(tried))] and start in batches
+    fitting = [t for t in tried if t["fits"]]
+    assert fitting and fitting == tried[:len(fitting)] and len(fitting) < len(tried)  # fits below, not above
+    assert min(t["peak_bytes"] for t in tried if not t["fits"]) > budget_mb * 2**20 >= max(
+        t["peak_bytes"] for t in fitting)
+    assert result["largest_batch"] == fitting[-1]["batch"] >= 2
+    assert result["device"] == "cpu" and result["total_memory"] > 0 and result["compiled"] is False
 
 
 def test_bf16_autocast_and_fused_attention_train_like_the_reference(tmp_path):

@@ -114,22 +114,33 @@ def sequential_windows(num_tokens: int, context_length: int,
 
 @torch.no_grad()
 def loss_sum_over_windows(model: torch.nn.Module, dataset: np.ndarray, windows: list[tuple[int, int]],
-                          batch_size: int, device: str | torch.device, loss_fn,
+                          batch_size: int, window: int, device: str | torch.device, loss_fn,
                           precision_context=contextlib.nullcontext) -> tuple[float, int]:
-    """Summed next-token loss and token count of `windows`, batching equal-length windows together.
+    """Summed next-token loss and token count of `windows`, (start, length) pairs of length <= `window`.
 
+    Every forward pass has the same shape, (batch_size, window), so a compiled model compiles once:
+    a shorter window is padded at its end (with causal attention, padding never changes the
+    positions before it) and the last batch with empty rows; only real positions are scored.
     `loss_fn(logits, targets)` returns the mean loss; it is weighted back by the token count.
-    `precision_context()` wraps the forward pass (e.g. bf16 autocast).
+    `precision_context()` wraps the forward pass (e.g. bf16 autocast). The sum stays on the device
+    until the end, so the host waits once, not once per batch.
     """
-    total, count = 0.0, 0
-    by_length: dict[int, list[int]] = {}
-    for start, length in windows:
-        by_length.setdefault(length, []).append(start)
-    for length, starts in by_length.items():
-        for i in range(0, len(starts), batch_size):
-            inputs, targets = batch_from_starts(dataset, np.array(starts[i:i + batch_size]), length, device)
-            with precision_context():
-                logits = model(inputs)  # (batch, length, vocab)
-            total += float(loss_fn(logits.float(), targets)) * targets.numel()
-            count += targets.numel()
-    return total, count
+    device = torch.device(device)
+    positions = np.arange(window + 1)
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for i in range(0, len(windows), batch_size):
+        chunk = np.zeros((batch_size, 2), dtype=np.int64)          # (start, length); empty rows: length 0
+        chunk[:len(windows[i:i + batch_size])] = windows[i:i + batch_size]
+        offsets = np.minimum(chunk[:, :1] + positions, len(dataset) - 1)
+        tokens = torch.from_numpy(np.asarray(dataset[offsets], dtype=np.int64)).to(device)  # (batch, window + 1)
+        with precision_context():
+            logits = model(tokens[:, :-1])                          # (batch, window, vocab)
+        targets = tokens[:, 1:]
+        scored = positions[:window] < chunk[:, 1:]                  # (batch, window), on the host
+        if not scored.all():  # rows of the flattened batch picked by index: a boolean mask would sync
+            rows = torch.from_numpy(np.flatnonzero(scored)).to(device)
+            logits, targets = logits.flatten(0, 1)[rows], targets.flatten()[rows]
+        scored_count = int(scored.sum())
+        total += loss_fn(logits.float(), targets).double() * scored_count
+        count += scored_count
+    return total.item(), count

@@ -1,6 +1,6 @@
 """Devices, precision, peak FLOP/s and one optimizer step: what training, evaluation and generation share.
 
-Nothing here waits for the device: `training_step` returns the loss and gradient norm as device
+Nothing here waits for the device: a `TrainingStep` returns the loss and gradient norm as device
 tensors, and its divergence guard decides on the device whether the update is kept, so a step is
 queued without the host reading a single number back.
 """
@@ -35,6 +35,14 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("training.device: mps requested but MPS is not available")
     return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has run everything queued (a no-op on the CPU, which runs it in order)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def keep_freed_host_memory() -> bool:
@@ -144,7 +152,8 @@ class DivergenceGuard:
     time it waits for the device.
 
     On the CPU the host *is* the device: a verdict costs no wait there, so a bad update is simply
-    not made, instead of being made and undone from a copy of the weights.
+    not made. Elsewhere the verdict goes to the AdamW update as its `keep` flag, which writes the
+    old weights and moments back in the same pass.
     """
 
     def __init__(self, factor: float, device: torch.device, initial_loss: float | None = None,
@@ -156,7 +165,6 @@ class DivergenceGuard:
         self.smoothed_loss = None if smoothed_loss is None else torch.tensor(smoothed_loss, device=device)
         self.healthy = torch.ones((), dtype=torch.bool, device=device)
         self.first_bad = torch.zeros(3, dtype=torch.float64, device=device)  # step, loss, grad norm
-        self._saved: list[torch.Tensor] | None = None
 
     def check(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
         """Fold step `step` (1-based) into the guard; returns the device bool "keep this update"."""
@@ -174,18 +182,6 @@ class DivergenceGuard:
         self.healthy = self.healthy & good
         return self.healthy
 
-    @torch.no_grad()
-    def save(self, params: list[torch.Tensor]) -> None:
-        """Keep a copy of the weights before the update (into buffers allocated once)."""
-        if self._saved is None:
-            self._saved = [torch.empty_like(p) for p in params]
-        torch._foreach_copy_(self._saved, params)
-
-    @torch.no_grad()
-    def restore_unless(self, keep: torch.Tensor, params: list[torch.Tensor]) -> None:
-        for param, saved in zip(params, self._saved):
-            torch.where(keep, param, saved, out=param)
-
     def read(self) -> tuple[int, float, float] | None:
         """None while every step was good; else the first bad step's (number, loss, grad norm)."""
         if bool(self.healthy):
@@ -201,53 +197,66 @@ def step_is_good(smoothed_loss: torch.Tensor, grad_norm: torch.Tensor, initial_l
     return torch.isfinite(smoothed_loss) & torch.isfinite(grad_norm) & (smoothed_loss <= factor * initial_loss)
 
 
-LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (inputs, targets) -> mean loss
+class ModelLoss(torch.nn.Module):
+    """Forward pass in `precision`, then cross-entropy in float32: (inputs, targets) -> mean loss.
 
+    A module, so that DistributedDataParallel and torch.compile can wrap the forward pass and the
+    loss together."""
 
-def model_loss(model: torch.nn.Module, precision: Callable[[], ContextManager]) -> LossFunction:
-    """Forward pass in `precision`, then cross-entropy in float32."""
-    def loss(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with precision():
-            logits = model(inputs)                 # (batch, context, vocab)
+    def __init__(self, model: torch.nn.Module, precision: Callable[[], ContextManager]):
+        super().__init__()
+        self.model, self.precision = model, precision
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with self.precision():
+            logits = self.model(inputs)            # (batch, context, vocab)
         return cross_entropy(logits, targets)      # float32 scalar
-    return loss
 
 
-def compiled_loss(model: torch.nn.Module, precision: Callable[[], ContextManager]) -> LossFunction:
-    """`model_loss` compiled as one graph, so that inductor fuses the loss with the output layer's
-    kernels instead of the logits crossing a graph boundary in memory."""
-    # Training shapes never change within a run, so no dynamic-shape graph is ever worth its cost.
-    return torch.compile(model_loss(model, precision), dynamic=False)
+def compile_static(module: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile for a run's shapes, which never change (evaluation batches are padded to the
+    training batch's), so no dynamic-shape graph is ever worth its cost."""
+    return torch.compile(module, dynamic=False)
 
 
-def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                  targets: torch.Tensor, precision: Callable[[], ContextManager], grad_clip: float,
-                  guard: DivergenceGuard | None = None, step: int = 0,
-                  reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  loss_fn: LossFunction | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, backward, clip, AdamW update; returns (loss, grad norm before clipping) on the device.
+class TrainingStep:
+    """One optimizer step as the trainer runs it: forward and loss (eager, or compiled as one graph so
+    that inductor fuses the loss with the output layer instead of the logits crossing a graph
+    boundary in memory), backward, clipping, and the AdamW update, kept or not as the divergence
+    guard decides.
 
-    With a `guard`, step number `step` is checked on the device and its update undone when bad.
-    `reduce_loss` turns this process's loss into the global batch's (distributed runs), so every
-    process's guard sees the same numbers. `loss_fn` (e.g. `compiled_loss(model, precision)`)
-    replaces `model_loss(model, precision)`.
+    `model` is the bare model: clipping and the update see its parameters. `wrap` (distributed runs:
+    DistributedDataParallel) wraps forward and loss before they are compiled, so that dynamo splits
+    the graph at DDP's gradient buckets and their all-reduce overlaps the backward pass (torch's
+    recommended order: compile over DDP, not DDP over a compiled model). `reduce_loss` turns this
+    process's loss into the global batch's, so every process's guard sees the same numbers.
     """
-    loss = (loss_fn or model_loss(model, precision))(inputs, targets)
-    loss.backward()
-    grad_norm = gradient_clipping(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
-    loss = loss.detach()
-    if reduce_loss is not None:
-        loss = reduce_loss(loss)
-    if guard is None:
-        optimizer.step()
-    elif guard.decide_on_host:
-        if guard.check(step, loss, grad_norm):
-            optimizer.step()
-    else:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        keep = guard.check(step, loss, grad_norm)
-        guard.save(params)
-        optimizer.step()
-        guard.restore_unless(keep, params)
-    optimizer.zero_grad(set_to_none=True)
-    return loss, grad_norm
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 precision: Callable[[], ContextManager], grad_clip: float, guard: DivergenceGuard | None = None,
+                 compiled: bool = False, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+                 reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.model, self.optimizer, self.guard, self.reduce_loss = model, optimizer, guard, reduce_loss
+        self.max_norm = grad_clip if grad_clip > 0 else math.inf
+        loss_fn = ModelLoss(model, precision)
+        if wrap is not None:
+            loss_fn = wrap(loss_fn)
+        self.loss_fn = compile_static(loss_fn) if compiled else loss_fn
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step number `step` (1-based) on this batch; returns (loss, grad norm before clipping) on the device."""
+        loss = self.loss_fn(inputs, targets)
+        loss.backward()
+        grad_norm = gradient_clipping(self.model.parameters(), self.max_norm)
+        loss = loss.detach()
+        if self.reduce_loss is not None:
+            loss = self.reduce_loss(loss)
+        if self.guard is None:
+            self.optimizer.step()
+        elif self.guard.decide_on_host:
+            if self.guard.check(step, loss, grad_norm):
+                self.optimizer.step()
+        else:
+            self.optimizer.step(keep=self.guard.check(step, loss, grad_norm))
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm

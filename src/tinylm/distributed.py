@@ -56,14 +56,26 @@ class Distributed:
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.is_main = self.rank == 0
         self._host_group = None
+        self.device = torch.device("cpu")
 
     def start(self, device: torch.device) -> None:
+        self.device = device
         if self.world_size > 1:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             # Host-side flags travel over gloo, so agreeing on them never waits for the GPU.
             self._host_group = dist.new_group(backend="gloo") if device.type == "cuda" else dist.group.WORLD
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """DistributedDataParallel over `module` when there are several processes; else `module`.
+
+        Buffers are not broadcast: the only ones, RoPE's tables, follow from the config and are
+        the same in every process, so broadcasting them at every forward pass would be wasted."""
+        if self.world_size == 1:
+            return module
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         """Element-wise sum over all processes (waits for the device: for evaluation results)."""

@@ -37,8 +37,8 @@ def evaluate_model(checkpoint: str, tokens_path: str, max_tokens: int | None = N
     tokens = load_tokens(tokens_path, min_tokens=2, needed_for="one to predict from, one to predict")
     check_token_ids(tokens, config.model.vocab_size, f"--tokens: {tokens_path!r}", "the model's vocab_size")
     windows = sequential_windows(len(tokens), config.model.context_length, max_tokens)
-    total, count = loss_sum_over_windows(model, tokens, windows, batch_size, device, cross_entropy,
-                                         autocast_context(device, config.training.precision))
+    total, count = loss_sum_over_windows(model, tokens, windows, batch_size, config.model.context_length, device,
+                                         cross_entropy, autocast_context(device, config.training.precision))
     loss = total / count
     return {"checkpoint": checkpoint, "tokens_path": tokens_path, "run": config.name, "tokens": count,
             "loss": loss, "perplexity": math.exp(loss) if loss < 700 else None, "device": str(device)}

@@ -14,11 +14,14 @@ so no pass over the parameters applies a correction. Eager, the update runs over
 a group at once with torch._foreach_* kernels, the square roots going into a denominator buffer
 kept from step to step instead of tensors allocated afresh at every step; compiled
 (`AdamW(..., compiled=True)`, what the trainer does when it compiles), inductor fuses the whole
-update of a parameter into one pass over its weights, gradient and moments. At the experiment
-log's reference size (22.7M parameters) on the 2-core AMD EPYC development VM, one thread, with a
-second process busy on the other core, a step took 95 ms in the earlier eager form (a division
-pass and freshly allocated square roots), 50 ms eager now and 16 ms compiled (best of 15 steps of
-each, the three interleaved).
+update of a parameter into one pass over its weights, gradient and moments
+(benchmarks/bench_train.py times both).
+
+`step(keep=...)` takes a device bool that decides whether the update is kept: the divergence guard's
+verdict, known only on the device. The update then writes the old weights and moments back where
+`keep` is false, in the same pass (fused, when compiled): a rejected step changes neither weights
+nor moments (only the step count advances; the trainer stops a run at its first rejected step), and
+the host never waits for the verdict.
 """
 from __future__ import annotations
 
@@ -57,7 +60,9 @@ class AdamW(torch.optim.Optimizer):
                    compiled=compiled)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, keep: torch.Tensor | None = None):
+        """One update of every parameter with a gradient; with `keep` (a 0-dim bool tensor on the
+        parameters' device) the update is made only where it is true."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -65,10 +70,10 @@ class AdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                self._update_group(group, params)
+                self._update_group(group, params, keep)
         return loss
 
-    def _update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+    def _update_group(self, group: dict, params: list[torch.Tensor], keep: torch.Tensor | None) -> None:
         # One update per step count, device and dtype: each shares its scalars (and one compiled graph).
         batches: dict[tuple[int, torch.device, torch.dtype], list[torch.Tensor]] = {}
         for p in params:
@@ -86,13 +91,15 @@ class AdamW(torch.optim.Optimizer):
             tensors = (batch, [p.grad for p in batch], [self.state[p]["exp_avg"] for p in batch],
                        [self.state[p]["exp_avg_sq"] for p in batch])
             scalars = corrected_scalars(group["lr"], beta1, beta2, group["eps"], group["weight_decay"], step)
-            if self._fused_update is None:
+            if self._fused_update is None and keep is None:
                 foreach_update(*tensors, self._denominators_of(batch), *scalars, beta1, beta2)
-            else:
-                scalar_dtype = torch.promote_types(dtype, torch.float32)
-                # Made on the device (not copied there), so the host never waits for it.
-                self._fused_update(*tensors, *(torch.full((), value, dtype=scalar_dtype, device=device)
-                                               for value in scalars), beta1, beta2)
+                continue
+            scalar_dtype = torch.promote_types(dtype, torch.float32)
+            # Made on the device (not copied there), so the host never waits for them.
+            step_size, eps, decay = (torch.full((), value, dtype=scalar_dtype, device=device) for value in scalars)
+            if keep is None:
+                keep = torch.ones((), dtype=torch.bool, device=device)
+            (self._fused_update or fused_update)(*tensors, step_size, eps, decay, beta1, beta2, keep)
 
     def _denominators_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         for p in params:
@@ -127,13 +134,18 @@ def foreach_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_av
 
 def fused_update(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
                  exp_avg_sqs: list[torch.Tensor], step_size: torch.Tensor, eps: torch.Tensor,
-                 decay: torch.Tensor, beta1: float, beta2: float) -> None:
-    """The same update as plain per-tensor ops, for torch.compile to fuse into one loop per parameter;
-    the scalars that change from step to step are 0-dim tensors, inputs of the graph."""
+                 decay: torch.Tensor, beta1: float, beta2: float, keep: torch.Tensor) -> None:
+    """The same update as plain per-tensor ops, for torch.compile to fuse into one loop per parameter
+    (the scalars that change from step to step are 0-dim tensors, inputs of the graph), each value
+    written back only where `keep` is true. Run eagerly, it is the guarded update of an uncompiled run."""
     for param, grad, exp_avg, exp_avg_sq in zip(params, grads, exp_avgs, exp_avg_sqs):
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        param.sub_(step_size * exp_avg / (exp_avg_sq.sqrt() + eps)).mul_(decay)
+        new_avg = exp_avg.lerp(grad, 1 - beta1)
+        new_avg_sq = (exp_avg_sq * beta2).addcmul_(grad, grad, value=1 - beta2)
+        new_param = (param - step_size * new_avg / (new_avg_sq.sqrt() + eps)) * decay
+        # A rejected step may hold non-finite gradients: select, never scale by 0 (0 * inf is nan).
+        exp_avg.copy_(torch.where(keep, new_avg, exp_avg))
+        exp_avg_sq.copy_(torch.where(keep, new_avg_sq, exp_avg_sq))
+        param.copy_(torch.where(keep, new_param, param))
 
 
 def cosine_lr(it: int, max_learning_rate: float, min_learning_rate: float, warmup_iters: int,

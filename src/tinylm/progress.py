@@ -20,7 +20,9 @@ class Progress:
     step: int = 0                            # optimizer steps done
     tokens: int = 0                          # training tokens of the updates kept
     time_s: float = 0.0                      # wall time of the run so far, all sessions
-    train_time_s: float = 0.0                # of which training steps (no evaluation, no checkpoints)
+    train_time_s: float = 0.0                # of which training steps (no evaluation, checkpoints, compilation)
+    compile_time_s: float = 0.0              # of which compiling: each session's first step (compiled runs)
+    compile_steps: int = 0                   # steps whose time is compile time, not training time
     status: str = "running"                  # running | completed | early_stopped | diverged
     initial_loss: float | None = None        # the divergence rule's reference (DivergenceGuard)
     smoothed_loss: float | None = None       # its moving average of the training loss

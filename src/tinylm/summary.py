@@ -35,14 +35,17 @@ def write_summary(path: Path, config: RunConfig, progress: Progress, device: tor
     """Write summary.json (atomically) and return it. Keys are documented in config/README.md."""
     p = progress
     _, peak_mem, total_mem = memory_stats(device)
-    tokens_per_s = p.tokens / p.train_time_s if p.train_time_s > 0 else None
+    # Throughput of the steps that trained, not of those that compiled (their time is compile_time_s).
+    trained_tokens = p.tokens - p.compile_steps * config.tokens_per_step
+    tokens_per_s = trained_tokens / p.train_time_s if p.train_time_s > 0 and trained_tokens > 0 else None
     peak = peak_flops_of(device, config)
     mfu = None
     if peak is not None and tokens_per_s is not None:
-        mfu = round(model_flops_utilization(tokens_per_s / processes, config.model, peak), 4)
+        mfu = model_flops_utilization(tokens_per_s / processes, config.model, peak)
     summary = {
         "name": config.name, "status": p.status, "steps": p.step, "tokens": p.tokens,
         "time_s": round(p.time_s, 3), "train_time_s": round(p.train_time_s, 3),
+        "compile_time_s": round(p.compile_time_s, 3),
         "final_train_loss": finite_or_none(p.last_train_loss),
         "final_val_loss": final_val_loss, "final_val_tokens": final_val_tokens,
         "best_val_loss": p.best_val_loss, "early_stop_loss": config.training.early_stop_loss,

@@ -43,11 +43,12 @@ from tinylm.data import (
 )
 from tinylm.device import (
     DivergenceGuard,
+    TrainingStep,
     autocast_context,
-    compiled_loss,
+    compile_static,
     keep_freed_host_memory,
     resolve_device,
-    training_step,
+    synchronize,
     use_compile,
 )
 from tinylm.distributed import EXIT_PREEMPTED, Distributed, is_worker, launch_distributed
@@ -168,17 +169,23 @@ class Trainer:
         self.guard = DivergenceGuard(t.divergence_factor, self.device, self.progress.initial_loss,
                                      self.progress.smoothed_loss)
         # Wrappers go on after loading, so checkpoints always hold the bare model's keys.
-        self.eval_model = torch.compile(self.model) if self.compiled else self.model
-        self.train_model = self.eval_model
-        self.loss_fn = None  # forward + cross-entropy of train_model
-        if self.dist.world_size > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.eval_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        elif self.compiled:  # one graph for forward and loss (under DDP, the model alone is compiled)
-            self.loss_fn = compiled_loss(self.model, self.precision)
+        self.training_step = TrainingStep(self.model, self.optimizer, self.precision, c.optimizer.grad_clip, self.guard,
+                                 compiled=self.compiled, wrap=self.dist.wrap, reduce_loss=self.dist.mean_on_device)
+        self.eval_model = compile_static(self.model) if self.compiled else self.model
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.config.save(self.out_dir / "config.json")
+        self.clock = _Clock(self.progress)
+        if self.compiled:
+            self._compile_evaluation()
+
+    def _compile_evaluation(self) -> None:
+        """Compile the evaluation graph now, by evaluating one window, so that its compilation counts as
+        compile time and no evaluation's time includes it (every evaluation batch has this shape)."""
+        synchronize(self.device)
+        self.clock.resume()
+        self._evaluate([(0, self.config.model.context_length)])  # waits for the device: its result is read
+        self.clock.lap_compile(steps=0)
 
     def _resume(self) -> None:
         # Loaded on the CPU: RNG states must stay there; weights and moments move to their parameters.
@@ -210,7 +217,8 @@ class Trainer:
         mine = windows[self.dist.rank::self.dist.world_size]
         total, count = loss_sum_over_windows(self.eval_model, self.valid_tokens, mine,
                                              self.config.training.batch_size // self.dist.world_size,
-                                             self.device, cross_entropy, self.precision)
+                                             self.config.model.context_length, self.device, cross_entropy,
+                                             self.precision)
         total, count = self.dist.sum([total, float(count)], self.device)
         self.eval_model.train()
         return total / count, int(count)
@@ -240,25 +248,30 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, initial=p.step, desc=self.config.name, unit="step",
                         disable=not self.dist.is_main, dynamic_ncols=True,
                         mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        self.clock = _Clock(p)
-        reduce_loss = self.dist.mean_on_device if self.dist.world_size > 1 else None
-        self.train_model.train()
+        self.clock.resume()
+        compiling = self.compiled  # the session's first step traces and compiles the step's graphs
+        self.model.train()
         try:
             while not budget_reached(p.step, self.total_steps):
                 inputs, targets = batches.batch(p.step)
                 lr = self._lr(p.step + 1)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                loss, grad_norm = training_step(self.train_model, self.optimizer, inputs, targets, self.precision,
-                                                self.config.optimizer.grad_clip, self.guard, p.step + 1, reduce_loss,
-                                                self.loss_fn)
+                loss, grad_norm = self.training_step(inputs, targets, p.step + 1)
                 p.step += 1
                 p.tokens += self.tokens_per_step
+                if compiling:
+                    synchronize(self.device)
+                    self.clock.lap_compile(steps=1)
+                    compiling = False
                 self.bar.update(1)
-                preempt = self.dist.any(self.preemption.requested)
                 checkpoint = checkpoint_due(p.step, t.checkpoint_interval, self.total_steps)
                 line = p.step % t.log_interval == 0 or p.step % t.eval_interval == 0 \
                     or budget_reached(p.step, self.total_steps)
+                # Several processes agree on a SIGTERM only where the host waits anyway: their
+                # collective is a host-side sync.
+                preempt = self.dist.any(self.preemption.requested) \
+                    if line or checkpoint or self.dist.world_size == 1 else False
                 if line or checkpoint or preempt:  # the only points where the host waits for the device
                     self._read(loss, grad_norm, lr, write_line=line)
                 if p.status != "running":
@@ -307,9 +320,10 @@ class Trainer:
     def _metrics_record(self, lr: float, loss: float, grad_norm: float, val_loss: float | None) -> dict[str, Any]:
         allocated, peak, total = memory_stats(self.device)
         p = self.progress
+        rate = self.clock.tokens_per_s_since_line(self.tokens_per_step)
         return {"step": p.step, "tokens": p.tokens, "time_s": round(p.time_s, 3), "lr": lr,
                 "train_loss": finite_or_none(loss), "grad_norm": finite_or_none(grad_norm),
-                "tokens_per_s": round(self.clock.tokens_per_s_since_line(self.tokens_per_step), 1),
+                "tokens_per_s": None if rate is None else round(rate, 1),
                 "val_loss": val_loss, "mem_allocated_bytes": allocated, "mem_peak_bytes": peak,
                 "mem_total_bytes": total, "mem_percent": memory_percent(peak, total)}
 
@@ -336,10 +350,13 @@ class Trainer:
 
 
 class _Clock:
-    """Wall time and training time of a run, read only where the host has waited for the device.
+    """Wall time, training time and compile time of a run, read only where the host has waited for
+    the device.
 
     Training time is the sum of the stretches between such points, minus evaluations and
-    checkpoints: `lap()` ends a stretch, `resume()` starts the next one after that work.
+    checkpoints: `lap()` ends a stretch, `resume()` starts the next one after that work. A stretch
+    ended by `lap_compile()` (a step that compiled its graphs) counts as compile time instead, so
+    throughput never includes compilation.
     """
 
     def __init__(self, progress: Progress):
@@ -348,21 +365,33 @@ class _Clock:
         self.stretch_start = time.perf_counter()
         self.line_mark = (progress.step, progress.train_time_s)  # at the last metrics line
 
-    def lap(self) -> None:
+    def _end_stretch(self) -> float:
         now = time.perf_counter()
-        self.progress.train_time_s += now - self.stretch_start
+        stretch, self.stretch_start = now - self.stretch_start, now
         self.progress.time_s = now - self.session_start
-        self.stretch_start = now
+        return stretch
+
+    def lap(self) -> None:
+        self.progress.train_time_s += self._end_stretch()
+
+    def lap_compile(self, steps: int) -> None:
+        """End a stretch of compiling, which ran `steps` training steps."""
+        p = self.progress
+        p.compile_time_s += self._end_stretch()
+        p.compile_steps += steps
+        self.line_mark = (p.step, p.train_time_s)
 
     def resume(self) -> None:
         self.stretch_start = time.perf_counter()
         self.progress.time_s = self.stretch_start - self.session_start
 
-    def tokens_per_s_since_line(self, tokens_per_step: int) -> float:
+    def tokens_per_s_since_line(self, tokens_per_step: int) -> float | None:
         step, train_s = self.line_mark
         p = self.progress
         self.line_mark = (p.step, p.train_time_s)
-        return (p.step - step) * tokens_per_step / max(p.train_time_s - train_s, 1e-9)
+        if p.step <= step:  # no step since the mark but a compiling one
+            return None
+        return (p.step - step) * tokens_per_step / (p.train_time_s - train_s)
 
 
 def _config_difference(saved: dict, current: dict, prefix: str = "") -> tuple[str, Any, Any] | None:

@@ -13,7 +13,8 @@ from tinylm.report.tables import Column, fmt_duration, fmt_int, fmt_loss, fmt_sp
 RUN_COLUMNS = [
     Column("run", "run"), Column("sections", "sections"), Column("changes", "changes against the baseline"),
     Column("status", "status"), Column("steps", "steps", fmt_int), Column("tokens", "tokens", fmt_int),
-    Column("wall_time_s", "wall time", fmt_duration), Column("tokens_per_s", "tokens/s", fmt_speed),
+    Column("wall_time_s", "wall time", fmt_duration), Column("compile_time_s", "of which compiling", fmt_duration),
+    Column("tokens_per_s", "tokens/s (training steps)", fmt_speed),
     Column("final_val_loss", "final val loss", fmt_loss), Column("best_val_loss", "best val loss", fmt_loss),
     Column("params", "parameters", fmt_int),
 ]
@@ -33,7 +34,8 @@ def runs_frame(plan: dict, run_root: Path) -> pd.DataFrame:
         rows.append({
             "run": name, "sections": ", ".join(run["sections"]), "changes": run["changes"] or "(the baseline)",
             "status": summary.get("status"), "steps": summary.get("steps"), "tokens": summary.get("tokens"),
-            "wall_time_s": summary.get("time_s"), "tokens_per_s": summary.get("tokens_per_s"),
+            "wall_time_s": summary.get("time_s"), "compile_time_s": summary.get("compile_time_s"),
+            "tokens_per_s": summary.get("tokens_per_s"),
             "final_val_loss": summary.get("final_val_loss"), "best_val_loss": summary.get("best_val_loss"),
             # A key recorded as null (no CUDA on a CPU) reads "none"; a key never recorded stays missing.
             "params": summary.get("params"),
