@@ -82,11 +82,11 @@ def test_a_warmup_longer_than_the_run_is_an_error():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--memory-budget-mb", "-5"], "--memory-budget-mb: must be a finite number > 0, got -5"),
-    (["--memory-budget-mb", "0"], "--memory-budget-mb: must be a finite number > 0, got 0"),
-    (["--memory-budget-mb", "nan"], "--memory-budget-mb: must be a finite number > 0, got nan"),
-    (["--memory-budget-mb", "inf"], "--memory-budget-mb: must be a finite number > 0, got inf"),
-    (["--memory-budget-mb", "8", "--max-batch", "0"], "--max-batch: must be a positive integer, got 0"),
+    (["--cpu-memory-budget-mb", "-5"], "--cpu-memory-budget-mb: must be a finite number > 0, got -5"),
+    (["--cpu-memory-budget-mb", "0"], "--cpu-memory-budget-mb: must be a finite number > 0, got 0"),
+    (["--cpu-memory-budget-mb", "nan"], "--cpu-memory-budget-mb: must be a finite number > 0, got nan"),
+    (["--cpu-memory-budget-mb", "inf"], "--cpu-memory-budget-mb: must be a finite number > 0, got inf"),
+    (["--cpu-memory-budget-mb", "8", "--max-batch", "0"], "--max-batch: must be a positive integer, got 0"),
 ])
 def test_max_batch_checks_its_arguments_before_any_work(tmp_path, capsys, argv, message):
     """The run config does not even exist: the arguments are checked before it is read."""

@@ -236,7 +236,7 @@ def test_bad_run_configs(tmp_path, capsys, case):
     assert phrase in library_error(RunConfig.load, path)
     assert phrase in cli_error(capsys, ["train", "--config", str(path), "--out-dir", str(tmp_path / "out")], path)
     assert phrase in cli_error(capsys, ["max-batch", "--config", str(path), "--out", str(tmp_path / "mb.json"),
-                                        "--memory-budget-mb", "8"], path)
+                                        "--cpu-memory-budget-mb", "8"], path)
 
 
 @pytest.mark.parametrize("setting, phrase", [

@@ -197,7 +197,7 @@ REFERENCE_ON_CPU = [
     "baseline={model: {context_length: 16, d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32},"
     " optimizer: {warmup_steps: 2}, training: {batch_size: 4, max_steps: 6, eval_interval: 3, eval_batches: 1, final_eval_tokens: 2000,"
     " log_interval: 2, checkpoint_interval: 3, device: cpu, precision: fp32, compile: false}}",
-    "experiments={batch_size: {batch_sizes: [1, 4], max_tokens: 384, max_batch: 8, memory_budget_mb: 4096,"
+    "experiments={batch_size: {batch_sizes: [1, 4], max_tokens: 384, max_batch: 8, cpu_memory_budget_mb: 4096,"
     " resources: {runtime: 10}}}",
     "evaluate={max_tokens: 2000}",
     "generate={max_new_tokens: 8, seeds: [0]}",

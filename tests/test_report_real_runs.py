@@ -92,7 +92,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                      "--checkpoint-dir", str(root / "checkpoints" / name)]) == 0
     paths["max_batch"] = root / "max_batch.json"
     assert main(["max-batch", "--config", str(root / "lr_3e-3.json"), "--out", str(paths["max_batch"]),
-                 "--memory-budget-mb", "64", "--max-batch", "64"]) == 0
+                 "--cpu-memory-budget-mb", "64", "--max-batch", "64"]) == 0
     sweep_dirs = [str(paths[label]) for label in SWEEP]
     for key, settings in (("generate", ["--temperature", "0.8", "--top-p", "0.95", "--seeds", "0", "1"]),
                           ("sampling_grid", ["--temperatures", "0", "1", "--top-ps", "0.5", "1", "--seeds", "0"])):

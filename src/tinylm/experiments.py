@@ -447,7 +447,7 @@ def build_plan(config: dict, largest_batch: int | None = None) -> Plan:
     planner = _Planner(config, largest_batch)
     sections = planner.sections()
     exp = config["experiments"]["batch_size"]
-    probe = ({"max_batch": exp["max_batch"], "memory_budget_mb": exp["memory_budget_mb"]}
+    probe = ({"max_batch": exp["max_batch"], "cpu_memory_budget_mb": exp["cpu_memory_budget_mb"]}
              if exp["find_max"] else None)
     return Plan(planner.runs, sections, probe)
 

@@ -8,6 +8,7 @@ torch is imported only inside the functions that need it, so `peak_rss_bytes` is
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import math
 import resource
@@ -72,6 +73,20 @@ def memory_percent(peak: int, total: int) -> float:
     return round(100.0 * peak / total, 3)
 
 
+def release_freed_memory(device: torch.device) -> None:
+    """Hand memory that tensors freed back to the system (the CUDA cache; glibc's heap on the CPU),
+    so that the next, smaller, measurement does not start from the larger one's footprint."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "cpu":
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+
 def reset_peak_memory(device: torch.device) -> None:
     import torch
 
@@ -84,78 +99,102 @@ def reset_peak_memory(device: torch.device) -> None:
 # ---- tinylm max-batch -----------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="run config JSON (model shape, device, precision)")
+    parser.add_argument("--config", required=True,
+                        help="run config JSON: the model, and the step as it trains (device, precision, "
+                             "attention, compile, divergence guard, optimizer)")
     parser.add_argument("--out", required=True, help="JSON result file")
-    parser.add_argument("--memory-budget-mb", type=float, default=None,
-                        help="largest peak memory a step may use (required on CPU; on a GPU the device's memory)")
+    parser.add_argument("--cpu-memory-budget-mb", type=float, default=None,
+                        help="largest peak memory a step may use where no out-of-memory error marks the limit "
+                             "(the CPU; required there); a CUDA GPU's limit is its memory, and this is ignored")
     parser.add_argument("--max-batch", type=int, default=4096, help="stop growing the batch here")
+    parser.add_argument("--start-batch", type=int, default=1,
+                        help="the first batch tried: the search doubles from there while steps fit, and halves "
+                             "while they do not")
 
 
-def probe_max_batch(config: RunConfig, memory_budget_bytes: int | None, max_batch: int) -> dict:
-    """Double the batch from 1 until a training step no longer fits; return what was tried."""
+def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: int, start_batch: int = 1) -> dict:
+    """The largest batch (a power of two times `start_batch`) whose training step fits, and every
+    batch tried. Each try builds a fresh model and runs two steps exactly as the trainer would
+    (`TrainingStep`: the run's precision, attention, compilation, divergence guard and AdamW), the
+    second with the optimizer's state already allocated."""
     import torch
 
+    from tinylm.device import DivergenceGuard, TrainingStep, autocast_context, resolve_device, synchronize, use_compile
     from tinylm.nn import build_model
     from tinylm.optim import AdamW
-    from tinylm.device import autocast_context, resolve_device, training_step
 
-    device = resolve_device(config.training.device)
-    if device.type != "cuda" and memory_budget_bytes is None:
-        raise ValueError("--memory-budget-mb is required on a device without an out-of-memory signal "
+    t = config.training
+    device = resolve_device(t.device)
+    budget = None if device.type == "cuda" else cpu_budget_bytes
+    if budget is None and device.type != "cuda":
+        raise ValueError("--cpu-memory-budget-mb is required on a device without an out-of-memory signal "
                          f"({device.type})")
-    precision = autocast_context(device, config.training.precision)
+    compiled = use_compile(t.compile, device)
+    precision = autocast_context(device, t.precision)
 
-    def one_step(model_config: ModelConfig, batch: int) -> None:
-        model = build_model(model_config, attention=config.training.attention, device=device)
-        optimizer = AdamW.from_config(model.parameters(), config.optimizer)
-        inputs = torch.randint(model_config.vocab_size, (batch, model_config.context_length + 1), device=device)
-        training_step(model, optimizer, inputs[:, :-1], inputs[:, 1:], precision, config.optimizer.grad_clip)
+    def two_steps(model_config: ModelConfig, batch: int, compile_step: bool) -> None:
+        torch._dynamo.reset()  # a fresh graph per batch size: no recompile limit, no stale cache
+        model = build_model(model_config, attention=t.attention, device=device)
+        optimizer = AdamW.from_config(model.parameters(), config.optimizer, compiled=compile_step)
+        step = TrainingStep(model, optimizer, precision, config.optimizer.grad_clip,
+                            DivergenceGuard(t.divergence_factor, device), compiled=compile_step)
+        tokens = torch.randint(model_config.vocab_size, (batch, model_config.context_length + 1), device=device)
+        for number in (1, 2):
+            step(tokens[:, :-1], tokens[:, 1:], number)
+        synchronize(device)
 
     # The first step of a process loads kernels and library buffers (~100 MB on CPU); a throwaway
     # model pays for that, so the baseline below leaves only what the real model's step needs.
-    one_step(ModelConfig(vocab_size=16, context_length=8, d_model=8, num_layers=1, num_heads=2, d_ff=16), 1)
+    two_steps(ModelConfig(vocab_size=16, context_length=8, d_model=8, num_layers=1, num_heads=2, d_ff=16), 1, False)
     gc.collect()
     baseline, _, total = memory_stats(device)
-    tried, largest, batch = [], 0, 1
-    while batch <= max_batch:
+
+    def measure(batch: int) -> dict:
         gc.collect()
         reset_peak_memory(device)
         try:
-            one_step(config.model, batch)  # model, gradients, optimizer state and activations
+            two_steps(config.model, batch, compiled)  # model, gradients, optimizer state and activations
             peak = memory_stats(device)[1] - (baseline if device.type == "cpu" else 0)
-            fits = memory_budget_bytes is None or peak <= memory_budget_bytes
+            fits = budget is None or peak <= budget
         except torch.OutOfMemoryError:
             peak, fits = None, False
         finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        tried.append({"batch": batch, "peak_bytes": peak, "fits": fits})
+            gc.collect()
+            release_freed_memory(device)
         print(f"batch {batch:>6}: peak {peak / 2**20 if peak is not None else float('nan'):10.1f} MiB  "
               f"{'fits' if fits else 'does not fit'}", flush=True)
-        if not fits:
+        return {"batch": batch, "peak_bytes": peak, "fits": fits}
+
+    tried = [measure(min(start_batch, max_batch))]
+    direction = 2 if tried[0]["fits"] else 0.5
+    while True:
+        batch = int(tried[-1]["batch"] * direction)
+        if batch < 1 or batch > max_batch or tried[-1]["fits"] != tried[0]["fits"]:
             break
-        largest, batch = batch, batch * 2
-    measure = ("peak RSS above the process's baseline (model, gradients, optimizer state, activations)"
-               if device.type == "cpu" else f"peak {device.type} memory allocated by PyTorch")
-    return {"largest_batch": largest, "device": str(device), "total_memory": total, "peak_measure": measure,
-            "memory_budget_bytes": memory_budget_bytes, "context_length": config.model.context_length,
-            "tried": tried}
+        tried.append(measure(batch))
+    largest = max((t["batch"] for t in tried if t["fits"]), default=0)
+    measure_text = ("peak RSS above the process's baseline (model, gradients, optimizer state, activations)"
+                    if device.type == "cpu" else f"peak {device.type} memory allocated by PyTorch")
+    return {"largest_batch": largest, "device": str(device), "total_memory": total, "peak_measure": measure_text,
+            "memory_budget_bytes": budget, "compiled": compiled, "context_length": config.model.context_length,
+            "tried": sorted(tried, key=lambda t: t["batch"])}
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """The command's own numbers, before the run config is read or any model is built."""
-    if args.max_batch < 1:
-        raise ValueError(f"--max-batch: must be a positive integer, got {args.max_batch}")
-    budget = args.memory_budget_mb
+    for option in ("max_batch", "start_batch"):
+        if getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')}: must be a positive integer, got {getattr(args, option)}")
+    budget = args.cpu_memory_budget_mb
     if budget is not None and not (math.isfinite(budget) and budget > 0):
-        raise ValueError(f"--memory-budget-mb: must be a finite number > 0, got {budget:g}")
+        raise ValueError(f"--cpu-memory-budget-mb: must be a finite number > 0, got {budget:g}")
 
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     config = RunConfig.load(args.config)
-    budget = None if args.memory_budget_mb is None else int(args.memory_budget_mb * 2**20)
-    result = probe_max_batch(config, budget, args.max_batch)
+    budget = None if args.cpu_memory_budget_mb is None else int(args.cpu_memory_budget_mb * 2**20)
+    result = probe_max_batch(config, budget, args.max_batch, args.start_batch)
     write_json_atomic(args.out, result)
     print(f"largest batch that fits: {result['largest_batch']} (written to {args.out})")
     return 0

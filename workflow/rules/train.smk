@@ -82,7 +82,7 @@ checkpoint max_batch:
     output:
         MAX_BATCH_JSON,
     params:
-        budget=lambda w: f"--memory-budget-mb {config['experiments']['batch_size']['memory_budget_mb']}",
+        budget=lambda w: f"--cpu-memory-budget-mb {config['experiments']['batch_size']['cpu_memory_budget_mb']}",
         limit=lambda w: f"--max-batch {config['experiments']['batch_size']['max_batch']}",
     threads: config["threads"]["train"]
     resources:
