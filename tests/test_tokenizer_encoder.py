@@ -112,6 +112,21 @@ def test_bounded_cache_still_encodes_correctly(both):
 
 
 @needs_compiled
+def test_ids_are_the_same_ints_after_clear_and_beyond_the_vocabulary(both):
+    """The encoder shares one int per id between calls until clear(); ids that no merge makes (a
+    bpe_long may return them) still come back."""
+    python = both[1]
+    encoder = compiled_encoder(python)
+    text = "the cat sat on the mat " * 3
+    first = encoder.encode(text)
+    encoder.clear()
+    assert encoder.encode(text) == first == python.encode(text)
+    beyond = CompiledEncoder(python.merge_table, python.byte_ids, lambda pretoken: [2**31, 7], 1,
+                             character_class, 10)
+    assert beyond.encode("ab ab") == [2**31, 7, 2**31, 7]
+
+
+@needs_compiled
 def test_compiled_encoder_rejects_bad_arguments(both):
     python = both[1]
     with pytest.raises(TypeError, match="str"):

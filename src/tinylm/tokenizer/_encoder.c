@@ -56,6 +56,10 @@ typedef struct {
     size_t keys_len, keys_cap;
     uint32_t *ids;
     size_t ids_len, ids_cap;
+    /* id_objects[id]: the Python int of an id below id_limit, made when first returned and
+     * shared by every list after that, so that a text's ids are not a million new objects */
+    PyObject **id_objects;
+    uint32_t id_limit;
 } Encoder;
 
 
@@ -219,6 +223,8 @@ static int load_merges(Encoder *self, PyObject *merges, PyObject *byte_ids)
             return -1;
         }
         self->byte_ids[b] = (uint32_t)id;
+        if (id >= self->id_limit)
+            self->id_limit = (uint32_t)id + 1;
     }
     Py_DECREF(ids);
 
@@ -248,6 +254,8 @@ static int load_merges(Encoder *self, PyObject *merges, PyObject *byte_ids)
         }
         self->merges[merge_slot(self, (uint32_t)first, (uint32_t)second)] =
             (Merge){(uint32_t)first, (uint32_t)second, (uint32_t)rank, (uint32_t)merged};
+        if (merged >= self->id_limit)
+            self->id_limit = (uint32_t)merged + 1;
     }
     return 0;
 }
@@ -297,6 +305,31 @@ static void clear_cache(Encoder *self)
 {
     memset(self->slots, 0, self->capacity * sizeof(Slot));
     self->count = self->keys_len = self->ids_len = 0;
+}
+
+/* A new reference to the Python int of `id`, or NULL with an error set. Ids at or above id_limit
+ * (only a bpe_long that returns ids no merge makes gives those) get a new int each time. */
+static PyObject *id_object(Encoder *self, uint32_t id)
+{
+    if (id >= self->id_limit)
+        return PyLong_FromUnsignedLong(id);
+    PyObject *object = self->id_objects[id];
+    if (!object) {
+        object = PyLong_FromUnsignedLong(id);
+        if (!object)
+            return NULL;
+        self->id_objects[id] = object;
+    }
+    Py_INCREF(object);
+    return object;
+}
+
+static void clear_id_objects(Encoder *self)
+{
+    if (!self->id_objects)
+        return;
+    for (uint32_t id = 0; id < self->id_limit; id++)
+        Py_CLEAR(self->id_objects[id]);
 }
 
 /* Append the ids of the long pre-token key[0:len], computed by Python's bpe_long, to out. Long
@@ -386,12 +419,13 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwargs)
     }
     if (load_merges(self, merges, byte_ids) < 0)
         return -1;
+    self->id_objects = PyMem_Calloc(self->id_limit, sizeof(PyObject *));
     self->classes = PyMem_Calloc(CODE_POINTS, 1);
     self->word = PyMem_Malloc((size_t)long_word * sizeof(uint32_t));
     self->ranks = PyMem_Malloc((size_t)long_word * sizeof(uint32_t));
     self->capacity = 1024;
     self->slots = PyMem_Calloc(self->capacity, sizeof(Slot));
-    if (!self->classes || !self->word || !self->ranks || !self->slots) {
+    if (!self->id_objects || !self->classes || !self->word || !self->ranks || !self->slots) {
         PyErr_NoMemory();
         return -1;
     }
@@ -424,6 +458,8 @@ static void Encoder_dealloc(Encoder *self)
 {
     PyObject_GC_UnTrack(self);
     Encoder_clear_refs(self);
+    clear_id_objects(self);
+    PyMem_Free(self->id_objects);
     PyMem_Free(self->merges);
     PyMem_Free(self->word);
     PyMem_Free(self->ranks);
@@ -476,7 +512,7 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *text)
     if (!list)
         goto error;
     for (size_t k = 0; k < out_len; k++) {
-        PyObject *id = PyLong_FromUnsignedLong(out[k]);
+        PyObject *id = id_object(self, out[k]);
         if (!id) {
             Py_DECREF(list);
             goto error;
@@ -512,6 +548,7 @@ static PyObject *Encoder_clear(Encoder *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->slots)
         clear_cache(self);
+    clear_id_objects(self);
     Py_RETURN_NONE;
 }
 
@@ -525,7 +562,7 @@ static PyMethodDef Encoder_methods[] = {
      "encode(text) -> list of ids of text, which holds no special tokens."},
     {"pretokenize", (PyCFunction)Encoder_pretokenize, METH_O,
      "pretokenize(text) -> the GPT-2 pre-tokens of text, as the scanner in encode() finds them."},
-    {"clear", (PyCFunction)Encoder_clear, METH_NOARGS, "Forget the cached pre-token ids."},
+    {"clear", (PyCFunction)Encoder_clear, METH_NOARGS, "Forget the cached pre-token ids and the ints made for ids."},
     {NULL, NULL, 0, NULL},
 };
 
