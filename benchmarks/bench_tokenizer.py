@@ -9,6 +9,10 @@ small files are timed best-of-5, ours and theirs alternating so that both see th
 load. Targets (issue 2): training <= 2x `tokenizers`, encoding >= 0.5x
 single-thread `tiktoken`, peak training memory < 1 GiB.
 
+Encoding is also timed with GPT-2's own vocabulary (data/gpt2) on 5 MB of TinyStories: the sample's
+train.txt followed by its valid.txt, special tokens included, one `encode` call per timing (target,
+issue 23: >= 3x `tiktoken`'s throughput, identical ids).
+
     .venv/bin/python benchmarks/bench_tokenizer.py [--data DIR] [--big-mb 100] [--repeats 5]
 
 Prints a table and writes benchmarks/results/tokenizer.{json,md}.
@@ -126,6 +130,43 @@ def bench_encoding(tokenizer_dir: Path, path: Path, workers: int, repeats: int, 
             **{f"{name}_bytes_per_s": nbytes / seconds for name, seconds in best.items()}}
 
 
+def bench_gpt2_encoding(gpt2_dir: Path, text: str, repeats: int) -> dict:
+    """Best-of-`repeats` single-call encoding with GPT-2's vocabulary: ours as installed, tiktoken and
+    our Python path take turns, each from an empty cache; their ids must be identical.
+
+    Both wall-clock and process time are kept: on a shared machine the process time is the steadier."""
+    from tinylm.tokenizer import Tokenizer
+
+    gpt2 = Tokenizer.from_files(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe", [EOT])
+    encoding = tiktoken_from(gpt2)
+    python = Tokenizer(gpt2.vocab, gpt2.merges, gpt2.special_tokens, compiled=False)
+    candidates = {"tiktoken": lambda: encoding.encode(text, allowed_special="all"),
+                  "ours": lambda: gpt2.encode(text), "ours_python": lambda: python.encode(text)}
+    wall = dict.fromkeys(candidates, float("inf"))
+    cpu = dict.fromkeys(candidates, float("inf"))
+    expected = None
+    for _ in range(repeats):
+        for name, encode in candidates.items():
+            gpt2.clear_cache()
+            python.clear_cache()
+            started_wall, started_cpu = time.perf_counter(), time.process_time()
+            ids = encode()
+            wall[name] = min(wall[name], time.perf_counter() - started_wall)
+            cpu[name] = min(cpu[name], time.process_time() - started_cpu)
+            if expected is None:  # tiktoken's, from the first turn
+                expected = ids
+            elif ids != expected:
+                raise AssertionError(f"GPT-2 vocabulary: {name} gives other ids than tiktoken")
+            del ids
+    nbytes = len(text.encode("utf-8"))
+    return {"bytes": nbytes, "tokens": len(expected), "repeats": repeats, "identical_ids": True,
+            "compiled_encoder": gpt2.compiled,
+            **{f"{name}_bytes_per_s": nbytes / seconds for name, seconds in wall.items()},
+            **{f"{name}_cpu_bytes_per_s": nbytes / seconds for name, seconds in cpu.items()},
+            "ratio": wall["tiktoken"] / wall["ours"], "ratio_cpu": cpu["tiktoken"] / cpu["ours"],
+            "ratio_python": wall["tiktoken"] / wall["ours_python"]}
+
+
 # ---- driver ------------------------------------------------------------------------------------
 
 def bench_file(label: str, path: Path, workers: int, repeats: int, tmp: Path) -> dict:
@@ -148,7 +189,7 @@ def bench_file(label: str, path: Path, workers: int, repeats: int, tmp: Path) ->
             "encode_ratio_parallel": encoding["ours_parallel_bytes_per_s"] / encoding["tiktoken_bytes_per_s"]}
 
 
-def to_markdown(rows: list[dict], machine: str) -> str:
+def to_markdown(rows: list[dict], machine: str, gpt2: dict | None) -> str:
     compiled = all(r["encode"]["compiled_encoder"] for r in rows)
     lines = [f"# Tokenizer benchmark ({machine})", "",
              f"'ours' is what installs with a C compiler get ({'compiled merge loop and encoder' if compiled else 'NOT BUILT here: Python paths'}); "
@@ -169,7 +210,23 @@ def to_markdown(rows: list[dict], machine: str) -> str:
             f"{e['ours_python_bytes_per_s'] / 1e6:.2f} | {r['encode_ratio_python']:.2f} | "
             f"{e['ours_parallel_bytes_per_s'] / 1e6:.2f} ({r['workers']}) | {r['encode_ratio_parallel']:.2f} | "
             f"{e['identical_ids']} |")
+    if gpt2 is not None:
+        about = (f"GPT-2's vocabulary (data/gpt2), {gpt2['bytes'] / 1e6:.1f} MB of TinyStories (the sample's "
+                 f"train.txt then valid.txt, special tokens included, {gpt2['tokens']} tokens): one `encode` call, "
+                 f"from an empty cache, 1 process; best of {gpt2['repeats']}, ours, tiktoken and the Python path "
+                 "taking turns. Process time leaves out the time other work on the machine took.")
+        header = ("| tiktoken MB/s | ours MB/s | ratio (target >= 3) | ratio by process time | Python path MB/s "
+                  "| ratio | identical ids |")
+        row = (f"| {gpt2['tiktoken_bytes_per_s'] / 1e6:.2f} | {gpt2['ours_bytes_per_s'] / 1e6:.2f} | "
+               f"{gpt2['ratio']:.2f} | {gpt2['ratio_cpu']:.2f} | {gpt2['ours_python_bytes_per_s'] / 1e6:.2f} | "
+               f"{gpt2['ratio_python']:.2f} | {gpt2['identical_ids']} |")
+        lines += ["", about, "", header, "|---:|---:|---:|---:|---:|---:|---|", row]
     return "\n".join(lines) + "\n"
+
+
+def decompress(source: Path, destination: Path) -> None:
+    with gzip.open(source, "rb") as src, open(destination, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 def main() -> int:
@@ -178,7 +235,7 @@ def main() -> int:
                         help="directory holding tinystories_sample/train.txt (and owt_sample/train.txt); "
                              "default: the samples embedded in data/, decompressed")
     parser.add_argument("--big-mb", type=float, default=100.0, help="size of the repeated file (0: skip it)")
-    parser.add_argument("--repeats", type=int, default=5, help="timings of the small file keep the best of this many")
+    parser.add_argument("--repeats", type=int, default=5, help="timings of the small files and of the GPT-2 encoding keep the best of this many")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--train", nargs=4, metavar=("WHICH", "PATH", "WORKERS", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,11 +247,9 @@ def main() -> int:
 
     if args.data is None:
         args.data = Path(tempfile.mkdtemp(prefix="bench-data-"))
-        for corpus in ("tinystories", "owt"):
-            (args.data / f"{corpus}_sample").mkdir()
-            with gzip.open(REPO / "data" / corpus / "train.txt.gz", "rb") as src, \
-                    open(args.data / f"{corpus}_sample" / "train.txt", "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        for corpus, split in (("tinystories", "train"), ("tinystories", "valid"), ("owt", "train")):
+            (args.data / f"{corpus}_sample").mkdir(exist_ok=True)
+            decompress(REPO / "data" / corpus / f"{split}.txt.gz", args.data / f"{corpus}_sample" / f"{split}.txt")
     sample = args.data / "tinystories_sample" / "train.txt"
     if not sample.is_file():
         print(f"benchmark input not found: {sample}", file=sys.stderr)
@@ -215,10 +270,22 @@ def main() -> int:
                 for _ in range(max(1, round(args.big_mb * 1e6 / len(data)))):
                     file.write(data)
             rows.append(bench_file("sample repeated", big, args.workers, 1, tmp))
-    markdown = to_markdown(rows, machine)
+        gpt2 = None
+        valid = args.data / "tinystories_sample" / "valid.txt"
+        if valid.is_file():
+            print("[gpt2 vocabulary, tinystories train + valid] encoding ...", flush=True)
+            for name in ("encoder.json", "vocab.bpe"):
+                decompress(REPO / "data" / "gpt2" / f"{name}.gz", tmp / name)
+            text = sample.read_text(encoding="utf-8") + valid.read_text(encoding="utf-8")
+            gpt2 = bench_gpt2_encoding(tmp, text, args.repeats)
+        else:
+            print(f"GPT-2 vocabulary encoding skipped: {valid} not found", file=sys.stderr)
+    machine += f", {os.getloadavg()[0]:.1f} at the end"
+    markdown = to_markdown(rows, machine, gpt2)
     print(markdown)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tokenizer.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    (RESULTS / "tokenizer.json").write_text(json.dumps({"machine": machine, "rows": rows, "gpt2_encoding": gpt2},
+                                                       indent=2) + "\n")
     (RESULTS / "tokenizer.md").write_text(markdown)
     return 0
 

@@ -58,6 +58,24 @@ def test_segments_pretokenize_as_the_whole_text(text):
     assert "".join(segment(text)) == text
 
 
+# Special tokens that overlap each other every way: one inside another, one the prefix or the
+# suffix of another, and several UTF-8 lengths.
+OVERLAPPING_SPECIALS = ["ab", "bab", "b日", "日", "<|x|>", "<|x|><|x|>", "x|>"]
+SPECIALS_BYTES_ONLY = [Tokenizer({i: bytes([i]) for i in range(256)}, [], OVERLAPPING_SPECIALS, compiled=compiled)
+                       for compiled in (True, False)]
+
+
+@needs_compiled
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from(list("ab日<|x> \n")), max_size=40))
+@example("bab日<|x|><|x|><|x|>b日ab")
+def test_compiled_encoder_cuts_special_tokens_like_the_splitter(text):
+    """Leftmost first, the longest of those starting at one place, as `Splitter` cuts them."""
+    compiled, python = SPECIALS_BYTES_ONLY
+    assert compiled.compiled and not python.compiled
+    assert compiled.encode(text) == python.encode(text)
+
+
 @pytest.fixture(scope="module")
 def both(tmp_path_factory) -> tuple[Tokenizer, Tokenizer]:
     """One vocabulary, encoded by the compiled path (where built) and by the Python path."""
@@ -112,6 +130,21 @@ def test_bounded_cache_still_encodes_correctly(both):
 
 
 @needs_compiled
+def test_ids_are_the_same_ints_after_clear_and_beyond_the_vocabulary(both):
+    """The encoder shares one int per id between calls until clear(); ids that no merge makes (a
+    bpe_long may return them) still come back."""
+    python = both[1]
+    encoder = compiled_encoder(python)
+    text = "the cat sat on the mat " * 3
+    first = encoder.encode(text)
+    encoder.clear()
+    assert encoder.encode(text) == first == python.encode(text)
+    beyond = CompiledEncoder(python.merge_table, python.byte_ids, lambda pretoken: [2**31, 7], 1,
+                             character_class, 10)
+    assert beyond.encode("ab ab") == [2**31, 7, 2**31, 7]
+
+
+@needs_compiled
 def test_compiled_encoder_rejects_bad_arguments(both):
     python = both[1]
     with pytest.raises(TypeError, match="str"):
@@ -124,6 +157,12 @@ def test_compiled_encoder_rejects_bad_arguments(both):
         CompiledEncoder(python.merge_table, python.byte_ids[:10], python._bpe, 64, character_class, 10)
     with pytest.raises(OverflowError):
         CompiledEncoder({(1, 2): (0, 2**40)}, python.byte_ids, python._bpe, 64, character_class, 10)
+    with pytest.raises(TypeError, match="special_ids must be a dict"):
+        CompiledEncoder(python.merge_table, python.byte_ids, python._bpe, 64, character_class, 10, [EOT])
+    with pytest.raises(ValueError, match="non-empty str"):
+        CompiledEncoder(python.merge_table, python.byte_ids, python._bpe, 64, character_class, 10, {"": 1})
+    with pytest.raises(OverflowError):
+        CompiledEncoder(python.merge_table, python.byte_ids, python._bpe, 64, character_class, 10, {EOT: 2**40})
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])

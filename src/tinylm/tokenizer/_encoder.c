@@ -1,10 +1,12 @@
 /* The encoding hot loop of tinylm.tokenizer.Tokenizer, compiled.
  *
- * `Encoder.encode(text)` splits text (which holds no special tokens) into GPT-2 pre-tokens and
- * returns their ids, looking each pre-token up in a cache of pre-token bytes -> ids, so that no
- * Python object is made per pre-token. A miss applies the merges the way `Tokenizer._bpe` does
- * (the leftmost pair with the earliest merge, until none is left); pre-tokens longer than
- * `long_word` bytes go, uncached, to Python's `bpe_long`, which does that in O(n log n).
+ * `Encoder.encode(text)` cuts text at its special tokens the way `pretokenize.Splitter` does (the
+ * leftmost occurrence first, the longest of those starting there), splits each stretch between them
+ * into GPT-2 pre-tokens and returns the ids of it all, looking each pre-token up in a cache of
+ * pre-token bytes -> ids, so that no Python object is made per pre-token. A miss applies the merges
+ * the way `tokenizer.bpe` does (the leftmost pair with the earliest merge, until none is left);
+ * pre-tokens longer than `long_word` bytes go, uncached, to Python's `bpe_long`, which does that in
+ * O(n log n).
  *
  * The scanner implements the GPT-2 pattern
  *     '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -40,6 +42,13 @@ typedef struct {
 #define NO_ID UINT32_MAX
 #define NO_RANK UINT32_MAX
 
+/* One special token: its UTF-8 bytes and its id. */
+typedef struct {
+    char *bytes;
+    Py_ssize_t len;
+    uint32_t id;
+} Special;
+
 typedef struct {
     PyObject_HEAD
     PyObject *bpe_long;  /* pre-token str -> list[int], for pre-tokens longer than long_word */
@@ -56,6 +65,12 @@ typedef struct {
     size_t keys_len, keys_cap;
     uint32_t *ids;
     size_t ids_len, ids_cap;
+    /* id_objects[id]: the Python int of an id below id_limit, made when first returned and
+     * shared by every list after that, so that a text's ids are not a million new objects */
+    PyObject **id_objects;
+    uint32_t id_limit;
+    Special *specials;
+    Py_ssize_t special_count;
 } Encoder;
 
 
@@ -219,6 +234,8 @@ static int load_merges(Encoder *self, PyObject *merges, PyObject *byte_ids)
             return -1;
         }
         self->byte_ids[b] = (uint32_t)id;
+        if (id >= self->id_limit)
+            self->id_limit = (uint32_t)id + 1;
     }
     Py_DECREF(ids);
 
@@ -248,8 +265,70 @@ static int load_merges(Encoder *self, PyObject *merges, PyObject *byte_ids)
         }
         self->merges[merge_slot(self, (uint32_t)first, (uint32_t)second)] =
             (Merge){(uint32_t)first, (uint32_t)second, (uint32_t)rank, (uint32_t)merged};
+        if (merged >= self->id_limit)
+            self->id_limit = (uint32_t)merged + 1;
     }
     return 0;
+}
+
+/* The special tokens of special_ids (a dict str -> id, or NULL for none). */
+static int load_specials(Encoder *self, PyObject *special_ids)
+{
+    if (!special_ids)
+        return 0;
+    if (!PyDict_Check(special_ids)) {
+        PyErr_SetString(PyExc_TypeError, "special_ids must be a dict special token -> id");
+        return -1;
+    }
+    self->specials = PyMem_Calloc((size_t)PyDict_Size(special_ids) + 1, sizeof(Special));
+    if (!self->specials) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject *token, *value;
+    Py_ssize_t at = 0, len;
+    while (PyDict_Next(special_ids, &at, &token, &value)) {
+        const char *utf8 = PyUnicode_Check(token) ? PyUnicode_AsUTF8AndSize(token, &len) : NULL;
+        if (!utf8 || len == 0) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "special tokens must be non-empty str, got %R", token);
+            return -1;
+        }
+        unsigned long id = PyLong_AsUnsignedLong(value);
+        if ((id == (unsigned long)-1 && PyErr_Occurred()) || id >= NO_ID) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_OverflowError, "token ids must fit 32 bits");
+            return -1;
+        }
+        Special *special = &self->specials[self->special_count];
+        if (!(special->bytes = PyMem_Malloc((size_t)len))) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(special->bytes, utf8, (size_t)len);
+        special->len = len;
+        special->id = (uint32_t)id;
+        self->special_count++;
+        if (id >= self->id_limit)
+            self->id_limit = (uint32_t)id + 1;
+    }
+    return 0;
+}
+
+/* Start of the first occurrence of needle[0:len] in s[from:n], or -1. */
+static Py_ssize_t find_bytes(const unsigned char *s, Py_ssize_t from, Py_ssize_t n, const char *needle,
+                             Py_ssize_t len)
+{
+    while (from + len <= n) {
+        const unsigned char *hit = memchr(s + from, (unsigned char)needle[0], (size_t)(n - len + 1 - from));
+        if (!hit)
+            return -1;
+        from = hit - s;
+        if (memcmp(hit, needle, (size_t)len) == 0)
+            return from;
+        from++;
+    }
+    return -1;
 }
 
 /* ---- the cache ------------------------------------------------------------------------------ */
@@ -297,6 +376,31 @@ static void clear_cache(Encoder *self)
 {
     memset(self->slots, 0, self->capacity * sizeof(Slot));
     self->count = self->keys_len = self->ids_len = 0;
+}
+
+/* A new reference to the Python int of `id`, or NULL with an error set. Ids at or above id_limit
+ * (only a bpe_long that returns ids no merge makes gives those) get a new int each time. */
+static PyObject *id_object(Encoder *self, uint32_t id)
+{
+    if (id >= self->id_limit)
+        return PyLong_FromUnsignedLong(id);
+    PyObject *object = self->id_objects[id];
+    if (!object) {
+        object = PyLong_FromUnsignedLong(id);
+        if (!object)
+            return NULL;
+        self->id_objects[id] = object;
+    }
+    Py_INCREF(object);
+    return object;
+}
+
+static void clear_id_objects(Encoder *self)
+{
+    if (!self->id_objects)
+        return;
+    for (uint32_t id = 0; id < self->id_limit; id++)
+        Py_CLEAR(self->id_objects[id]);
 }
 
 /* Append the ids of the long pre-token key[0:len], computed by Python's bpe_long, to out. Long
@@ -366,11 +470,12 @@ static Slot *ids_of(Encoder *self, const unsigned char *key, size_t len)
 
 static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwargs)
 {
-    static char *names[] = {"merges", "byte_ids", "bpe_long", "long_word", "classify", "max_entries", NULL};
-    PyObject *merges, *byte_ids, *bpe_long, *classify;
+    static char *names[] = {"merges", "byte_ids", "bpe_long", "long_word", "classify", "max_entries",
+                            "special_ids", NULL};
+    PyObject *merges, *byte_ids, *bpe_long, *classify, *special_ids = NULL;
     Py_ssize_t long_word, max_entries;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnOn", names, &merges, &byte_ids, &bpe_long,
-                                     &long_word, &classify, &max_entries))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnOn|O", names, &merges, &byte_ids, &bpe_long,
+                                     &long_word, &classify, &max_entries, &special_ids))
         return -1;
     if (!PyCallable_Check(bpe_long) || !PyCallable_Check(classify)) {
         PyErr_SetString(PyExc_TypeError, "bpe_long and classify must be callable");
@@ -384,14 +489,15 @@ static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_RuntimeError, "Encoder is already initialized");
         return -1;
     }
-    if (load_merges(self, merges, byte_ids) < 0)
+    if (load_merges(self, merges, byte_ids) < 0 || load_specials(self, special_ids) < 0)
         return -1;
+    self->id_objects = PyMem_Calloc(self->id_limit, sizeof(PyObject *));
     self->classes = PyMem_Calloc(CODE_POINTS, 1);
     self->word = PyMem_Malloc((size_t)long_word * sizeof(uint32_t));
     self->ranks = PyMem_Malloc((size_t)long_word * sizeof(uint32_t));
     self->capacity = 1024;
     self->slots = PyMem_Calloc(self->capacity, sizeof(Slot));
-    if (!self->classes || !self->word || !self->ranks || !self->slots) {
+    if (!self->id_objects || !self->classes || !self->word || !self->ranks || !self->slots) {
         PyErr_NoMemory();
         return -1;
     }
@@ -424,6 +530,11 @@ static void Encoder_dealloc(Encoder *self)
 {
     PyObject_GC_UnTrack(self);
     Encoder_clear_refs(self);
+    clear_id_objects(self);
+    PyMem_Free(self->id_objects);
+    for (Py_ssize_t k = 0; self->specials && k < self->special_count; k++)
+        PyMem_Free(self->specials[k].bytes);
+    PyMem_Free(self->specials);
     PyMem_Free(self->merges);
     PyMem_Free(self->word);
     PyMem_Free(self->ranks);
@@ -448,6 +559,29 @@ static const unsigned char *utf8_of(Encoder *self, PyObject *text, Py_ssize_t *n
     return (const unsigned char *)PyUnicode_AsUTF8AndSize(text, n);
 }
 
+/* Append the ids of the text s[start:end], which holds no special tokens, to out. */
+static int encode_ordinary(Encoder *self, const unsigned char *s, Py_ssize_t start, Py_ssize_t end, uint32_t **out,
+                           size_t *out_len, size_t *out_cap)
+{
+    for (Py_ssize_t i = start; i < end;) {
+        Py_ssize_t next = pretoken_end(self, s, end, i);
+        if (next < 0)
+            return -1;
+        if (next - i > self->long_word) {
+            if (append_long(self, s + i, (size_t)(next - i), out, out_len, out_cap) < 0)
+                return -1;
+        } else {
+            Slot *slot = ids_of(self, s + i, (size_t)(next - i));
+            if (!slot || reserve((void **)out, out_cap, *out_len + slot->ids_len, sizeof(uint32_t)) < 0)
+                return -1;
+            memcpy(*out + *out_len, self->ids + slot->ids_at, slot->ids_len * sizeof(uint32_t));
+            *out_len += slot->ids_len;
+        }
+        i = next;
+    }
+    return 0;
+}
+
 static PyObject *Encoder_encode(Encoder *self, PyObject *text)
 {
     Py_ssize_t n;
@@ -456,27 +590,42 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *text)
         return NULL;
     uint32_t *out = NULL;
     size_t out_len = 0, out_cap = 0;
-    for (Py_ssize_t i = 0; i < n;) {
-        Py_ssize_t end = pretoken_end(self, s, n, i);
-        if (end < 0)
-            goto error;
-        if (end - i > self->long_word) {
-            if (append_long(self, s + i, (size_t)(end - i), &out, &out_len, &out_cap) < 0)
-                goto error;
-        } else {
-            Slot *slot = ids_of(self, s + i, (size_t)(end - i));
-            if (!slot || reserve((void **)&out, &out_cap, out_len + slot->ids_len, sizeof(uint32_t)) < 0)
-                goto error;
-            memcpy(out + out_len, self->ids + slot->ids_at, slot->ids_len * sizeof(uint32_t));
-            out_len += slot->ids_len;
-        }
-        i = end;
+    /* found[k]: where special token k next occurs at or after `start`; -2 not yet searched, -1 none */
+    Py_ssize_t *found = PyMem_Malloc(((size_t)self->special_count + 1) * sizeof(Py_ssize_t));
+    if (!found) {
+        PyErr_NoMemory();
+        return NULL;
     }
+    for (Py_ssize_t k = 0; k < self->special_count; k++)
+        found[k] = -2;
+    for (Py_ssize_t start = 0;;) {
+        const Special *special = NULL;
+        Py_ssize_t at = n;
+        for (Py_ssize_t k = 0; k < self->special_count; k++) {
+            const Special *candidate = &self->specials[k];
+            if (found[k] == -2 || (found[k] >= 0 && found[k] < start))
+                found[k] = find_bytes(s, start, n, candidate->bytes, candidate->len);
+            if (found[k] >= 0 && (found[k] < at || (found[k] == at && special && candidate->len > special->len))) {
+                at = found[k];
+                special = candidate;
+            }
+        }
+        if (encode_ordinary(self, s, start, at, &out, &out_len, &out_cap) < 0)
+            goto error;
+        if (!special)
+            break;
+        if (reserve((void **)&out, &out_cap, out_len + 1, sizeof(uint32_t)) < 0)
+            goto error;
+        out[out_len++] = special->id;
+        start = at + special->len;
+    }
+    PyMem_Free(found);
+    found = NULL;
     PyObject *list = PyList_New((Py_ssize_t)out_len);
     if (!list)
         goto error;
     for (size_t k = 0; k < out_len; k++) {
-        PyObject *id = PyLong_FromUnsignedLong(out[k]);
+        PyObject *id = id_object(self, out[k]);
         if (!id) {
             Py_DECREF(list);
             goto error;
@@ -486,6 +635,7 @@ static PyObject *Encoder_encode(Encoder *self, PyObject *text)
     PyMem_Free(out);
     return list;
 error:
+    PyMem_Free(found);
     PyMem_Free(out);
     return NULL;
 }
@@ -512,6 +662,7 @@ static PyObject *Encoder_clear(Encoder *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->slots)
         clear_cache(self);
+    clear_id_objects(self);
     Py_RETURN_NONE;
 }
 
@@ -522,10 +673,10 @@ static PyObject *Encoder_len(Encoder *self, void *Py_UNUSED(closure))
 
 static PyMethodDef Encoder_methods[] = {
     {"encode", (PyCFunction)Encoder_encode, METH_O,
-     "encode(text) -> list of ids of text, which holds no special tokens."},
+     "encode(text) -> list of ids of text; each special token in it becomes its one id."},
     {"pretokenize", (PyCFunction)Encoder_pretokenize, METH_O,
      "pretokenize(text) -> the GPT-2 pre-tokens of text, as the scanner in encode() finds them."},
-    {"clear", (PyCFunction)Encoder_clear, METH_NOARGS, "Forget the cached pre-token ids."},
+    {"clear", (PyCFunction)Encoder_clear, METH_NOARGS, "Forget the cached pre-token ids and the ints made for ids."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -537,8 +688,8 @@ static PyGetSetDef Encoder_getset[] = {
 static PyTypeObject EncoderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "tinylm.tokenizer._encoder.Encoder",
-    .tp_doc = "Encoder(merges, byte_ids, bpe_long, long_word, classify, max_entries): GPT-2\n"
-              "pre-tokenization, byte-pair merging and a cache of pre-token ids.",
+    .tp_doc = "Encoder(merges, byte_ids, bpe_long, long_word, classify, max_entries, special_ids={}):\n"
+              "special tokens, GPT-2 pre-tokenization, byte-pair merging and a cache of pre-token ids.",
     .tp_basicsize = sizeof(Encoder),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,

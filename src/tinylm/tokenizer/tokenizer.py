@@ -3,10 +3,10 @@
 Encoding cuts special tokens out first (longest first), splits the rest with the GPT-2 pattern,
 and turns each pre-token into ids by applying merges in rank order (earliest learned first).
 Natural text repeats the same words over and over, so ids are cached and most text is encoded by
-looking them up. Two paths do this and give the same ids: the compiled one (`_encoder.c`: it
-pre-tokenizes, looks up and merges pre-tokens without making a Python object per word) where it was
-built, else a Python one that caches the ids of each segment (a whitespace run and the word after
-it, see `pretokenize.segment`) and of each pre-token, merged by `bpe`.
+looking them up. Two paths do this and give the same ids: the compiled one (`_encoder.c`: it cuts
+out special tokens, pre-tokenizes, looks up and merges pre-tokens without making a Python object
+per word) where it was built, else a Python one that caches the ids of each segment (a whitespace
+run and the word after it, see `pretokenize.segment`) and of each pre-token, merged by `bpe`.
 
 Files (GPT-2 formats, so GPT-2's own `encoder.json` + `vocab.bpe` load the same way):
 - vocab.json: {token: id}, each token's bytes written in GPT-2's printable byte alphabet;
@@ -223,7 +223,7 @@ class Tokenizer:
         self._pretoken_ids = _Memo(self._bpe)
         self._segment_ids = _Memo(partial(_encode_segment, self._pretoken_ids))
         self._compiled = (CompiledEncoder(self.merge_table, self.byte_ids, self._bpe, _LONG_WORD,
-                                          character_class, _CACHE_ENTRIES)
+                                          character_class, _CACHE_ENTRIES, self.special_ids)
                           if compiled and CompiledEncoder is not None else None)
 
     # ---- files -------------------------------------------------------------------------------
@@ -286,6 +286,8 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special tokens become their single id."""
+        if self._compiled is not None:  # cuts at special tokens too: one call, one list
+            return self._compiled.encode(text)
         return self._encode_pieces(self._splitter.split(text)[0])
 
     def encode_batches(self, iterable: Iterable[str]) -> Iterator[list[int]]:
