@@ -56,9 +56,9 @@ class MemoryPrediction:
     """Peak tensor memory of one eager training step, and what is alive at that moment.
 
     parts: parameters; optimizer_state (AdamW's moments and denominators); other_state (the batch,
-    the RoPE tables, and off the CPU the divergence guard's copy of the weights); activations (what
-    the forward pass made and still holds); backward (gradients and temporaries of the backward
-    pass and update).
+    the RoPE tables, off the CPU the divergence guard's copy of the weights, and in a run over
+    several devices DistributedDataParallel's gradient buckets); activations (what the forward pass
+    made and still holds); backward (gradients and temporaries of the backward pass and update).
     """
 
     peak_bytes: int
@@ -128,6 +128,12 @@ def last_true(holds: Callable[[int], bool], start: int, limit: int) -> int:
 
 def per_device_batch(config: RunConfig) -> int:
     return config.training.batch_size // config.training.devices
+
+
+def ddp_bucket_bytes(config: RunConfig, parameter_bytes: int) -> int:
+    """DistributedDataParallel's gradient buckets, in a run over several devices: as large as all
+    gradients, held for the whole run (the trainer keeps DDP's default, gradients apart from buckets)."""
+    return parameter_bytes if config.training.devices > 1 else 0
 
 
 # ---- traced with fake tensors ---------------------------------------------------------------
@@ -201,7 +207,10 @@ class LiveBytes(TorchDispatchMode):
 
 
 def traced_step_memory(config: RunConfig, device_type: str, batch_size: int) -> MemoryPrediction:
-    """Run two training steps of `config` on fake `device_type` tensors; the second one's peak."""
+    """Run two training steps of `config` on fake `device_type` tensors; the second one's peak.
+
+    One process traces the model unwrapped: DistributedDataParallel's buckets are added to it.
+    """
     device = torch.device(device_type)
     m = config.model
     counter = LiveBytes()
@@ -225,12 +234,13 @@ def traced_step_memory(config: RunConfig, device_type: str, batch_size: int) -> 
                     counter.restart()  # the first step built the optimizer state; the second is the steady one
         parameter_bytes = sum(p.untyped_storage().nbytes() for p in model.parameters())
         buffer_bytes = sum(b.untyped_storage().nbytes() for b in model.buffers())
-    other = buffer_bytes + 2 * batch_size * m.context_length * INT64 + (0 if guard is None else parameter_bytes)
+    traced_other = buffer_bytes + 2 * batch_size * m.context_length * INT64 + (0 if guard is None else parameter_bytes)
+    buckets = ddp_bucket_bytes(config, parameter_bytes)
     state = counter.peak_parts.get("state", 0)
-    parts = {"parameters": parameter_bytes, "optimizer_state": state - parameter_bytes - other,
-             "other_state": other, "activations": counter.peak_parts.get("activations", 0),
+    parts = {"parameters": parameter_bytes, "optimizer_state": state - parameter_bytes - traced_other,
+             "other_state": traced_other + buckets, "activations": counter.peak_parts.get("activations", 0),
              "backward": counter.peak_parts.get("backward", 0)}
-    return MemoryPrediction(counter.peak, "fake", parts)
+    return MemoryPrediction(counter.peak + buckets, "fake", parts)
 
 
 def run_training_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -438,7 +448,8 @@ def analytic_step_memory(config: RunConfig, device_type: str, batch_size: int) -
     parameters = parameter_count(m) * FLOAT32
     rope_tables = 2 * m.context_length * (m.d_model // m.num_heads) * FLOAT32 * m.num_layers \
         if m.position == "rope" else 0
-    other = rope_tables + 2 * shape.tokens * INT64 + (parameters if device_type != "cpu" else 0)
+    guard_copy = parameters if device_type != "cpu" else 0  # see traced_step_memory
+    other = rope_tables + 2 * shape.tokens * INT64 + guard_copy + ddp_bucket_bytes(config, parameters)
     state = {"parameters": parameters, "optimizer_state": OPTIMIZER_COPIES * parameters, "other_state": other}
     stages = step_stages(shape)
     saved, grads = sum(stage.saved for stage in stages), 0
