@@ -6,11 +6,12 @@
 
 The step is the trainer's, eager: the model `build_model` makes, its forward pass under the run's
 autocast, cross-entropy, backward, gradient clipping, the AdamW update and `zero_grad`, in steady
-state (from the second step on, once the optimizer state exists). The peak is the largest total of
-tensor storage bytes alive on the device at any moment of the step. A compiled step
-(`training.compile`) usually needs less: inductor fuses operators and keeps fewer intermediates. On
-a GPU, what `nvidia-smi` shows adds the CUDA context, library workspaces and the caching
-allocator's free blocks on top.
+state (from the second step on, once the optimizer state exists); in a run over several devices,
+one process's step on its share of the batch. The peak is the largest total of tensor storage
+bytes alive on the device at any moment of the step. A compiled step (`training.compile`) usually
+needs less: inductor fuses operators and keeps fewer intermediates, and the compiled AdamW update
+keeps no denominator buffer. On a GPU, what `nvidia-smi` shows adds the CUDA context, library
+workspaces and the caching allocator's free blocks on top.
 
 Two methods, both for a device type rather than a device, so a plan can be made on a login node:
 
@@ -225,7 +226,7 @@ def traced_step_memory(config: RunConfig, device_type: str, batch_size: int) -> 
             # On the CPU the guard decides on the host, keeping scalars only; elsewhere it copies the weights.
             guard = None if device_type == "cpu" else DivergenceGuard(config.training.divergence_factor, device)
             for step in (1, 2):
-                counter.phase = "state"  # the batch lives from before the step until the next one's
+                counter.phase = "state"  # the batch is alive through the whole step
                 inputs = torch.randint(m.vocab_size, (batch_size, m.context_length), device=device)
                 targets = torch.randint(m.vocab_size, (batch_size, m.context_length), device=device)
                 counter.phase = "activations"
