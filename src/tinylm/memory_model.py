@@ -79,8 +79,9 @@ def predict_step_memory(config: RunConfig, device_type: str, batch_size: int | N
         try:
             return traced_step_memory(config, device_type, batch)
         # Fake tensors fail as operators do (NotImplementedError and torch's errors are RuntimeErrors),
-        # or as a kernel's own checks do; the analytic model still answers.
-        except (RuntimeError, ValueError, TypeError, AssertionError):
+        # or as a kernel's own checks do, and a torch without the internals the trace uses with an
+        # AttributeError; the analytic model still answers.
+        except (RuntimeError, ValueError, TypeError, AssertionError, AttributeError):
             return analytic_step_memory(config, device_type, batch)
     return analytic_step_memory(config, device_type, batch)
 
