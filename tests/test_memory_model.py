@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from tinylm.config import RunConfig
-from tinylm.device import autocast_context, training_step
+from tinylm.device import TrainingStep, autocast_context
 from tinylm.memory_model import (
     PARTS,
     analytic_step_memory,
@@ -75,11 +75,12 @@ def measured_peak(config: RunConfig, batch_size: int, ddp: bool = False) -> int:
     tracker = MemTracker()
     tracker.track_external(model, optimizer)
     with tracker:
-        train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
+        step = TrainingStep(model, optimizer, precision, config.optimizer.grad_clip,
+                            wrap=torch.nn.parallel.DistributedDataParallel if ddp else None)
         for _ in range(2):
             inputs = torch.randint(m.vocab_size, (batch_size, m.context_length))
             targets = torch.randint(m.vocab_size, (batch_size, m.context_length))
-            training_step(train_model, optimizer, inputs, targets, precision, config.optimizer.grad_clip)
+            step(inputs, targets)
             tracker.reset_mod_stats()  # MemTracker's per-module statistics allow one pass at a time
     return tracker.get_tracker_snapshot("peak")[device]["Total"]
 

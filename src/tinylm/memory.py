@@ -107,16 +107,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest peak memory a step may use where no out-of-memory error marks the limit "
                              "(the CPU; required there); a CUDA GPU's limit is its memory, and this is ignored")
     parser.add_argument("--max-batch", type=int, default=4096, help="stop growing the batch here")
-    parser.add_argument("--start-batch", type=int, default=1,
+    parser.add_argument("--start-batch", type=int, default=None,
                         help="the first batch tried: the search doubles from there while steps fit, and halves "
-                             "while they do not")
+                             "while they do not (default: a power of two at half the largest batch the memory "
+                             "prediction fits, so that few batch sizes are built, and compiled)")
 
 
-def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: int, start_batch: int = 1) -> dict:
-    """The largest batch (a power of two times `start_batch`) whose training step fits, and every
-    batch tried. Each try builds a fresh model and runs two steps exactly as the trainer would
+def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: int,
+                    start_batch: int | None = None) -> dict:
+    """The largest batch (a power of two times the start) whose training step fits, and every batch
+    tried. Each try builds a fresh model and runs two steps exactly as the trainer would
     (`TrainingStep`: the run's precision, attention, compilation, divergence guard and AdamW), the
-    second with the optimizer's state already allocated."""
+    second with the optimizer's state already allocated. Without `start_batch`, the search starts
+    from the memory prediction (`start_from_prediction`)."""
     import torch
 
     from tinylm.device import DivergenceGuard, TrainingStep, autocast_context, resolve_device, synchronize, use_compile
@@ -165,6 +168,8 @@ def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: 
               f"{'fits' if fits else 'does not fit'}", flush=True)
         return {"batch": batch, "peak_bytes": peak, "fits": fits}
 
+    if start_batch is None:
+        start_batch = start_from_prediction(config, device.type, budget or total, max_batch)
     tried = [measure(min(start_batch, max_batch))]
     direction = 2 if tried[0]["fits"] else 0.5
     while True:
@@ -180,10 +185,19 @@ def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: 
             "tried": sorted(tried, key=lambda t: t["batch"])}
 
 
+def start_from_prediction(config: RunConfig, device_type: str, memory_bytes: int, max_batch: int) -> int:
+    """A power of two at half the largest batch whose predicted peak fits (at least 1): the prediction
+    counts tensors only, so the measured limit is near it, and rarely below half of it."""
+    from tinylm.memory_model import largest_fitting_batch
+
+    largest = largest_fitting_batch(config, device_type, memory_bytes, limit=max_batch)
+    return 1 << max((largest // 2).bit_length() - 1, 0)
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """The command's own numbers, before the run config is read or any model is built."""
     for option in ("max_batch", "start_batch"):
-        if getattr(args, option) < 1:
+        if getattr(args, option) is not None and getattr(args, option) < 1:
             raise ValueError(f"--{option.replace('_', '-')}: must be a positive integer, got {getattr(args, option)}")
     budget = args.cpu_memory_budget_mb
     if budget is not None and not (math.isfinite(budget) and budget > 0):

@@ -39,14 +39,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.device import DivergenceGuard, autocast_context, training_step
+from tinylm.device import DivergenceGuard, TrainingStep, autocast_context
 from tinylm.nn import build_model, parameter_count
 from tinylm.optim import AdamW
 
 FLOAT32 = 4  # bytes per element
 BFLOAT16 = 2
 INT64 = 8
-OPTIMIZER_COPIES = 3  # AdamW keeps exp_avg, exp_avg_sq and the denominator buffer per parameter
 
 # The keys of MemoryPrediction.parts, which add up to peak_bytes.
 PARTS = ("parameters", "optimizer_state", "other_state", "activations", "backward")
@@ -56,10 +55,10 @@ PARTS = ("parameters", "optimizer_state", "other_state", "activations", "backwar
 class MemoryPrediction:
     """Peak tensor memory of one eager training step, and what is alive at that moment.
 
-    parts: parameters; optimizer_state (AdamW's moments and denominators); other_state (the batch,
-    the RoPE tables, off the CPU the divergence guard's copy of the weights, and in a run over
-    several devices DistributedDataParallel's gradient buckets); activations (what the forward pass
-    made and still holds); backward (gradients and temporaries of the backward pass and update).
+    parts: parameters; optimizer_state (AdamW's moments, and on the CPU its denominators); other_state
+    (the batch, the RoPE tables, and in a run over several devices DistributedDataParallel's gradient
+    buckets); activations (what the forward pass made and still holds); backward (gradients and
+    temporaries of the backward pass and update).
     """
 
     peak_bytes: int
@@ -224,7 +223,8 @@ def traced_step_memory(config: RunConfig, device_type: str, batch_size: int) -> 
             for tensor in (*model.parameters(), *model.buffers()):
                 counter.track(tensor)
             optimizer = AdamW.from_config(model.parameters(), config.optimizer)
-            # On the CPU the guard decides on the host, keeping scalars only; elsewhere it copies the weights.
+            # On the CPU the guard's verdict is a host bool (which fake tensors cannot give), and it keeps
+            # scalars only; elsewhere the verdict goes into the AdamW update, as in training.
             guard = None if device_type == "cpu" else DivergenceGuard(config.training.divergence_factor, device)
             for step in (1, 2):
                 counter.phase = "state"  # the batch is alive through the whole step
@@ -236,7 +236,7 @@ def traced_step_memory(config: RunConfig, device_type: str, batch_size: int) -> 
                     counter.restart()  # the first step built the optimizer state; the second is the steady one
         parameter_bytes = sum(p.untyped_storage().nbytes() for p in model.parameters())
         buffer_bytes = sum(b.untyped_storage().nbytes() for b in model.buffers())
-    traced_other = buffer_bytes + 2 * batch_size * m.context_length * INT64 + (0 if guard is None else parameter_bytes)
+    traced_other = buffer_bytes + 2 * batch_size * m.context_length * INT64
     buckets = ddp_bucket_bytes(config, parameter_bytes)
     state = counter.peak_parts.get("state", 0)
     parts = {"parameters": parameter_bytes, "optimizer_state": state - parameter_bytes - traced_other,
@@ -248,9 +248,9 @@ def traced_step_memory(config: RunConfig, device_type: str, batch_size: int) -> 
 def run_training_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                       inputs: torch.Tensor, targets: torch.Tensor, device: torch.device,
                       guard: DivergenceGuard | None, step: int) -> None:
-    """One step as the trainer runs it (the one call of `training_step` here)."""
-    training_step(model, optimizer, inputs, targets, autocast_context(device, config.training.precision),
-                  config.optimizer.grad_clip, guard, step)
+    """One step as the trainer runs it, eager (the one `TrainingStep` here)."""
+    TrainingStep(model, optimizer, autocast_context(device, config.training.precision), config.optimizer.grad_clip,
+                 guard)(inputs, targets, step)
 
 
 # ---- the analytic model ---------------------------------------------------------------------
@@ -434,6 +434,17 @@ def step_stages(s: StepShape) -> list[Stage]:
     return stages + head_stages(s)
 
 
+def optimizer_state_bytes(device_type: str, parameter_bytes: int) -> int:
+    """AdamW's two moments, and on the CPU the denominators of its foreach update; off the CPU the
+    divergence guard's verdict makes the update the guarded one, which keeps no denominators."""
+    return (3 if device_type == "cpu" else 2) * parameter_bytes
+
+
+# The guarded update (off the CPU) goes parameter by parameter, holding the new moments and weights
+# and up to three intermediates of that parameter's size at once (tinylm.optim.fused_update).
+GUARDED_UPDATE_TEMPORARIES = 6
+
+
 def analytic_step_memory(config: RunConfig, device_type: str, batch_size: int) -> MemoryPrediction:
     """The analytic model of the step: its fixed state, then the backward pass walked stage by stage.
 
@@ -441,18 +452,17 @@ def analytic_step_memory(config: RunConfig, device_type: str, batch_size: int) -
     gradients of the parameters after it, and what the stage's backward makes (`Stage.backward`); the
     peak is the largest of these. The forward pass is left out: a stage's backward holds at least
     what its forward held at once beyond the same saved tensors (the logits' gradient is as large as
-    the logits). So is the end of the step: the embedding's stage is the backward pass's last, and
-    holds every other gradient, its own and more; clipping and the update (whose buffers are state
-    from the second step on) allocate scalars only.
+    the logits). After the backward pass, every gradient is alive while the update runs; off the CPU
+    the guarded update adds its temporaries for one parameter at a time.
     """
     m, t = config.model, config.training
     shape = StepShape(batch_size, m, device_type, t.precision, t.attention)
     parameters = parameter_count(m) * FLOAT32
     rope_tables = 2 * m.context_length * (m.d_model // m.num_heads) * FLOAT32 * m.num_layers \
         if m.position == "rope" else 0
-    guard_copy = parameters if device_type != "cpu" else 0  # see traced_step_memory
-    other = rope_tables + 2 * shape.tokens * INT64 + guard_copy + ddp_bucket_bytes(config, parameters)
-    state = {"parameters": parameters, "optimizer_state": OPTIMIZER_COPIES * parameters, "other_state": other}
+    other = rope_tables + 2 * shape.tokens * INT64 + ddp_bucket_bytes(config, parameters)
+    state = {"parameters": parameters, "optimizer_state": optimizer_state_bytes(device_type, parameters),
+             "other_state": other}
     stages = step_stages(shape)
     saved, grads = sum(stage.saved for stage in stages), 0
     activations, backward = 0, 0  # at the peak
@@ -460,6 +470,9 @@ def analytic_step_memory(config: RunConfig, device_type: str, batch_size: int) -
         if saved + grads + stage.backward > activations + backward:
             activations, backward = saved, grads + stage.backward
         saved, grads = saved - stage.saved, grads + stage.grads
+    if device_type != "cpu":
+        largest = max(m.vocab_size * m.d_model, m.d_model * m.d_ff, m.d_model ** 2) * FLOAT32
+        if grads + GUARDED_UPDATE_TEMPORARIES * largest > activations + backward:
+            activations, backward = 0, grads + GUARDED_UPDATE_TEMPORARIES * largest
     parts = {**state, "activations": activations, "backward": backward}
     return MemoryPrediction(sum(parts.values()), "analytic", parts)
-
