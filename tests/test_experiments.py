@@ -1,7 +1,9 @@
 """The experiment plan (tinylm.experiments): config resolution, the planner, and `tinylm plan`."""
 from __future__ import annotations
 
+
 import copy
+import json
 import math
 import subprocess
 import sys
@@ -249,6 +251,24 @@ def test_plan_command_prints_every_run_and_totals():
     total = next(line for line in lines if line.startswith("total"))
     assert f"{len(plan.runs)} runs" in total and f"{sum(r.steps for r in plan.runs.values()):,}" in total
     assert "40% MFU" in result.stdout  # the stated throughput of the GPU-time estimate
+
+
+def test_plan_command_predicts_every_runs_memory_and_what_fits(tmp_path):
+    result = tinylm("plan", "--configfile", "config/reference.yaml", "--device-memory-gb", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    runs = json.loads(result.stdout)["runs"]
+    for name, run in runs.items():
+        assert run["device"] == "cuda" and run["predicted_peak_bytes"] > 0, name
+        assert run["fits"] == (run["predicted_peak_bytes"] <= 10e9), name
+        batch = run["config"]["training"]["batch_size"]
+        assert (run["largest_batch"] >= batch) == run["fits"], name
+    # The batch-size section's runs differ in batch alone (same model): memory grows with the batch.
+    by_batch = sorted((run["config"]["training"]["batch_size"], run["predicted_peak_bytes"])
+                      for name, run in runs.items() if name.startswith("batch_size"))
+    assert [peak for _, peak in by_batch] == sorted({peak for _, peak in by_batch})
+    assert runs["baseline"]["fits"] and not runs["owt"]["fits"]  # its vocabulary of 32000 needs more
+    table = tinylm("plan", "--configfile", "config/reference.yaml", "--device-memory-gb", "10")
+    assert "fits 10 GB" in table.stdout and "largest batch" in table.stdout and "Peak memory:" in table.stdout
 
 
 def test_plan_command_errors_in_one_line():
