@@ -12,7 +12,7 @@ import re
 import shlex
 
 from snakemake.utils import min_version
-from tinylm.experiments import DEFAULT_CONFIGFILE, resolve_config
+from tinylm.pipeline.config import DEFAULT_CONFIGFILE, resolve_config
 
 min_version("9.0")
 

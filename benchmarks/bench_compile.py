@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import yaml
 
-from tinylm.device import device_name
-from tinylm.fileio import write_json_atomic, write_text_atomic
+from tinylm.training.hardware import device_name
+from tinylm.files import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -18,15 +18,15 @@ missed; the best of ours is reported beside it.
 
 Setups: ours with the trainer's divergence guard and fused attention (on the CPU also the reference
 attention in bf16), eager and torch.compile'd as the trainer compiles it (forward and loss as one
-graph, `tinylm.device.TrainingStep`, and the AdamW update as another,
+graph, `tinylm.training.step.TrainingStep`, and the AdamW update as another,
 `tinylm.optim.AdamW(compiled=True)`); the peer with its default (sdpa) attention and with its
 eager one (the faster on a CPU), and torch.optim.AdamW. Each runs in bf16 autocast on a GPU, and
 in both fp32 and bf16 autocast on the CPU; ratios are against the peer's fastest setup. On the CPU
-both keep freed memory for reuse, as the trainer does (`tinylm.device.keep_freed_host_memory`).
+both keep freed memory for reuse, as the trainer does (`tinylm.training.hardware.keep_freed_host_memory`).
 The setups are timed in interleaved rounds and the best round of each counts, so load from other
 processes on a shared machine hurts all of them alike. Prints a table and writes
 benchmarks/results/bench_train.{json,md}. On a GPU it also reports model FLOPs utilisation (MFU)
-against that GPU's dense bf16 peak (tinylm.device.PEAK_FLOPS; "unknown" for a GPU not in it).
+against that GPU's dense bf16 peak (tinylm.training.hardware.PEAK_FLOPS; "unknown" for a GPU not in it).
 """
 from __future__ import annotations
 
@@ -40,17 +40,11 @@ from pathlib import Path
 import torch
 
 from tinylm.config import ModelConfig, TrainingConfig
-from tinylm.fileio import write_json_atomic, write_text_atomic
-from tinylm.device import (
-    DivergenceGuard,
-    TrainingStep,
-    autocast_context,
-    device_name,
-    keep_freed_host_memory,
-    peak_flops,
-    use_compile,
-)
-from tinylm.experiments import resolve_config
+from tinylm.files import write_json_atomic, write_text_atomic
+from tinylm.training.divergence import DivergenceGuard
+from tinylm.training.step import TrainingStep
+from tinylm.training.hardware import autocast_context, device_name, keep_freed_host_memory, peak_flops, use_compile
+from tinylm.pipeline.config import resolve_config
 from tinylm.nn import (
     build_model,
     forward_flops_per_token,

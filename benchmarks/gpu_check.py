@@ -27,20 +27,15 @@ import numpy as np
 import torch
 
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.device import (
-    DivergenceGuard,
-    TrainingStep,
-    autocast_context,
-    device_name,
-    peak_flops,
-    synchronize,
-)
-from tinylm.distributed import EXIT_PREEMPTED
-from tinylm.fileio import write_json_atomic, write_text_atomic
-from tinylm.memory import probe_max_batch
+from tinylm.training.divergence import DivergenceGuard
+from tinylm.training.step import TrainingStep
+from tinylm.training.hardware import autocast_context, device_name, peak_flops, synchronize
+from tinylm.training.distributed import EXIT_PREEMPTED
+from tinylm.files import write_json_atomic, write_text_atomic
+from tinylm.training.max_batch import probe_max_batch
 from tinylm.nn import build_model, model_flops_utilization, parameter_count, training_flops_per_token
 from tinylm.optim import AdamW
-from tinylm.train import Trainer
+from tinylm.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = ModelConfig(vocab_size=10000, context_length=256, d_model=512, d_ff=1344, num_layers=4, num_heads=16)

@@ -22,7 +22,7 @@ from tinylm.checkpoint import (
 from tinylm.config import ModelConfig, RunConfig
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
-from tinylm.progress import Progress
+from tinylm.training.progress import Progress
 
 MODEL = ModelConfig(vocab_size=50, context_length=16, d_model=32, num_layers=2, num_heads=4, d_ff=64)
 

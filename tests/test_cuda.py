@@ -13,10 +13,12 @@ import torch
 from tiny_run import read_metrics, read_summary, train, write_config
 
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.device import DivergenceGuard, TrainingStep, autocast_context, device_name, peak_flops
+from tinylm.training.divergence import DivergenceGuard
+from tinylm.training.step import TrainingStep
+from tinylm.training.hardware import autocast_context, device_name, peak_flops
 from tinylm.nn import build_model, model_flops_utilization
 from tinylm.optim import AdamW
-from tinylm.prefetch import BatchPrefetcher
+from tinylm.training.prefetch import BatchPrefetcher
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -57,7 +59,7 @@ def test_a_training_step_with_its_guard_and_next_batch_never_waits_for_the_gpu(c
 
 
 def test_prefetched_batches_are_the_seeded_batches_of_their_steps():
-    from tinylm.data import batch_from_starts, train_batch_starts
+    from tinylm.data.tokens import batch_from_starts, train_batch_starts
 
     device = torch.device("cuda", 0)
     tokens = np.arange(10_000, dtype=np.uint16)

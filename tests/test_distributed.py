@@ -17,7 +17,7 @@ from tiny_run import (
 )
 
 from tinylm.checkpoint import load_training_state
-from tinylm.train import EXIT_PREEMPTED
+from tinylm.training.trainer import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.slow
 TRAINING = {"max_steps": 100, "log_interval": 5, "eval_interval": 20, "checkpoint_interval": 10}

@@ -7,7 +7,7 @@ import pytest
 from local_http import LocalHTTPServer, QuietHandler
 
 from tinylm.cli import main
-from tinylm.download import SourceUnavailable, document_cut, download
+from tinylm.data.download import SourceUnavailable, document_cut, download
 
 DOCS = b"".join(b"story %d: " % i + b"x" * (i * 37 % 200) + b"\n<|endoftext|>\n" for i in range(400))
 

@@ -1,4 +1,4 @@
-"""The experiment plan (tinylm.experiments): config resolution, the planner, and `tinylm plan`."""
+"""The experiment plan (tinylm.pipeline): config resolution, the planner, and `tinylm plan`."""
 from __future__ import annotations
 
 
@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinylm.experiments import (BASELINE_RUN, SCHEMA, build_plan, config_changes, deep_merge, parse_overrides,
-                                plan_table, read_config_file, resolve_config, validate_config)
+from tinylm.pipeline.plan import BASELINE_RUN, build_plan
+from tinylm.pipeline.config import SCHEMA, deep_merge, parse_overrides, read_config_file, resolve_config, validate_config
+from tinylm.pipeline.naming import config_changes
+from tinylm.pipeline.plan_command import plan_table
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))

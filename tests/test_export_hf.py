@@ -15,8 +15,8 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 from tinylm.checkpoint import load_model, save_model  # noqa: E402
 from tinylm.cli import main  # noqa: E402
 from tinylm.config import ModelConfig, RunConfig  # noqa: E402
-from tinylm.export_hf import check_exportable, pairs_to_halves  # noqa: E402
-from tinylm.generate import END_OF_TEXT, generate  # noqa: E402
+from tinylm.inference.export_hf import check_exportable, pairs_to_halves  # noqa: E402
+from tinylm.inference.generate import END_OF_TEXT, generate  # noqa: E402
 from tinylm.nn import RotaryPositionalEmbedding, build_model  # noqa: E402
 from tinylm.tokenizer import Tokenizer, train_bpe  # noqa: E402
 

@@ -8,7 +8,7 @@ import torch
 from tinylm.checkpoint import save_model
 from tinylm.cli import main
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.generate import END_OF_TEXT, generate, sample_next_token
+from tinylm.inference.generate import END_OF_TEXT, generate, sample_next_token
 from tinylm.nn import build_model
 from tinylm.tokenizer import Tokenizer
 

@@ -16,8 +16,8 @@ from tiny_run import write_config
 from tinylm.checkpoint import load_checkpoint, load_model, load_training_state, model_state_dict, save_model
 from tinylm.cli import main
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.data import load_tokens
-from tinylm.loading import read_json
+from tinylm.data.tokens import load_tokens
+from tinylm.files import read_json
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
 from tinylm.report.runs import load_runs

@@ -1,4 +1,4 @@
-"""Predicted step memory (tinylm.memory_model) against the tensor memory of real CPU training steps.
+"""Predicted step memory (tinylm.training.memory_model) against the tensor memory of real CPU training steps.
 
 The measurement runs two real training steps on the CPU under torch's own MemTracker, which counts
 the bytes of every tensor storage alive; the second step (optimizer state in place) sets the peak.
@@ -14,8 +14,9 @@ import torch.distributed as dist
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from tinylm.config import RunConfig
-from tinylm.device import TrainingStep, autocast_context
-from tinylm.memory_model import (
+from tinylm.training.step import TrainingStep
+from tinylm.training.hardware import autocast_context
+from tinylm.training.memory_model import (
     PARTS,
     analytic_step_memory,
     largest_fitting_batch,
@@ -154,7 +155,7 @@ def test_a_failed_trace_falls_back_to_the_analytic_model(monkeypatch):
     def fail(*args):
         raise NotImplementedError("an operator without a fake-tensor kernel")
 
-    monkeypatch.setattr("tinylm.memory_model.traced_step_memory", fail)
+    monkeypatch.setattr("tinylm.training.memory_model.traced_step_memory", fail)
     config = run_config("small")
     assert predict_step_memory(config, "cpu", 4) == analytic_step_memory(config, "cpu", 4)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinylm.config import ModelConfig
-from tinylm.device import ModelLoss, compile_static
+from tinylm.training.step import ModelLoss, compile_static
 from tinylm.nn import (
     TransformerBlock,
     TransformerLM,

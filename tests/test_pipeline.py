@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinylm.experiments import build_plan, parse_overrides, resolve_config
+from tinylm.pipeline.plan import build_plan
+from tinylm.pipeline.config import parse_overrides, resolve_config
 
 pytest.importorskip("snakemake", reason="the pipeline tests need snakemake")  # run as `python -m snakemake`
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tinylm.quiet import Progress, follow, reason_in_log
+from tinylm.pipeline.quiet import Progress, follow, reason_in_log
 
 # Snakemake 9's output for two jobs, one of which fails (trimmed to the lines that matter).
 TRANSCRIPT = """\
@@ -104,7 +104,7 @@ def test_reason_is_the_last_error_line_of_the_log(tmp_path):
 
 
 def run_wrapper(workdir: Path, *snakemake_args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "tinylm.quiet", "--log", str(workdir / "smk.log"), "--report",
+    command = [sys.executable, "-m", "tinylm.pipeline.quiet", "--log", str(workdir / "smk.log"), "--report",
                "report/README.md", "--", "--snakefile", str(workdir / "Snakefile"), "--directory", str(workdir),
                "--cores", "1", *snakemake_args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)

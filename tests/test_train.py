@@ -25,7 +25,7 @@ from tiny_run import (
 from tinylm.checkpoint import load_model, load_training_state
 from tinylm.cli import main
 from tinylm.config import RunConfig
-from tinylm.train import EXIT_PREEMPTED
+from tinylm.training.trainer import EXIT_PREEMPTED
 
 METRICS_KEYS = {"step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s", "val_loss",
                 "mem_allocated_bytes", "mem_peak_bytes", "mem_total_bytes", "mem_percent"}

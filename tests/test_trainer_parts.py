@@ -16,29 +16,18 @@ import pytest
 import torch
 from tiny_run import one_thread, read_metrics, read_summary, signal_after_first_checkpoint, start_train, train, write_config
 
-from tinylm import summary as summary_module
+from tinylm.training import summary as summary_module
 from tinylm.checkpoint import load_training_state
 from tinylm.config import ModelConfig, RunConfig, TrainingConfig
-from tinylm.device import (
-    DivergenceGuard,
-    TrainingStep,
-    keep_freed_host_memory,
-    peak_flops,
-    step_is_good,
-    use_compile,
-)
+from tinylm.training.divergence import DivergenceGuard, step_is_good
+from tinylm.training.step import TrainingStep
+from tinylm.training.hardware import keep_freed_host_memory, peak_flops, use_compile
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
-from tinylm.progress import Progress
-from tinylm.runlock import RUN_OUTPUTS, run_lock
-from tinylm.stopping import (
-    INITIAL_LOSS_STEPS,
-    PreemptionFlag,
-    budget_reached,
-    checkpoint_due,
-    divergence_outcome,
-    target_reached,
-)
+from tinylm.training.progress import Progress
+from tinylm.training.runlock import RUN_OUTPUTS, run_lock
+from tinylm.training.divergence import INITIAL_LOSS_STEPS, divergence_outcome
+from tinylm.training.stopping import PreemptionFlag, budget_reached, checkpoint_due, target_reached
 
 PROVENANCE_KEYS = {"git_commit", "git_dirty", "tinylm_version", "torch_version", "python_version",
                    "device_name", "cuda_version", "hostname", "started_at"}
@@ -246,7 +235,7 @@ def test_a_checkpoint_of_the_old_format_resumes_and_a_garbled_one_is_refused(tmp
 
 def test_a_second_trainer_on_the_same_checkpoint_dir_fails_at_once_naming_the_holder(tmp_path):
     config = write_config(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tinylm.runlock import run_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tinylm.training.runlock import run_lock\n"
                                "with run_lock(sys.argv[1]):\n print('locked', flush=True); time.sleep(60)",
                                str(tmp_path / "ckpt")], stdout=subprocess.PIPE, text=True)
     try:
@@ -311,8 +300,8 @@ def test_divergence_read_late_reports_the_first_bad_step(tmp_path):
 
 
 def test_prefetched_batches_are_the_seeded_batches_of_their_steps_in_any_order():
-    from tinylm.data import batch_from_starts, rank_slice, train_batch_starts
-    from tinylm.prefetch import BatchPrefetcher
+    from tinylm.data.tokens import batch_from_starts, rank_slice, train_batch_starts
+    from tinylm.training.prefetch import BatchPrefetcher
 
     tokens = np.arange(10_000, dtype=np.uint16)
     batches = BatchPrefetcher(tokens, 4, 16, 3, 1, 2, torch.device("cpu"))  # rank 1 of 2

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from tinylm.config import RunConfig
-from tinylm.fileio import atomic_path
-from tinylm.loading import first_line, load_torch
-from tinylm.progress import Progress
+from tinylm.files import atomic_path
+from tinylm.files import first_line, load_torch
+from tinylm.training.progress import Progress
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 

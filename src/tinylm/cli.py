@@ -12,16 +12,16 @@ import sys
 
 # name -> (module, one-line help). Keep in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "plan": ("tinylm.experiments", "print the runs a pipeline config would train, before any of them"),
-    "download": ("tinylm.download", "fetch a corpus file (URL, mirror or local path) into the cache"),
+    "plan": ("tinylm.pipeline.plan_command", "print the runs a pipeline config would train, before any of them"),
+    "download": ("tinylm.data.download", "fetch a corpus file (URL, mirror or local path) into the cache"),
     "train-bpe": ("tinylm.tokenizer.training", "train a byte-level BPE tokenizer on a text file"),
     "tokenize": ("tinylm.tokenizer.dataset", "encode a text file into a .npy array of token ids"),
     "tokenizer-report": ("tinylm.tokenizer.report", "compare trained tokenizers (compression, speed)"),
-    "train": ("tinylm.train", "train a Transformer LM from a run config"),
-    "max-batch": ("tinylm.memory", "largest batch size whose training step fits in memory"),
-    "evaluate": ("tinylm.evaluate", "loss and perplexity of a checkpoint on a token array"),
-    "generate": ("tinylm.generate", "sample text from a checkpoint"),
-    "export-hf": ("tinylm.export_hf", "export a run as a Hugging Face transformers (Llama) model folder"),
+    "train": ("tinylm.training.trainer", "train a Transformer LM from a run config"),
+    "max-batch": ("tinylm.training.max_batch", "largest batch size whose training step fits in memory"),
+    "evaluate": ("tinylm.inference.evaluate", "loss and perplexity of a checkpoint on a token array"),
+    "generate": ("tinylm.inference.generate", "sample text from a checkpoint"),
+    "export-hf": ("tinylm.inference.export_hf", "export a run as a Hugging Face transformers (Llama) model folder"),
     "report": ("tinylm.report", "write one report section's tables, figures and text"),
 }
 

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from tinylm.fileio import write_json_atomic
-from tinylm.loading import file_error, read_json, require_file
+from tinylm.files import write_json_atomic
+from tinylm.files import file_error, read_json, require_file
 
 NORMS = ("pre", "post", "none")
 POSITIONS = ("rope", "none")
@@ -140,7 +140,7 @@ class TrainingConfig:
     compile: Any = "auto"                   # torch.compile model and AdamW update: true | false | auto (where it pays)
     attention: str = "reference"            # reference | fused (torch scaled_dot_product_attention)
     wandb: bool = False                     # log to Weights & Biases when installed
-    peak_flops: float | None = None         # one device's peak FLOP/s for MFU; None = tinylm.device's table
+    peak_flops: float | None = None         # one device's peak FLOP/s for MFU; None = tinylm.training.hardware's table
 
     def validate(self, prefix: str = "training") -> None:
         for name in ("batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval", "devices"):

@@ -1,11 +1,11 @@
-"""Paths, and the glue between the experiment plan (tinylm.experiments) and the rule files.
+"""Paths, and the glue between the experiment plan (tinylm.pipeline.plan) and the rule files.
 
     PLAN                  the plan known before the max-batch probe: PLAN.runs, PLAN.sections
     full_plan()           the plan with the probe's batch sizes (reads the max-batch checkpoint, so
                           call it only inside input/params functions)
-    planned_run(run)      one run of the plan (tinylm.experiments.PlannedRun)
+    planned_run(run)      one run of the plan (tinylm.pipeline.plan.PlannedRun)
     probe_input           input function: the probe's output, for rules of batch-size runs
-    section(name)         one report section (tinylm.experiments.PlannedSection), the probe's answer
+    section(name)         one report section (tinylm.pipeline.plan.PlannedSection), the probe's answer
                           included for batch_size
     GENERATIONS           {group: Generation}: the text samples each section draws
 """
@@ -15,8 +15,9 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from tinylm.experiments import BASELINE_RUN, RESULTS, build_plan, tokenizer_dir, tokens_path
-from tinylm.loading import read_json
+from tinylm.pipeline.plan import BASELINE_RUN, build_plan
+from tinylm.pipeline.paths import RESULTS, tokenizer_dir, tokens_path
+from tinylm.files import read_json
 
 # Rules call `tinylm ...`: make that the CLI of the Python running Snakemake, venv activated or not.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])

@@ -6,8 +6,8 @@
 # the report code itself, so editing plotting code redraws every section without retraining, and
 # retraining one run redraws only the sections that show it.
 import tinylm.report
-from tinylm.experiments import plan_json
-from tinylm.fileio import write_json_atomic
+from tinylm.pipeline.plan_command import plan_json
+from tinylm.files import write_json_atomic
 from tinylm.report import KINDS
 
 

@@ -3,7 +3,7 @@
 `tinylm report index` assembles the sections into results/report/README.md. The modules:
 `runs` (loading runs, labels, colours), `analysis` (findings and their sentences), `figures`,
 `tables`, `sections` (one function per kind of section) and `index`. Which sections a report
-has, their titles and runs, is the experiment plan's business (tinylm.experiments).
+has, their titles and runs, is the experiment plan's business (tinylm.pipeline.plan).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Kind:
 
 
 CURVES = ("loss_vs_step", "loss_vs_tokens", "loss_vs_time")
-# Report section kinds; the plan (tinylm.experiments) gives every section one of these.
+# Report section kinds; the plan (tinylm.pipeline.plan) gives every section one of these.
 KINDS: dict[str, Kind] = {
     "tokenizer": Kind(("compression",), ("tokenizers", "compression"), ("tokenizer_report",), runs=False),
     "lr_sweep": Kind(("lr_schedule", *CURVES, "final_loss_vs_lr"), ("lr_sweep", "edge_of_stability")),
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out_dir:
         raise ValueError(f"tinylm report {args.kind}: --out-dir is required")
-    from tinylm.loading import read_json
+    from tinylm.files import read_json
     from tinylm.report.runs import find_run, load_runs
     from tinylm.report.sections import Inputs, build
 

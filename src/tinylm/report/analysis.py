@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 import regex
 
-from tinylm.loading import load_npy
+from tinylm.files import load_npy
 from tinylm.report.runs import Run
 from tinylm.report.tables import (fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio, fmt_share,
                                   fmt_signed, fmt_speed)
-from tinylm.stopping import INITIAL_LOSS_STEPS, LOSS_SMOOTHING
+from tinylm.training.divergence import INITIAL_LOSS_STEPS, LOSS_SMOOTHING
 
 
 def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:

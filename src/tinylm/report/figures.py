@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from tinylm.fileio import atomic_path  # noqa: E402
+from tinylm.files import atomic_path  # noqa: E402
 from tinylm.report.runs import Run  # noqa: E402
 
 DPI = 120

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinylm.loading import read_json
+from tinylm.files import read_json
 from tinylm.report.tables import Column, fmt_duration, fmt_int, fmt_loss, fmt_speed, write_table
 
 RUN_COLUMNS = [

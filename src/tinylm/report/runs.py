@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.colors import to_hex
 
-from tinylm.loading import read_json, read_text
+from tinylm.files import read_json, read_text
 
 # Twenty colours that stay apart on white: matplotlib's tab10, then the dark half of tab20b/tab20c.
 PALETTE = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tinylm.fileio import write_text_atomic
+from tinylm.files import write_text_atomic
 from tinylm.report import CURVES, KINDS, analysis, figures
 from tinylm.report.runs import Run, colour_by_order
 from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_excerpt, fmt_int, fmt_loss, fmt_percent,

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from tinylm.fileio import atomic_path, write_text_atomic
+from tinylm.files import atomic_path, write_text_atomic
 
 MISSING = "—"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinylm.fileio import atomic_path
+from tinylm.files import atomic_path
 from tinylm.tokenizer.pretokenize import (
     DEFAULT_CHUNK_BYTES,
     check_input_file,

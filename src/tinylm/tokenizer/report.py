@@ -12,8 +12,8 @@ import random
 import time
 from pathlib import Path
 
-from tinylm.fileio import write_json_atomic, write_text_atomic
-from tinylm.loading import read_json
+from tinylm.files import write_json_atomic, write_text_atomic
+from tinylm.files import read_json
 from tinylm.tokenizer.pretokenize import check_input_file, iter_text
 from tinylm.tokenizer.tokenizer import Tokenizer, longest_token
 

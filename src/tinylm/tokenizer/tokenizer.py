@@ -22,8 +22,8 @@ from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from tinylm.fileio import write_json_atomic, write_text_atomic
-from tinylm.loading import file_error, read_json, read_text
+from tinylm.files import write_json_atomic, write_text_atomic
+from tinylm.files import file_error, read_json, read_text
 from tinylm.tokenizer.pretokenize import (
     Piece,
     SpecialToken,

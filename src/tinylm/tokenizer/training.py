@@ -22,8 +22,8 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from tinylm.fileio import write_json_atomic
-from tinylm.memory import peak_rss_bytes
+from tinylm.files import write_json_atomic
+from tinylm.training.memory import peak_rss_bytes
 from tinylm.tokenizer.pretokenize import (
     DEFAULT_CHUNK_BYTES,
     Splitter,

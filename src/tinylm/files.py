@@ -1,22 +1,28 @@
-"""Reading the files tinylm consumes, with every failure reported in one line naming the file.
+"""Every file tinylm reads or writes: readers that fail in one line naming the file, and writers
+that never leave a half-written file.
 
-Token arrays, checkpoints, run configs, summaries and tokenizer files come from earlier jobs, other
-machines and users: any of them may be missing, empty, truncated, of another format or hostile.
-Every reader here raises FileNotFoundError (no such file) or ValueError (anything wrong with it)
-whose message is `<what> '<path>': <what is wrong>`, never a library's traceback or its advice
-to load the file unsafely. Checkpoints are unpickled by torch's weights-only unpickler only, so a
-file that would run code when loaded is refused before anything in it runs.
+Reading: token arrays, checkpoints, run configs, summaries and tokenizer files come from earlier
+jobs, other machines and users: any of them may be missing, empty, truncated, of another format or
+hostile. Every reader here raises FileNotFoundError (no such file) or ValueError (anything wrong
+with it) whose message is `<what> '<path>': <what is wrong>`, never a library's traceback or its
+advice to load the file unsafely. Checkpoints are unpickled by torch's weights-only unpickler only,
+so a file that would run code when loaded is refused before anything in it runs.
 
-numpy and torch are imported by the readers that need them, so importing this module stays cheap.
+Writing: a result appears under its final name only once it is complete (a temporary name, then a
+rename), so an interrupted job never leaves a half-written file that a later run (or Snakemake)
+would take as done.
+
+numpy and torch are imported by the functions that need them, so importing this module stays cheap.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     import numpy as np
@@ -151,3 +157,27 @@ def load_torch(src: str | os.PathLike | IO[bytes], what: str = "checkpoint",
     if not isinstance(state, dict):
         raise file_error(what, name, f"holds a {type(state).__name__}, not a dict of tensors and values")
     return state
+
+
+# ---- writing -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

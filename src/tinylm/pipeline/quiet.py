@@ -1,6 +1,6 @@
 """Run Snakemake quietly: a progress summary on the terminal, its full output in a log file.
 
-    python -m tinylm.quiet --log results/logs/snakemake.log --report results/report/README.md -- --cores all ...
+    python -m tinylm.pipeline.quiet --log results/logs/snakemake.log --report results/report/README.md -- --cores all ...
 
 Everything after `--` goes to `snakemake`. The terminal shows jobs done out of the total, the rules
 running now and the elapsed time (one line redrawn in place on a terminal, a line per finished job
@@ -191,7 +191,7 @@ def finish(progress: Progress, returncode: int, log_path: Path, report: Path | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tinylm.quiet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tinylm.pipeline.quiet", description=__doc__.splitlines()[0])
     parser.add_argument("--log", type=Path, default=Path("results/logs/snakemake.log"),
                         help="where Snakemake's full output goes")
     parser.add_argument("--report", type=Path, help="the report to point at when the run succeeds")

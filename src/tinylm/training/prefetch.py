@@ -1,6 +1,6 @@
 """Training batches prepared one step ahead, while the current step runs.
 
-The batch of step t is a pure function of (seed, t) (`tinylm.data.train_batch_starts`), so it can
+The batch of step t is a pure function of (seed, t) (`tinylm.data.tokens.train_batch_starts`), so it can
 be gathered early without changing what is trained. A worker thread gathers the next step's windows
 from the memory-mapped array (into pinned memory on CUDA); the main thread then copies them with
 `non_blocking=True`, queued behind the step the device is still running.
@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from tinylm.data import rank_slice, train_batch_starts
+from tinylm.data.tokens import rank_slice, train_batch_starts
 
 
 class BatchPrefetcher:

@@ -11,10 +11,10 @@ import argparse
 import math
 
 from tinylm.checkpoint import load_model
-from tinylm.data import check_token_ids, load_tokens, loss_sum_over_windows, sequential_windows
-from tinylm.fileio import write_json_atomic
+from tinylm.data.tokens import check_token_ids, load_tokens, loss_sum_over_windows, sequential_windows
+from tinylm.files import write_json_atomic
 from tinylm.nn.functional import cross_entropy
-from tinylm.device import autocast_context, resolve_device
+from tinylm.training.hardware import autocast_context, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

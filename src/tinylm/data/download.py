@@ -29,7 +29,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 from tqdm import tqdm
 
-from tinylm.fileio import atomic_path
+from tinylm.files import atomic_path
 
 DOC_END = b"<|endoftext|>"
 CHUNK_BYTES = 1 << 20

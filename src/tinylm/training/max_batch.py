@@ -1,102 +1,20 @@
-"""Memory measurement, and `tinylm max-batch`: the largest batch one training step fits in.
+"""`tinylm max-batch`: the largest batch whose training step, as the run would train it, fits.
 
-On a GPU, memory is what PyTorch's allocator holds on the device. On CPU there is no allocator to
-ask, so memory is the process's resident set size (RSS); its peak comes from the kernel's
-high-water mark, which Linux lets a process reset (/proc/self/clear_refs) to measure one step.
-torch is imported only inside the functions that need it, so `peak_rss_bytes` is cheap to import.
+    tinylm max-batch --config RUN.json --out max_batch.json [--cpu-memory-budget-mb 1024]
+
+On a CUDA GPU the limit is the device's memory (an out-of-memory error); on the CPU, which has no
+such signal, a budget for the process's peak memory above its baseline.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import math
-import resource
-import sys
-from typing import TYPE_CHECKING
 
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.fileio import write_json_atomic
+from tinylm.files import write_json_atomic
+from tinylm.training.memory import memory_stats, release_freed_memory, reset_peak_memory
 
-if TYPE_CHECKING:
-    import torch
-
-
-def _linux_peak_rss() -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def peak_rss_bytes() -> int:
-    """Highest resident set size of this process (since start, or since `reset_peak_rss`)."""
-    peak = _linux_peak_rss()
-    if peak is not None:
-        return peak
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # macOS reports bytes, Linux KiB
-
-
-def reset_peak_rss() -> bool:
-    """Restart the RSS high-water mark at the current RSS (Linux only); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def memory_stats(device: torch.device) -> tuple[int, int, int]:
-    """(allocated, peak, total) bytes: the accelerator's, or on CPU the process RSS and machine RAM."""
-    import torch
-
-    if device.type == "cuda":
-        return (torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device),
-                torch.cuda.get_device_properties(device).total_memory)
-    import psutil  # CPU and MPS only: a bare GPU machine may lack it
-
-    total = psutil.virtual_memory().total
-    if device.type == "mps":
-        allocated = torch.mps.current_allocated_memory()
-        return allocated, max(allocated, torch.mps.driver_allocated_memory()), total
-    return psutil.Process().memory_info().rss, peak_rss_bytes(), total
-
-
-def memory_percent(peak: int, total: int) -> float:
-    """Peak memory as a percentage of the device's (or machine's) total."""
-    return round(100.0 * peak / total, 3)
-
-
-def release_freed_memory(device: torch.device) -> None:
-    """Hand memory that tensors freed back to the system (the CUDA cache; glibc's heap on the CPU),
-    so that the next, smaller, measurement does not start from the larger one's footprint."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "cpu":
-        try:
-            ctypes.CDLL(None).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    elif device.type == "cpu":
-        reset_peak_rss()
-
-
-# ---- tinylm max-batch -----------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True,
@@ -122,7 +40,9 @@ def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: 
     from the memory prediction (`start_from_prediction`)."""
     import torch
 
-    from tinylm.device import DivergenceGuard, TrainingStep, autocast_context, resolve_device, synchronize, use_compile
+    from tinylm.training.divergence import DivergenceGuard
+    from tinylm.training.step import TrainingStep
+    from tinylm.training.hardware import autocast_context, resolve_device, synchronize, use_compile
     from tinylm.nn import build_model
     from tinylm.optim import AdamW
 
@@ -188,7 +108,7 @@ def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: 
 def start_from_prediction(config: RunConfig, device_type: str, memory_bytes: int, max_batch: int) -> int:
     """A power of two at half the largest batch whose predicted peak fits (at least 1): the prediction
     counts tensors only, so the measured limit is near it, and rarely below half of it."""
-    from tinylm.memory_model import largest_fitting_batch
+    from tinylm.training.memory_model import largest_fitting_batch
 
     largest = largest_fitting_batch(config, device_type, memory_bytes, limit=max_batch)
     return 1 << max((largest // 2).bit_length() - 1, 0)

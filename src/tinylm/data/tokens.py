@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from tinylm.loading import file_error, load_npy
+from tinylm.files import file_error, load_npy
 
 
 def load_tokens(path: str | os.PathLike, min_tokens: int = 1, needed_for: str = "") -> np.ndarray:

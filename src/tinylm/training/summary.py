@@ -13,12 +13,12 @@ import torch
 
 import tinylm
 from tinylm.config import RunConfig
-from tinylm.device import device_name, peak_flops
-from tinylm.fileio import write_json_atomic
-from tinylm.memory import memory_percent, memory_stats
-from tinylm.metrics import finite_or_none
+from tinylm.training.hardware import device_name, peak_flops
+from tinylm.files import write_json_atomic
+from tinylm.training.memory import memory_percent, memory_stats
+from tinylm.training.metrics import finite_or_none
 from tinylm.nn import model_flops_utilization, training_flops_per_token
-from tinylm.progress import Progress
+from tinylm.training.progress import Progress
 
 
 def peak_flops_of(device: torch.device, config: RunConfig) -> float | None:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tinylm.fileio import write_text_atomic
+from tinylm.files import write_text_atomic
 
 
 def finite_or_none(value: float | None) -> float | None:

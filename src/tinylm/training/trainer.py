@@ -34,40 +34,22 @@ from tqdm import tqdm
 
 from tinylm import checkpoint as ckpt
 from tinylm.config import RunConfig
-from tinylm.data import (
-    check_token_ids,
-    load_tokens,
-    loss_sum_over_windows,
-    sequential_windows,
-    validation_starts,
-)
-from tinylm.device import (
-    DivergenceGuard,
-    TrainingStep,
-    autocast_context,
-    compile_static,
-    keep_freed_host_memory,
-    resolve_device,
-    synchronize,
-    use_compile,
-)
-from tinylm.distributed import EXIT_PREEMPTED, Distributed, is_worker, launch_distributed
-from tinylm.memory import memory_percent, memory_stats
-from tinylm.metrics import MetricsWriter, finite_or_none, start_wandb
+from tinylm.data.tokens import check_token_ids, load_tokens, loss_sum_over_windows, sequential_windows, validation_starts
+from tinylm.training.divergence import DivergenceGuard
+from tinylm.training.step import TrainingStep, compile_static
+from tinylm.training.hardware import autocast_context, keep_freed_host_memory, resolve_device, synchronize, use_compile
+from tinylm.training.distributed import EXIT_PREEMPTED, Distributed, is_worker, launch_distributed
+from tinylm.training.memory import memory_percent, memory_stats
+from tinylm.training.metrics import MetricsWriter, finite_or_none, start_wandb
 from tinylm.nn import build_model, parameter_count
 from tinylm.nn.functional import cross_entropy
 from tinylm.optim import AdamW, cosine_lr
-from tinylm.prefetch import BatchPrefetcher
-from tinylm.progress import Progress
-from tinylm.runlock import remove_stale_outputs, run_lock
-from tinylm.stopping import (
-    PreemptionFlag,
-    budget_reached,
-    checkpoint_due,
-    divergence_outcome,
-    target_reached,
-)
-from tinylm.summary import utc_now, write_summary
+from tinylm.training.prefetch import BatchPrefetcher
+from tinylm.training.progress import Progress
+from tinylm.training.runlock import remove_stale_outputs, run_lock
+from tinylm.training.stopping import PreemptionFlag, budget_reached, checkpoint_due, target_reached
+from tinylm.training.divergence import divergence_outcome
+from tinylm.training.summary import utc_now, write_summary
 
 __all__ = ["EXIT_PREEMPTED", "Trainer", "add_arguments", "open_token_arrays", "run"]
 

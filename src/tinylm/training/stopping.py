@@ -1,8 +1,7 @@
 """When a run stops: its budget, its target loss, divergence, or a SIGTERM.
 
 Each rule is a small function of plain values, so the loop only asks and the rules are tested
-on their own. The divergence rule itself runs on the device (`tinylm.device.step_is_good`); what
-the host does with its verdict is `divergence_outcome`.
+on their own. The divergence rule runs on the device (`tinylm.training.divergence`).
 """
 from __future__ import annotations
 
@@ -12,12 +11,6 @@ import threading
 from typing import Iterator
 
 
-# The divergence rule (`tinylm.device.DivergenceGuard`) reads the training loss smoothed by an
-# exponential moving average with this decay, against its largest value over the first steps.
-LOSS_SMOOTHING = 0.9
-INITIAL_LOSS_STEPS = 10
-
-
 def budget_reached(step: int, total_steps: int) -> bool:
     return step >= total_steps
 
@@ -25,11 +18,6 @@ def budget_reached(step: int, total_steps: int) -> bool:
 def target_reached(val_loss: float, early_stop_loss: float | None) -> bool:
     """Early stop once the validation loss falls below the target (when there is one)."""
     return early_stop_loss is not None and val_loss < early_stop_loss
-
-
-def divergence_outcome(first_bad_step: int, tokens_per_step: int) -> tuple[int, int]:
-    """(steps, tokens) a diverged run reports: it ends at its first bad step, whose update was undone."""
-    return first_bad_step, (first_bad_step - 1) * tokens_per_step
 
 
 def checkpoint_due(step: int, checkpoint_interval: int, total_steps: int) -> bool:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from tinylm.fileio import atomic_path, write_json_atomic
-from tinylm.generate import END_OF_TEXT, choose_run
+from tinylm.files import atomic_path, write_json_atomic
+from tinylm.inference.generate import END_OF_TEXT, choose_run
 
 # What LlamaForCausalLM can express, per ModelConfig field.
 LLAMA_VARIANT = {"norm": "pre", "position": "rope", "ffn": "swiglu"}

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from tinylm.fileio import write_json_atomic
-from tinylm.loading import read_json
+from tinylm.files import write_json_atomic
+from tinylm.files import read_json
 from tinylm.nn.functional import softmax
 
 END_OF_TEXT = "<|endoftext|>"
@@ -135,7 +135,7 @@ def check_settings(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from tinylm.checkpoint import load_model
     from tinylm.tokenizer import Tokenizer
-    from tinylm.device import resolve_device
+    from tinylm.training.hardware import resolve_device
 
     check_settings(args)
     run_dir, summary, candidates = choose_run(args.run_dir)
