@@ -33,7 +33,7 @@ include: "workflow/rules/export.smk"
 
 
 wildcard_constraints:
-    run=RUN_PATTERN,
+    run=RUN_NAME_PATTERN,
     corpus="|".join(map(re.escape, config["corpora"])),
     tok="|".join(map(re.escape, config["tokenizers"])),
     split="train|valid",

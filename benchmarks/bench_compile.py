@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import yaml
 
-from tinylm.training.hardware import device_name
 from tinylm.files import write_json_atomic, write_text_atomic
+from tinylm.training.hardware import device_name
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -80,7 +80,8 @@ def main() -> None:
             "steps": run_config["training"]["max_steps"], "batch_size": run_config["training"]["batch_size"]}
     lines = [f"# Whole `tinylm train` of the default baseline run, eager vs compiled (CPU, {args.threads} thread)", "",
              f"Model {meta['model']}, {meta['steps']} steps at batch {meta['batch_size']}, random tokens; "
-             f"{meta['cpus']}-CPU {meta['machine']} machine shared with other jobs, 1-minute load average {meta['load_average_before']} before, "
+             f"{meta['cpus']}-CPU {meta['machine']} machine shared with other jobs, 1-minute load average "
+             f"{meta['load_average_before']} before, "
              f"{meta['load_average_after']} after.", "",
              "| setup | wall s (whole command) | training s | tokens/s (training) |", "|---|---:|---:|---:|"]
     lines += [f"| {r['setup']} | {r['wall_s']} | {r['train_time_s']} | {r['tokens_per_s']:,.0f} |" for r in rows]

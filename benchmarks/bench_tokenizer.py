@@ -24,8 +24,8 @@ import gzip
 import json
 import os
 import platform
-import shutil
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,6 +80,7 @@ def run_trainer(name: str, path: Path, workers: int, out_dir: Path) -> dict:
 
 def tiktoken_from(tokenizer):
     import tiktoken
+
     from tinylm.tokenizer.pretokenize import GPT2_PATTERN
 
     specials = set(tokenizer.special_ids.values())
@@ -94,6 +95,7 @@ def bench_encoding(tokenizer_dir: Path, path: Path, workers: int, repeats: int, 
     "ours" is what `Tokenizer.from_dir` gives (the compiled encoder where it was built);
     "ours_python" forces the pure-Python path, which is what installs without a C compiler get."""
     import numpy as np
+
     from tinylm.tokenizer import Tokenizer
     from tinylm.tokenizer.dataset import tokenize_file
 
@@ -192,12 +194,14 @@ def bench_file(label: str, path: Path, workers: int, repeats: int, tmp: Path) ->
 def to_markdown(rows: list[dict], machine: str, gpt2: dict | None) -> str:
     compiled = all(r["encode"]["compiled_encoder"] for r in rows)
     lines = [f"# Tokenizer benchmark ({machine})", "",
-             f"'ours' is what installs with a C compiler get ({'compiled merge loop and encoder' if compiled else 'NOT BUILT here: Python paths'}); "
+             "'ours' is what installs with a C compiler get "
+             f"({'compiled merge loop and encoder' if compiled else 'NOT BUILT here: Python paths'}); "
              "'Python path' is what installs without one get (same merges, same ids). Training time includes "
              "pre-tokenization with the given workers; encoding runs in 1 process from an empty cache.", "",
              "| input | ours train s | Python path train s | HF train s | ratio (target <= 2) | Python path ratio "
              "| ours peak MiB (target < 1024) | HF peak MiB | tiktoken MB/s (1 thread) | ours MB/s (1 process) "
-             "| ratio (target >= 0.5) | Python path MB/s | ratio | ours MB/s (tokenize, workers) | ratio | identical ids |",
+             "| ratio (target >= 0.5) | Python path MB/s | ratio | ours MB/s (tokenize, workers) | ratio "
+             "| identical ids |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         e = r["encode"]
@@ -235,7 +239,8 @@ def main() -> int:
                         help="directory holding tinystories_sample/train.txt (and owt_sample/train.txt); "
                              "default: the samples embedded in data/, decompressed")
     parser.add_argument("--big-mb", type=float, default=100.0, help="size of the repeated file (0: skip it)")
-    parser.add_argument("--repeats", type=int, default=5, help="timings of the small files and of the GPT-2 encoding keep the best of this many")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timings of the small files and of the GPT-2 encoding keep the best of this many")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--train", nargs=4, metavar=("WHICH", "PATH", "WORKERS", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()

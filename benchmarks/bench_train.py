@@ -41,10 +41,6 @@ import torch
 
 from tinylm.config import ModelConfig, TrainingConfig
 from tinylm.files import write_json_atomic, write_text_atomic
-from tinylm.training.divergence import DivergenceGuard
-from tinylm.training.step import TrainingStep
-from tinylm.training.hardware import autocast_context, device_name, keep_freed_host_memory, peak_flops, use_compile
-from tinylm.pipeline.config import resolve_config
 from tinylm.nn import (
     build_model,
     forward_flops_per_token,
@@ -53,6 +49,11 @@ from tinylm.nn import (
     training_flops_per_token,
 )
 from tinylm.optim import AdamW
+from tinylm.pipeline.config import resolve_config
+from tinylm.training.divergence import DivergenceGuard
+from tinylm.training.hardware import autocast_context, device_name, keep_freed_host_memory, use_compile
+from tinylm.training.peak_flops import peak_flops
+from tinylm.training.step import TrainingStep
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -250,14 +251,16 @@ def bench_size(name: str, cfg: ModelConfig, batch_size: int, device: torch.devic
 def markdown(results: list[dict], meta: dict) -> str:
     mfu = meta["device"].startswith("cuda")
     lines = [f"# Training throughput: tinylm vs HF LlamaForCausalLM ({meta['device_name']})", "",
-             f"torch {meta['torch']}, transformers {meta['transformers']}, {meta['threads']} of {meta['cpus']} CPU threads; "
+             f"torch {meta['torch']}, transformers {meta['transformers']}, "
+             f"{meta['threads']} of {meta['cpus']} CPU threads; "
              f"best of {meta['rounds']} interleaved rounds of ~{meta['round_seconds']} s (at least one step); "
              f"1-minute load average {meta['load_average_before']} before, {meta['load_average_after']} after "
              "(other jobs on a shared machine make CPU timings noisy).", ""]
     for result in results:
         m = result["model"]
         lines += [f"## {result['size']}: vocab {m['vocab_size']}, ctx {m['context_length']}, d_model {m['d_model']}, "
-                  f"d_ff {m['d_ff']}, {m['num_layers']} layers, {m['num_heads']} heads; batch {result['batch_size']}", "",
+                  f"d_ff {m['d_ff']}, {m['num_layers']} layers, {m['num_heads']} heads; "
+                  f"batch {result['batch_size']}", "",
                   f"{result['params']:,} parameters; {result['forward_flops_per_token']:,} forward / "
                   f"{result['training_flops_per_token']:,} training FLOPs per token; "
                   f"max |logits ours - peer| with shared weights: {result['max_logit_difference_vs_peer']:.2e}", "",
@@ -273,7 +276,8 @@ def markdown(results: list[dict], meta: dict) -> str:
             summary += f" The default config's setup, {result['default_setup']}: {result['default_ratio']:.2f}x."
             if result["target_ratio"] is not None:
                 gap = result["default_ratio"] / result["target_ratio"] - 1
-                summary += f" Target {result['target_ratio']:.2f}x: " + ("met." if gap >= 0 else f"missed by {-gap:.0%}.")
+                verdict = "met." if gap >= 0 else f"missed by {-gap:.0%}."
+                summary += f" Target {result['target_ratio']:.2f}x: {verdict}"
         lines += ["", summary, ""]
     return "\n".join(lines)
 
@@ -300,7 +304,8 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cpu":
         keep_freed_host_memory()
-    meta = {"device": str(device), "device_name": device_name(device), "cpus": os.cpu_count(), "torch": torch.__version__,
+    meta = {"device": str(device), "device_name": device_name(device), "cpus": os.cpu_count(),
+            "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads(),
             "round_seconds": args.round_seconds, "rounds": args.rounds,
             "load_average_before": load_average()}

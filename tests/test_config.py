@@ -1,5 +1,5 @@
-"""tinylm.config: every numeric field finite and in range, the warm-up within the run, and the
-architecture choices the same as those tinylm.nn builds."""
+"""tinylm.config: every numeric field finite and in range, the warm-up within the run, and every
+architecture choice (tinylm.architecture) one that tinylm.nn builds."""
 from __future__ import annotations
 
 import ast
@@ -8,16 +8,15 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-import tinylm.nn.attention as nn_attention
-import tinylm.nn.transformer as nn_transformer
-from tinylm import config as config_module
+import tinylm.nn
+from tinylm.architecture import ATTENTIONS, FFNS, NORMS, POSITIONS
 from tinylm.cli import main
-from tinylm.config import RunConfig
-from tinylm.nn import TransformerBlock
-from tinylm.nn.ffn import FEED_FORWARDS
+from tinylm.config import ModelConfig, RunConfig
+from tinylm.nn import TransformerBlock, build_model
 
-NN_DIR = Path(nn_transformer.__file__).parent
+NN_DIR = Path(tinylm.nn.__file__).parent
 
 
 def valid(**overrides) -> RunConfig:
@@ -98,16 +97,21 @@ def test_max_batch_checks_its_arguments_before_any_work(tmp_path, capsys, argv, 
 
 # ---- architecture choices: offered by config, built by nn --------------------------------------
 
-def test_config_offers_exactly_the_variants_nn_builds():
-    assert config_module.NORMS == nn_transformer.NORMS
-    assert config_module.POSITIONS == nn_transformer.POSITIONS
-    assert config_module.FFNS == tuple(FEED_FORWARDS)
-    assert config_module.ATTENTIONS == nn_attention.ATTENTIONS
+@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("ffn", FFNS)
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_nn_builds_and_runs_every_choice_a_config_offers(norm, position, ffn, attention):
+    model = ModelConfig(vocab_size=16, context_length=4, d_model=8, num_layers=1, num_heads=2, d_ff=8,
+                        norm=norm, position=position, ffn=ffn)
+    model.validate()
+    logits = build_model(model, attention=attention)(torch.zeros(1, 4, dtype=torch.long))
+    assert logits.shape == (1, 4, 16)
 
 
 @pytest.mark.parametrize("argument", ["norm", "position", "ffn", "attention"])
 def test_nn_refuses_a_variant_it_does_not_know(argument):
-    with pytest.raises(ValueError, match=f"^{argument}='nope' is not one of "):
+    with pytest.raises(ValueError, match=f"^{argument}: 'nope' is not one of "):
         TransformerBlock(8, 2, 16, 4, 10000.0, **{argument: "nope"})
 
 

@@ -13,12 +13,13 @@ import torch
 from tiny_run import read_metrics, read_summary, train, write_config
 
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.training.divergence import DivergenceGuard
-from tinylm.training.step import TrainingStep
-from tinylm.training.hardware import autocast_context, device_name, peak_flops
 from tinylm.nn import build_model, model_flops_utilization
 from tinylm.optim import AdamW
+from tinylm.training.divergence import DivergenceGuard
+from tinylm.training.hardware import autocast_context, device_name
+from tinylm.training.peak_flops import peak_flops
 from tinylm.training.prefetch import BatchPrefetcher
+from tinylm.training.step import TrainingStep
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

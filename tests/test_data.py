@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from tinylm.data.tokens import batch_from_starts, get_batch, load_tokens, loss_sum_over_windows, rank_slice, sequential_windows, train_batch_starts, validation_starts
+from tinylm.data.tokens import (
+    batch_from_starts,
+    get_batch,
+    load_tokens,
+    loss_sum_over_windows,
+    rank_slice,
+    sequential_windows,
+    train_batch_starts,
+    validation_starts,
+)
 
 
 def test_get_batch_shapes_dtypes_and_next_token_targets():

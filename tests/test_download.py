@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+
 import pytest
 from local_http import LocalHTTPServer, QuietHandler
 

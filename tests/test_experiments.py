@@ -1,7 +1,6 @@
 """The experiment plan (tinylm.pipeline): config resolution, the planner, and `tinylm plan`."""
 from __future__ import annotations
 
-
 import copy
 import json
 import math
@@ -12,9 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinylm.pipeline.plan import BASELINE_RUN, build_plan
-from tinylm.pipeline.config import SCHEMA, deep_merge, parse_overrides, read_config_file, resolve_config, validate_config
+from tinylm.pipeline.config import (
+    SCHEMA,
+    deep_merge,
+    parse_overrides,
+    read_config_file,
+    resolve_config,
+    validate_config,
+)
 from tinylm.pipeline.naming import config_changes
+from tinylm.pipeline.plan import BASELINE_RUN, build_plan
 from tinylm.pipeline.plan_command import plan_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +211,8 @@ def test_adding_an_ablation_is_one_config_entry():
     assert (web.kind, web.generation.group, web.generation.runs) == ("corpus", "web", ("web",))
     assert plan.run("web").changes == "vocab_size=400, corpus=web, tokenizer=web"
     generate = plan.sections["generate"]
-    assert set(generate.generation.runs) == {"lr_sweep-lr=1e-2", BASELINE_RUN} and "grid" in generate.generation.settings
+    assert set(generate.generation.runs) == {"lr_sweep-lr=1e-2", BASELINE_RUN}
+    assert "grid" in generate.generation.settings
 
 
 @pytest.mark.parametrize("change, key", [

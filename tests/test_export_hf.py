@@ -10,7 +10,9 @@ transformers = pytest.importorskip("transformers", reason="export-hf needs the `
 pytest.importorskip("safetensors", reason="export-hf needs the `hf` extra (safetensors)")
 pytest.importorskip("tokenizers", reason="export-hf needs the `hf` extra (tokenizers)")
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from tiny_run import one_thread, train, write_config, write_summary  # noqa: E402
 
 from tinylm.checkpoint import load_model, save_model  # noqa: E402
 from tinylm.cli import main  # noqa: E402
@@ -19,8 +21,6 @@ from tinylm.inference.export_hf import check_exportable, pairs_to_halves  # noqa
 from tinylm.inference.generate import END_OF_TEXT, generate  # noqa: E402
 from tinylm.nn import RotaryPositionalEmbedding, build_model  # noqa: E402
 from tinylm.tokenizer import Tokenizer, train_bpe  # noqa: E402
-
-from tiny_run import one_thread, train, write_config  # noqa: E402
 
 # Context 64 so that a prompt and 50 greedy tokens fit without the window sliding.
 SHAPE = dict(vocab_size=320, context_length=64, d_model=32, num_layers=2, num_heads=4, d_ff=96)
@@ -61,8 +61,7 @@ def save_run(directory, tokenizer_dir, seed=0, status="completed", loss=2.0, **m
     torch.manual_seed(seed)
     directory.mkdir(parents=True)
     save_model(directory / "model.pt", build_model(config.model), config)
-    (directory / "summary.json").write_text(json.dumps({"name": directory.name, "status": status,
-                                                        "final_val_loss": loss}))
+    write_summary(directory, status=status, final_val_loss=loss)
     return directory
 
 
@@ -135,7 +134,8 @@ def test_logits_and_greedy_decoding_equal_ours(run_name, request, tmp_path):
     run_dir = request.getfixturevalue(run_name)
     ours, config = load_model(run_dir / "model.pt")
     hf, _ = load_hf(export(run_dir, tmp_path / "hf"))
-    ids = torch.randint(0, SHAPE["vocab_size"], (2, SHAPE["context_length"]), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(0, SHAPE["vocab_size"], (2, SHAPE["context_length"]),
+                        generator=torch.Generator().manual_seed(3))
     with torch.no_grad(), one_thread():
         torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=0)
 
@@ -213,7 +213,7 @@ def test_missing_run_dir_or_model_is_a_clear_error(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
     run_dir = tmp_path / "no-model"
     run_dir.mkdir()
-    (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "final_val_loss": 2.0}))
+    write_summary(run_dir, final_val_loss=2.0)
     assert main(["export-hf", "--run-dir", str(run_dir), "--out", str(tmp_path / "hf")]) == 2
     assert "model.pt" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()

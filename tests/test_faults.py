@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-
-from cluster.workflow import (INTERRUPTIBLE_TRAINING as TRAINING, assert_same_results, run_snakemake,
-                              snakemake_command, write_config)
+from cluster.workflow import INTERRUPTIBLE_TRAINING as TRAINING
+from cluster.workflow import assert_same_results, run_snakemake, snakemake_command, write_config
 from local_http import LocalHTTPServer, QuietHandler
 
 pytestmark = pytest.mark.slow
@@ -39,7 +38,7 @@ class Pipeline:
     """A snakemake process in the background, in its own process group."""
 
     def __init__(self, workdir: Path, config: Path, *targets: str):
-        self.out = open(workdir / "snakemake.out", "a")
+        self.out = open(workdir / "snakemake.out", "a")  # noqa: SIM115 (the process's output, closed in wait())
         self.process = subprocess.Popen(snakemake_command(workdir, config, "--cores", "2", *targets),
                                         stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
 

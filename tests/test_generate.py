@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 import torch
+from tiny_run import write_summary
 
 from tinylm.checkpoint import save_model
 from tinylm.cli import main
@@ -86,7 +87,8 @@ def runs(tmp_path):
     tokenizer_dir = tmp_path / "tok"
     Tokenizer({i: bytes([i]) for i in range(256)}, [], [END_OF_TEXT]).save(tokenizer_dir)
     dirs = []
-    for name, status, loss in [("diverged", "diverged", 0.5), ("good", "completed", 2.0), ("worse", "early_stopped", 3.0)]:
+    candidates = [("diverged", "diverged", 0.5), ("good", "completed", 2.0), ("worse", "early_stopped", 3.0)]
+    for name, status, loss in candidates:
         config = RunConfig(name=name, model=TINY)
         config.training.max_steps, config.optimizer.warmup_steps = 1, 0
         config.data.train_tokens = config.data.valid_tokens = "unused.npy"
@@ -94,7 +96,7 @@ def runs(tmp_path):
         run_dir = tmp_path / name
         run_dir.mkdir()
         save_model(run_dir / "model.pt", _model(seed=len(dirs)), config)
-        (run_dir / "summary.json").write_text(json.dumps({"name": name, "status": status, "final_val_loss": loss}))
+        write_summary(run_dir, status=status, final_val_loss=loss)
         dirs.append(str(run_dir))
     return dirs
 

@@ -11,7 +11,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from tiny_run import write_config
+from tiny_run import write_config, write_summary
 
 from tinylm.checkpoint import load_checkpoint, load_model, load_training_state, model_state_dict, save_model
 from tinylm.cli import main
@@ -261,7 +261,7 @@ def test_bad_summaries(tmp_path, capsys, model_pt, case):
     assert phrase in cli_error(capsys, ["generate", "--run-dir", str(run_dir), "--prompt", "x", "--out",
                                         str(run_dir / "samples.json")], path)
     assert phrase in library_error(lambda p: load_runs([("a", p.parent)]), path)
-    (run_dir / "summary.json").write_text('{"name": "tiny", "status": "completed"}')
+    write_summary(run_dir, "tiny")
     (run_dir / "config.json").write_bytes(data)
     assert phrase in library_error(lambda p: load_runs([("a", p.parent)]), run_dir / "config.json")
 

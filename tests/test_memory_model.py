@@ -14,7 +14,8 @@ import torch.distributed as dist
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from tinylm.config import RunConfig
-from tinylm.training.step import TrainingStep
+from tinylm.nn import build_model
+from tinylm.optim import AdamW
 from tinylm.training.hardware import autocast_context
 from tinylm.training.memory_model import (
     PARTS,
@@ -23,8 +24,7 @@ from tinylm.training.memory_model import (
     predict_step_memory,
     traced_step_memory,
 )
-from tinylm.nn import build_model
-from tinylm.optim import AdamW
+from tinylm.training.step import TrainingStep
 
 TOLERANCE = 0.15
 
@@ -166,7 +166,8 @@ def test_fused_attention_keeps_scores_only_where_its_kernel_does(device_type, pr
     """Splitting d_model into 4x the heads multiplies the (heads, context, context) scores by 4 and
     leaves every other tensor as it was (but per-head statistics): only a path that keeps the scores grows."""
     few, many = (run_config("long", precision, "fused", num_heads=heads) for heads in (2, 8))
-    growth = analytic_step_memory(many, device_type, 8).peak_bytes / analytic_step_memory(few, device_type, 8).peak_bytes
+    growth = (analytic_step_memory(many, device_type, 8).peak_bytes
+              / analytic_step_memory(few, device_type, 8).peak_bytes)
     assert (growth > 1.1) == keeps_scores, growth
     reference = [run_config("long", precision, "reference", num_heads=heads) for heads in (2, 8)]
     assert analytic_step_memory(reference[1], device_type, 8).peak_bytes \

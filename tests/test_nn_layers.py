@@ -175,5 +175,5 @@ def test_attention_gradcheck_float64():
 def test_attention_rejects_bad_shapes_and_backends():
     with pytest.raises(ValueError, match="not divisible"):
         MultiHeadSelfAttention(10, 3)
-    with pytest.raises(ValueError, match="attention='flash'"):
+    with pytest.raises(ValueError, match="attention: 'flash'"):
         MultiHeadSelfAttention(8, 2, attention="flash")

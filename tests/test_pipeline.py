@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinylm.pipeline.plan import build_plan
 from tinylm.pipeline.config import parse_overrides, resolve_config
+from tinylm.pipeline.plan import build_plan
 
 pytest.importorskip("snakemake", reason="the pipeline tests need snakemake")  # run as `python -m snakemake`
 
@@ -37,7 +37,8 @@ def snakemake(workdir: Path, *args: str, configfile: str = "config/test.yaml", c
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo / "src"), os.environ.get("PYTHONPATH")])))
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-6000:]}")
     return result
 
 
@@ -132,9 +133,10 @@ def test_full_run_produces_every_section(full_run):
     assert json.loads((results / "runs" / "nope" / "config.json").read_text())["model"]["position"] == "none"
     for run in expected:  # where, with what code and libraries, each run was trained
         provenance = json.loads((results / "runs" / run / "summary.json").read_text())["provenance"]
-        assert PROVENANCE_KEYS <= set(provenance), (run, PROVENANCE_KEYS - set(provenance))
+        assert set(provenance) >= PROVENANCE_KEYS, (run, PROVENANCE_KEYS - set(provenance))
     for group in ("tinystories", "owt"):  # the sampled models, exported for transformers
-        assert json.loads((results / "export" / group / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+        exported = json.loads((results / "export" / group / "config.json").read_text())
+        assert exported["architectures"] == ["LlamaForCausalLM"]
     table = (results / "report" / "runs.csv").read_text().splitlines()
     assert sorted(line.split(",")[0] for line in table[1:]) == sorted(expected)
     for path in ("generate/tinystories/T=0.8_p=0.95.json", "generate/tinystories/grid.json",
@@ -196,7 +198,8 @@ REFERENCE_ON_CPU = [
     "resources={train: {gpu: 0, runtime: 10, mem_mb: 1000}}",
     "tokenizers={tinystories: {vocab_size: 300}, owt: {vocab_size: 350}}",
     "baseline={model: {context_length: 16, d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32},"
-    " optimizer: {warmup_steps: 2}, training: {batch_size: 4, max_steps: 6, eval_interval: 3, eval_batches: 1, final_eval_tokens: 2000,"
+    " optimizer: {warmup_steps: 2}, training: {batch_size: 4, max_steps: 6, eval_interval: 3, eval_batches: 1,"
+    " final_eval_tokens: 2000,"
     " log_interval: 2, checkpoint_interval: 3, device: cpu, precision: fp32, compile: false}}",
     "experiments={batch_size: {batch_sizes: [1, 4], max_tokens: 384, max_batch: 8, cpu_memory_budget_mb: 4096,"
     " resources: {runtime: 10}}}",
@@ -231,4 +234,5 @@ def test_reference_dag_runs_on_cpu_with_size_overrides(tmp_path, sample_data):
     for run in trained:
         assert json.loads((results / "runs" / run / "summary.json").read_text())["steps"] > 0, run
     for corpus, split in OFFICIAL_NAMES:  # whole files: no byte cap in the reference
-        assert (results / "downloads" / corpus / f"{split}.txt").read_text() == (mirror / OFFICIAL_NAMES[corpus, split]).read_text()
+        downloaded = (results / "downloads" / corpus / f"{split}.txt").read_text()
+        assert downloaded == (mirror / OFFICIAL_NAMES[corpus, split]).read_text()

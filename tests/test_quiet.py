@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tinylm.pipeline.quiet import Progress, follow, reason_in_log
+from tinylm.pipeline.quiet import SnakemakeProgress, follow, reason_in_log
 
 # Snakemake 9's output for two jobs, one of which fails (trimmed to the lines that matter).
 TRANSCRIPT = """\
@@ -68,7 +68,7 @@ STARTED_A = LINES.index("    jobid: 2\n") + 1  # the lines up to job 2's start
 
 
 def test_progress_counts_jobs_running_rules_and_failures():
-    progress = Progress()
+    progress = SnakemakeProgress()
     for line in LINES[:STARTED_A]:
         progress.read(line)
     assert progress.total == 4 and progress.running == {"2": "a"}
@@ -118,7 +118,9 @@ def test_wrapper_runs_snakemake_and_reports_the_failure(tmp_path):
         '    shell: "echo \'tinylm train: error: data.train_tokens: no such file\' > {log}; exit 2"\n')
     result = run_wrapper(tmp_path)
     assert result.returncode != 0
-    assert f"FAILED rule bad (log: {tmp_path / 'logs/bad.log'}): tinylm train: error: data.train_tokens: no such file" in result.stdout
+    expected = (f"FAILED rule bad (log: {tmp_path / 'logs/bad.log'}): "
+                "tinylm train: error: data.train_tokens: no such file")
+    assert expected in result.stdout
     assert "Report:" not in result.stdout and f"Full Snakemake output: {tmp_path / 'smk.log'}" in result.stdout
     assert "Error in rule bad" in (tmp_path / "smk.log").read_text()
     assert "Error in rule bad" not in result.stdout  # the job text stays in the log

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_run import write_summary
 
 from tinylm.cli import main
 from tinylm.config import RunConfig
@@ -41,11 +42,10 @@ def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20
     if diverged:
         lines[-1]["train_loss"] = None  # non-finite loss, logged as null
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    summary = {"name": run_dir.name, "status": "diverged" if diverged else "completed", "steps": last,
-               "final_val_loss": final_val, "final_train_loss": None if diverged else final_val - 0.1,
-               "best_val_loss": final_val, "diverged_at_step": last if diverged else None, "params": 1000,
-               "divergence_reference_loss": lines[0]["train_loss"]}
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    write_summary(run_dir, status="diverged" if diverged else "completed", steps=last, final_val_loss=final_val,
+                  final_train_loss=None if diverged else final_val - 0.1, best_val_loss=final_val,
+                  diverged_at_step=last if diverged else None, params=1000,
+                  divergence_reference_loss=lines[0]["train_loss"])
     return run_dir
 
 
@@ -78,7 +78,8 @@ def test_a_rate_closer_to_the_unigram_loss_than_to_the_best_stopped_learning(tmp
     tokens = tmp_path / "tokens.npy"
     np.save(tokens, np.array([0, 1] * 50, dtype=np.uint16))
     finals = {1e-3: 0.30, 3e-3: 0.20, 1e-2: 0.45, 3e-2: None}  # midpoint of 0.693 and 0.200: 0.447
-    runs = load_runs([(f"lr={fmt_rate(lr)}", str(write_run(tmp_path / f"run{i}", lr, final, tokens=tokens, vocab_size=2)))
+    runs = load_runs([(f"lr={fmt_rate(lr)}",
+                       str(write_run(tmp_path / f"run{i}", lr, final, tokens=tokens, vocab_size=2)))
                       for i, (lr, final) in enumerate(finals.items())])
     edge = analysis.edge_of_stability(runs)
     assert edge.unigram == pytest.approx(math.log(2))
@@ -123,7 +124,7 @@ def test_divergence_point_is_the_last_finite_loss(sweep):
     run = next(r for r in sweep if r.lr == 1e-2)
     step, loss = run.divergence_point()
     finite = run.metrics.dropna(subset=["train_loss"])
-    assert step == run.summary["diverged_at_step"]
+    assert step == run.summary.diverged_at_step
     assert loss == finite["train_loss"].iloc[-1] and math.isfinite(loss)
     assert run.legend.endswith("(diverged)")
 
@@ -230,14 +231,13 @@ def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
     env = {"device_name": "cpu A", "torch_version": "2.13.0", "git_commit": "abc", "git_dirty": False,
            "cuda_version": None}
     for name, loss, device in (("baseline", 3.0, "cpu A"), ("nope", 3.2, "cpu B")):
-        (tmp_path / "runs" / name).mkdir(parents=True)
-        (tmp_path / "runs" / name / "summary.json").write_text(json.dumps({
-            "status": "completed", "steps": 10, "tokens": 640, "time_s": 2.0, "tokens_per_s": 320.0,
-            "final_val_loss": loss, "best_val_loss": loss - 0.1, "params": 1000,
-            "provenance": {**env, "device_name": device}}))
+        write_summary(tmp_path / "runs" / name, steps=10, tokens=640, time_s=2.0, tokens_per_s=320.0,
+                      final_val_loss=loss, best_val_loss=loss - 0.1, params=1000,
+                      provenance={**env, "device_name": device})
     plan = {"runs": {"baseline": {"changes": "", "sections": ["lr_sweep", "nope"]},
                      "nope": {"changes": "position=none", "sections": ["nope"]},
-                     "batch_size-batch=64": {"changes": "batch=64", "sections": []}},  # planned before the probe, not trained
+                     # planned before the probe, not trained
+                     "batch_size-batch=64": {"changes": "batch=64", "sections": []}},
             "sections": {"lr_sweep": {"runs": {"baseline": "lr=3e-3"}},
                          "nope": {"runs": {"nope": "NoPE", "baseline": "baseline"}}}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
@@ -248,7 +248,7 @@ def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
     assert list(runs["final_val_loss"]) == [3.0, 3.2] and "provenance.git_commit" in runs.columns
     envs = pd.read_csv(tmp_path / "environments.csv")
     assert list(envs["device_name"]) == ["cpu A", "cpu B"] and list(envs["runs"]) == [1, 1]
-    assert list(envs["cuda_version"]) == ["none"] * 2 and list(envs["hostname"]) == ["not recorded"] * 2
+    assert list(envs["cuda_version"]) == ["none"] * 2 and list(envs["hostname"]) == ["test"] * 2
     assert "| nope | nope | position=none | completed |" in markdown
 
 

@@ -20,8 +20,16 @@ from tinylm.cli import main
 from tinylm.config import RunConfig
 from tinylm.report import KINDS, analysis
 from tinylm.report.figures import DPI, SINGLE, WIDE
-from tinylm.report.tables import (fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_ratio, fmt_share, fmt_signed,
-                                  fmt_speed)
+from tinylm.report.tables import (
+    fmt_bytes,
+    fmt_duration,
+    fmt_loss,
+    fmt_rate,
+    fmt_ratio,
+    fmt_share,
+    fmt_signed,
+    fmt_speed,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -24,10 +24,16 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cluster.slurm_cluster import ClusterUnavailable, SlurmCluster, ensure_installed
-from cluster.workflow import (INTERRUPTIBLE_TRAINING, REPO, assert_same_results, result_files, run_snakemake,
-                              snakemake_command, write_config)
+from cluster.workflow import (
+    INTERRUPTIBLE_TRAINING,
+    REPO,
+    assert_same_results,
+    result_files,
+    run_snakemake,
+    snakemake_command,
+    write_config,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

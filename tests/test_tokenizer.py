@@ -102,7 +102,8 @@ def test_long_word_merge_loop_equals_the_simple_one(small, word):
 
 
 def test_trained_matches_tiktoken_built_from_our_ranks(trained, sample_data):
-    ranks = {token: token_id for token_id, token in trained.vocab.items() if token_id not in trained.special_ids.values()}
+    ranks = {token: token_id for token_id, token in trained.vocab.items()
+             if token_id not in trained.special_ids.values()}
     encoding = pytest.importorskip("tiktoken").Encoding("ours", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                  special_tokens=dict(trained.special_ids))
     for corpus in ("tinystories", "owt"):

@@ -145,7 +145,8 @@ def test_chunks_start_where_the_whole_file_scan_matches_a_special(tmp_path):
 def test_result_does_not_depend_on_workers_or_chunks(tmp_path, sample_data, chunk_bytes):
     text = (sample_data / "tinystories" / "train.txt").read_text(encoding="utf-8")[:200_000]
     path = write(tmp_path, text)
-    results = [train_bpe(path, 700, [EOT], workers=w, chunk_bytes=c) for w, c in ((1, 10**9), (2, chunk_bytes), (3, chunk_bytes))]
+    results = [train_bpe(path, 700, [EOT], workers=w, chunk_bytes=c)
+               for w, c in ((1, 10**9), (2, chunk_bytes), (3, chunk_bytes))]
     assert results[0] == results[1] == results[2]
     counts = [count_file_pretokens(path, [EOT], w, chunk_bytes)[0] for w in (1, 2)]
     assert counts[0] == counts[1] == Counter(reference_pretokens(text, [EOT]))
@@ -239,7 +240,11 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, me
     assert "missing.txt" in capsys.readouterr().err and not out.exists()
 
 
-@pytest.mark.skipif(compiled_learn_merges is None, reason="the compiled trainer was not built (no C compiler at install)")
+NEEDS_COMPILED_TRAINER = pytest.mark.skipif(compiled_learn_merges is None,
+                                            reason="the compiled trainer was not built (no C compiler at install)")
+
+
+@NEEDS_COMPILED_TRAINER
 @settings(max_examples=200, deadline=None)
 @given(word_counts=st.dictionaries(st.binary(min_size=2, max_size=10), st.integers(1, 5), max_size=30),
        num_merges=st.integers(0, 60))
@@ -254,7 +259,7 @@ def test_compiled_merge_loop_equals_the_python_one(word_counts, num_merges):
     assert reports[0] == reports[1]
 
 
-@pytest.mark.skipif(compiled_learn_merges is None, reason="the compiled trainer was not built (no C compiler at install)")
+@NEEDS_COMPILED_TRAINER
 def test_compiled_merge_loop_on_real_pretoken_counts(tmp_path, sample_data):
     path = sample_data / "owt" / "train.txt"
     counts, _ = count_file_pretokens(path, [EOT], workers=1)

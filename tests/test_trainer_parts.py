@@ -3,6 +3,7 @@ progress records of old and foreign checkpoints, the run lock, stale outputs, pr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
@@ -14,20 +15,31 @@ import sys
 import numpy as np
 import pytest
 import torch
-from tiny_run import one_thread, read_metrics, read_summary, signal_after_first_checkpoint, start_train, train, write_config
+from tiny_run import (
+    one_thread,
+    read_metrics,
+    read_summary,
+    signal_after_first_checkpoint,
+    start_train,
+    train,
+    write_config,
+    write_summary,
+)
 
-from tinylm.training import summary as summary_module
 from tinylm.checkpoint import load_training_state
 from tinylm.config import ModelConfig, RunConfig, TrainingConfig
-from tinylm.training.divergence import DivergenceGuard, step_is_good
-from tinylm.training.step import TrainingStep
-from tinylm.training.hardware import keep_freed_host_memory, peak_flops, use_compile
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
+from tinylm.training import summary as summary_module
+from tinylm.training.divergence import INITIAL_LOSS_STEPS, DivergenceGuard, divergence_outcome, step_is_good
+from tinylm.training.hardware import keep_freed_host_memory, use_compile
+from tinylm.training.outputs import FILES, RESULTS
+from tinylm.training.peak_flops import peak_flops
 from tinylm.training.progress import Progress
-from tinylm.training.runlock import RUN_OUTPUTS, run_lock
-from tinylm.training.divergence import INITIAL_LOSS_STEPS, divergence_outcome
+from tinylm.training.runlock import run_lock
+from tinylm.training.step import TrainingStep
 from tinylm.training.stopping import PreemptionFlag, budget_reached, checkpoint_due, target_reached
+from tinylm.training.summary import SUMMARY, Summary
 
 PROVENANCE_KEYS = {"git_commit", "git_dirty", "tinylm_version", "torch_version", "python_version",
                    "device_name", "cuda_version", "hostname", "started_at"}
@@ -257,8 +269,8 @@ def test_a_fresh_run_removes_an_earlier_runs_outputs_first(tmp_path):
     config = write_config(tmp_path, training={"max_steps": 240, "checkpoint_interval": 10})
     out = tmp_path / "out"
     out.mkdir()
-    for name in RUN_OUTPUTS:
-        (out / name).write_text("an earlier run's")
+    for kind in RESULTS:
+        (out / FILES[kind]).write_text("an earlier run's")
     process = start_train(config, out, tmp_path / "ckpt")
     signal_after_first_checkpoint(process, tmp_path / "ckpt", signal.SIGKILL)  # a crash mid-run
     process.wait(timeout=60)
@@ -273,8 +285,9 @@ def test_summary_has_the_runs_table_keys_and_provenance(tmp_path, monkeypatch):
     summary = read_summary(tmp_path / "out")
     for key in ("status", "steps", "tokens", "time_s", "tokens_per_s", "final_val_loss", "best_val_loss", "params"):
         assert summary[key] is not None, key
+    assert Summary.read(tmp_path / "out" / "summary.json").provenance.hostname == socket.gethostname()
     provenance = summary["provenance"]
-    assert PROVENANCE_KEYS <= set(provenance)
+    assert set(provenance) >= PROVENANCE_KEYS
     assert provenance["torch_version"] == torch.__version__ and provenance["hostname"] == socket.gethostname()
     assert provenance["started_at"].endswith("Z") and provenance["cuda_version"] is None
     assert provenance["device_name"] and summary["mfu"] is None  # no peak known for a CPU
@@ -313,3 +326,31 @@ def test_prefetched_batches_are_the_seeded_batches_of_their_steps_in_any_order()
             assert torch.equal(inputs, expected[0]) and torch.equal(targets, expected[1])
     finally:
         batches.close()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("steps", "8", "steps: expected an integer, got '8'"),
+    ("time_s", "fast", "time_s: expected a finite number, got 'fast'"),
+    ("status", "done", "status: 'done' is not one of completed, early_stopped, diverged"),
+    ("provenance", {"hostname": 3}, "provenance.hostname: expected a string, got 3"),
+    ("tokens", None, "tokens: expected an integer, got None"),
+])
+def test_a_malformed_summary_is_refused_naming_the_file_and_the_field(tmp_path, field, value, message):
+    path = write_summary(tmp_path / "run")
+    data = json.loads(path.read_text())
+    data[field] = {**data[field], **value} if isinstance(value, dict) else value
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as error:
+        Summary.read(path)
+    assert str(error.value) == f"run summary {str(path)!r}: {message}"
+
+
+def test_a_summary_without_the_fields_later_versions_added_still_reads(tmp_path):
+    path = write_summary(tmp_path / "run")
+    data = json.loads(path.read_text())
+    del data["compile_time_s"], data["divergence_reference_loss"]
+    path.write_text(json.dumps(data))
+    assert Summary.read(path).compile_time_s == 0.0
+    assert SUMMARY.final_val_loss == "final_val_loss"
+    with pytest.raises(AttributeError, match="final_vall_loss"):
+        _ = SUMMARY.final_vall_loss

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from tinylm.cli import main
+from tinylm.training.summary import Provenance, Summary
 
 VOCAB = 64
 # What a resumed or multi-process run must reproduce; time, throughput and memory legitimately differ.
@@ -107,3 +109,21 @@ def trajectory(out_dir: Path) -> list[tuple]:
 
 def read_summary(out_dir: Path) -> dict:
     return json.loads((out_dir / "summary.json").read_text())
+
+
+def write_summary(run_dir: Path, name: str | None = None, **fields) -> Path:
+    """A complete summary.json in `run_dir`: `fields` as given, placeholders for the rest."""
+    provenance = Provenance(git_commit=None, git_dirty=None, tinylm_version="0", torch_version=torch.__version__,
+                            python_version="3", device_name="test CPU", cuda_version=None, hostname="test",
+                            platform="test", started_at=None, command="test")
+    defaults = dict(status="completed", steps=1, tokens=1, time_s=1.0, train_time_s=1.0, final_train_loss=None,
+                    final_val_loss=None, final_val_tokens=0, best_val_loss=None, early_stop_loss=None,
+                    target_reached_step=None, diverged_at_step=None, peak_mem_bytes=0, mem_total_bytes=1,
+                    mem_percent=0.0, tokens_per_s=None, params=0, device="cpu", processes=1, compiled=False,
+                    train_flops_per_token=0, peak_flops_per_device=None, mfu=None, provenance=provenance)
+    fields["provenance"] = dataclasses.replace(provenance, **fields.get("provenance", {})) \
+        if isinstance(fields.get("provenance"), dict) else fields.get("provenance", provenance)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    path = Path(run_dir) / "summary.json"
+    Summary(name=name or Path(run_dir).name, **{**defaults, **fields}).write(path)
+    return path

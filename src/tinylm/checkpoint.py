@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
 from tinylm.config import RunConfig
-from tinylm.files import atomic_path
-from tinylm.files import first_line, load_torch
+from tinylm.files import atomic_path, first_line, load_torch
 from tinylm.training.progress import Progress
 
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
@@ -185,8 +183,3 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     model = build_model(config.model, attention=config.training.attention, device=device)
     load_weights(model, state.get("model"), path)
     return model.eval(), config
-
-
-def checkpoint_file(checkpoint_dir: str | os.PathLike) -> Path:
-    """Where the resumable checkpoint of a run lives inside its checkpoint directory."""
-    return Path(checkpoint_dir) / "checkpoint.pt"

@@ -11,17 +11,14 @@ import dataclasses
 import math
 import os
 import re
+import types
 from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from tinylm.files import write_json_atomic
-from tinylm.files import file_error, read_json, require_file
+from tinylm.architecture import ATTENTIONS, FFNS, NORMS, POSITIONS, check_choice
+from tinylm.files import file_error, read_json, require_file, write_json_atomic
 
-NORMS = ("pre", "post", "none")
-POSITIONS = ("rope", "none")
-FFNS = ("swiglu", "silu")
 PRECISIONS = ("fp32", "bf16")
-ATTENTIONS = ("reference", "fused")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -53,8 +50,22 @@ def _number(value: Any, key: str, low: float, high: float | None = None, low_ope
     _check(ok, key, f"must be {interval}, got {value!r}")
 
 
-def _one_of(value: Any, choices: tuple[str, ...], key: str) -> None:
-    _check(value in choices, key, f"{value!r} is not one of {', '.join(choices)}")
+# Every setting is part of what a run computes unless its field's metadata gives it another role.
+IDENTITY = {"role": "identity"}        # what a run is called
+DATA = {"role": "data"}                # which files it reads (the plan names their corpus and tokenizer)
+OBSERVATION = {"role": "observation"}  # how it is logged, evaluated and checkpointed: not what it learns
+EXECUTION = {"role": "execution"}      # where and how it runs: a checkpoint resumes across a change
+
+
+def _settings(config: Any, prefix: str, leave_out: tuple[str, ...]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(_settings(value, f"{prefix}{f.name}.", leave_out))
+        elif f.metadata.get("role") not in leave_out:
+            flat[f"{prefix}{f.name}"] = value
+    return flat
 
 
 @dataclass
@@ -81,9 +92,9 @@ class ModelConfig:
         if self.position == "rope":
             _check((self.d_model // self.num_heads) % 2 == 0, f"{prefix}.d_model",
                    "RoPE needs an even head dimension (d_model / num_heads)")
-        _one_of(self.norm, NORMS, f"{prefix}.norm")
-        _one_of(self.position, POSITIONS, f"{prefix}.position")
-        _one_of(self.ffn, FFNS, f"{prefix}.ffn")
+        check_choice(f"{prefix}.norm", self.norm, NORMS)
+        check_choice(f"{prefix}.position", self.position, POSITIONS)
+        check_choice(f"{prefix}.ffn", self.ffn, FFNS)
 
     def variant(self) -> dict[str, str]:
         """The keyword arguments that select the architecture variant."""
@@ -126,21 +137,23 @@ class TrainingConfig:
     batch_size: int = 32                    # global batch (split across devices)
     max_steps: int | None = None            # budget in steps ...
     max_tokens: int | None = None           # ... or in tokens (exactly one of the two)
-    eval_interval: int = 100                # steps between validation evaluations
+    eval_interval: int = field(default=100, metadata=OBSERVATION)      # steps between validation evaluations
     eval_batches: int = 8                   # fixed, seeded validation batches per evaluation
     final_eval_tokens: int | None = None    # tokens of the validation array for the final evaluation; None = all
-    log_interval: int = 10                  # steps between metrics lines
-    checkpoint_interval: int = 500          # steps between resumable checkpoints
+    log_interval: int = field(default=10, metadata=OBSERVATION)        # steps between metrics lines
+    checkpoint_interval: int = field(default=500, metadata=OBSERVATION)  # steps between resumable checkpoints
     early_stop_loss: float | None = None    # stop once validation loss falls below this
     divergence_factor: float = 2.0          # diverged if train loss > factor * the untrained model's (or non-finite)
     seed: int = 0
-    device: str = "auto"                    # auto | cpu | cuda | mps
-    devices: int = 1                        # processes under torchrun (DistributedDataParallel)
+    device: str = field(default="auto", metadata=EXECUTION)  # auto | cpu | cuda | mps
+    devices: int = field(default=1, metadata=EXECUTION)      # processes under torchrun (DistributedDataParallel)
     precision: str = "fp32"                 # fp32 | bf16 (autocast: matmuls in bf16, norms and the loss in fp32)
-    compile: Any = "auto"                   # torch.compile model and AdamW update: true | false | auto (where it pays)
+    # torch.compile the step and the AdamW update: true | false | auto (where it pays)
+    compile: Any = field(default="auto", metadata=EXECUTION)
     attention: str = "reference"            # reference | fused (torch scaled_dot_product_attention)
-    wandb: bool = False                     # log to Weights & Biases when installed
-    peak_flops: float | None = None         # one device's peak FLOP/s for MFU; None = tinylm.training.hardware's table
+    wandb: bool = field(default=False, metadata=EXECUTION)   # log to Weights & Biases when installed
+    # one device's peak FLOP/s for MFU; None = tinylm.training.peak_flops' table
+    peak_flops: float | None = field(default=None, metadata=EXECUTION)
 
     def validate(self, prefix: str = "training") -> None:
         for name in ("batch_size", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval", "devices"):
@@ -156,9 +169,9 @@ class TrainingConfig:
         _non_negative_int(self.seed, f"{prefix}.seed")
         _check(self.batch_size % self.devices == 0, f"{prefix}.batch_size",
                f"{self.batch_size} is not divisible by devices={self.devices}")
-        _one_of(self.device, DEVICES, f"{prefix}.device")
-        _one_of(self.precision, PRECISIONS, f"{prefix}.precision")
-        _one_of(self.attention, ATTENTIONS, f"{prefix}.attention")
+        check_choice(f"{prefix}.device", self.device, DEVICES)
+        check_choice(f"{prefix}.precision", self.precision, PRECISIONS)
+        check_choice(f"{prefix}.attention", self.attention, ATTENTIONS)
         _check(isinstance(self.compile, bool) or self.compile == "auto", f"{prefix}.compile",
                f"must be true, false or auto, got {self.compile!r}")
         if self.peak_flops is not None:
@@ -170,9 +183,9 @@ class TrainingConfig:
 class DataConfig:
     """Token arrays (.npy, memory-mapped) and the tokenizer that made them."""
 
-    train_tokens: str = ""
-    valid_tokens: str = ""
-    tokenizer_dir: str | None = None        # vocab.json + merges.txt, for generation
+    train_tokens: str = field(default="", metadata=DATA)
+    valid_tokens: str = field(default="", metadata=DATA)
+    tokenizer_dir: str | None = field(default=None, metadata=DATA)  # vocab.json + merges.txt, for generation
 
     def validate(self, prefix: str = "data") -> None:
         for name in ("train_tokens", "valid_tokens"):
@@ -184,18 +197,19 @@ class DataConfig:
             require_file(getattr(self, name), f"{prefix}.{name}: token file")
 
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+RUN_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._=+-]*"  # path-safe: a run's name is its folders' name
+RUN_NAME = re.compile(f"^{RUN_NAME_PATTERN}$")
 
 
 @dataclass
 class RunConfig:
-    name: str = "run"
+    name: str = field(default="run", metadata=IDENTITY)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         _check(bool(RUN_NAME.match(self.name)), "name",
                f"{self.name!r} is not path-safe (letters, digits and . _ = + - only)")
         self.model.validate()
@@ -219,13 +233,24 @@ class RunConfig:
         """Training tokens in one optimizer step (the global batch)."""
         return self.training.batch_size * self.model.context_length
 
+    @property
+    def planned_tokens(self) -> int:
+        """Training tokens in the budget: whole steps of the global batch."""
+        return self.total_steps * self.tokens_per_step
+
+    def settings(self, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Every setting by its dotted key (`optimizer.lr`: 0.003), without those of the roles in
+        `leave_out`: "identity" (the name), "data" (the token files), "observation" (how a run is
+        logged, evaluated and checkpointed) or "execution" (where and how it runs)."""
+        return _settings(self, "", leave_out)
+
     # ---- (de)serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         return _build(cls, data, prefix="").validate()
 
     def save(self, path: str | os.PathLike) -> None:
@@ -233,14 +258,14 @@ class RunConfig:
         write_json_atomic(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RunConfig":
+    def load(cls, path: str | os.PathLike) -> RunConfig:
         data = read_json(path, "run config", expect=dict)
         try:
             return cls.from_dict(data)
         except ValueError as error:
             raise file_error("run config", path, str(error)) from None
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
+    def with_overrides(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with dotted keys replaced, e.g. {"optimizer.lr": 3e-3, "model.norm": "none"}."""
         data = self.to_dict()
         for dotted, value in overrides.items():
@@ -276,7 +301,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, prefix=key + ".")
     origin = get_origin(hint)
-    if origin is Union or str(origin) == "types.UnionType":
+    if origin in (Union, types.UnionType):
         options = [a for a in get_args(hint) if a is not type(None)]
         if value is None:
             return None

@@ -54,7 +54,7 @@ class AdamW(torch.optim.Optimizer):
         self._fused_update = torch.compile(fused_update, dynamic=False) if compiled else None
 
     @classmethod
-    def from_config(cls, params, config, compiled: bool = False) -> "AdamW":
+    def from_config(cls, params, config, compiled: bool = False) -> AdamW:
         """From a `tinylm.config.OptimizerConfig` (its lr, betas, eps and weight_decay)."""
         return cls(params, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay,
                    compiled=compiled)

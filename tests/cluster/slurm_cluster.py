@@ -163,7 +163,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     # -- life cycle ------------------------------------------------------------------------------
 
     def _spawn(self, name: str, command: list[str]) -> None:
-        log = open(self.workdir / f"{name}.stdout", "wb")
+        log = open(self.workdir / f"{name}.stdout", "wb")  # noqa: SIM115 (the daemon's, for as long as it runs)
         self.processes[name] = subprocess.Popen([_binary(command[0]), *command[1:]], stdout=log,
                                                 stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir,
                                                 start_new_session=True)
@@ -199,7 +199,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         CLIENT_CONFIG_LINK.symlink_to(self.workdir, target_is_directory=True)
         self.linked_client_config = True
 
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         """Write the configuration, start the three daemons and wait until the node is idle."""
         self._write_config()
         munge = self.workdir / "munge"
@@ -259,7 +259,7 @@ PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                     parts.append(f"--- {path}\n" + "\n".join(tail))
         return "\n".join(parts)
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

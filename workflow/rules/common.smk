@@ -7,7 +7,7 @@
     probe_input           input function: the probe's output, for rules of batch-size runs
     section(name)         one report section (tinylm.pipeline.plan.PlannedSection), the probe's answer
                           included for batch_size
-    GENERATIONS           {group: Generation}: the text samples each section draws
+    GENERATIONS           {group: PlannedSamples}: the text samples each section draws
 """
 import re
 import os
@@ -15,9 +15,11 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from tinylm.pipeline.plan import BASELINE_RUN, build_plan
-from tinylm.pipeline.paths import RESULTS, tokenizer_dir, tokens_path
+from tinylm.config import RUN_NAME_PATTERN
 from tinylm.files import read_json
+from tinylm.pipeline.paths import RESULTS, tokenizer_dir, tokens_path
+from tinylm.pipeline.plan import BASELINE_RUN, build_plan
+from tinylm.training.outputs import FILES, RunFolder
 
 # Rules call `tinylm ...`: make that the CLI of the Python running Snakemake, venv activated or not.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
@@ -26,7 +28,6 @@ REPORT_INDEX = f"{RESULTS}/report/README.md"
 TOKENIZER_REPORT = {"json": f"{RESULTS}/tokenizers/report.json", "md": f"{RESULTS}/tokenizers/report.md"}
 MAX_BATCH_JSON = f"{RESULTS}/max_batch/batch_size.json"
 PLAN_JSON = f"{RESULTS}/plan.json"
-RUN_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._=+-]*"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens.json", "stats.json")
 
 
@@ -57,9 +58,8 @@ def checkpoint_dir(run):
 
 
 def run_files(run):
-    d = run_dir(run)
-    return {"metrics": f"{d}/metrics.jsonl", "summary": f"{d}/summary.json", "config": f"{d}/config.json",
-            "model": f"{d}/model.pt", "eval": f"{d}/eval.json"}
+    """{kind: path} of the run's folder (tinylm.training.outputs)."""
+    return {kind: str(RunFolder(run_dir(run)).file(kind)) for kind in FILES}
 
 
 def section_dir(name):

@@ -4,6 +4,7 @@
 # `params` trigger sees the new dict), so only that run's training and its downstream rerun.
 # Checkpoints live outside the declared outputs, so a killed training job resumes.
 from tinylm.config import RunConfig
+from tinylm.training.outputs import checkpoint_file
 
 
 rule write_run_config:
@@ -41,6 +42,7 @@ rule train:
     params:
         out_dir=lambda w: run_dir(w.run),
         checkpoint_dir=lambda w: checkpoint_dir(w.run),
+        checkpoint=lambda w: checkpoint_file(checkpoint_dir(w.run)),
     threads: config["threads"]["train"]
     resources:
         gpu=train_resources("gpu"),
@@ -52,9 +54,9 @@ rule train:
     shell:
         # A checkpoint older than any input was trained on other inputs (a new config or new token
         # arrays): start over. A newer one is this job's own, left by a kill or preemption: resume.
-        "checkpoint={params.checkpoint_dir}/checkpoint.pt;"
-        " if [ -e $checkpoint ] && [ -n \"$(find {input.config} {input.train_tokens} {input.valid_tokens} -newer $checkpoint)\" ]; then"
-        " echo \"removing stale $checkpoint\" > {log}; rm -f $checkpoint; fi;"
+        "if [ -e {params.checkpoint} ] && [ -n \"$(find {input.config} {input.train_tokens} {input.valid_tokens}"
+        " -newer {params.checkpoint})\" ]; then echo \"removing stale {params.checkpoint}\" > {log};"
+        " rm -f {params.checkpoint}; fi;"
         " OMP_NUM_THREADS={threads} tinylm train --config {input.config} --out-dir {params.out_dir}"
         " --checkpoint-dir {params.checkpoint_dir} >> {log} 2>&1"
 
@@ -82,8 +84,8 @@ checkpoint max_batch:
     output:
         MAX_BATCH_JSON,
     params:
-        budget=lambda w: f"--cpu-memory-budget-mb {config['experiments']['batch_size']['cpu_memory_budget_mb']}",
-        limit=lambda w: f"--max-batch {config['experiments']['batch_size']['max_batch']}",
+        budget=lambda w: f"--cpu-memory-budget-mb {PLAN.probe['cpu_memory_budget_mb']}",
+        limit=lambda w: f"--max-batch {PLAN.probe['max_batch']}",
     threads: config["threads"]["train"]
     resources:
         gpu=config["resources"]["train"]["gpu"],

@@ -17,13 +17,13 @@ import argparse
 import itertools
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from tinylm.files import write_json_atomic
-from tinylm.files import read_json
 from tinylm.nn.functional import softmax
+from tinylm.training.outputs import RunFolder
+from tinylm.training.summary import Summary, best_run
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -85,22 +85,18 @@ def generate(model, prompt_ids: list[int], max_new_tokens: int, temperature: flo
 
 # ---- choosing the run ------------------------------------------------------------------------
 
-def choose_run(run_dirs: list[str]) -> tuple[str, dict, list[dict]]:
-    """The non-diverged run with the lowest final validation loss: (dir, its summary, all candidates)."""
-    candidates = []
-    for run_dir in run_dirs:
-        summary = read_json(Path(run_dir) / "summary.json", "run summary", expect=dict, hint="not a finished run")
-        loss = summary.get("final_val_loss")
-        usable = summary.get("status") != "diverged" and isinstance(loss, (int, float)) and math.isfinite(loss)
-        candidates.append({"run_dir": str(run_dir), "name": summary.get("name"), "status": summary.get("status"),
-                           "final_val_loss": loss, "usable": usable, "summary": summary})
-    usable = [c for c in candidates if c["usable"]]
-    if not usable:
+def choose_run(run_dirs: list[str]) -> tuple[str, Summary, list[dict]]:
+    """The run `best_run` picks (not diverged, lowest final validation loss): (dir, its summary, every
+    candidate with whether it could be picked)."""
+    summaries = {str(run_dir): Summary.read(RunFolder(run_dir).summary, hint="not a finished run")
+                 for run_dir in run_dirs}
+    best = best_run(summaries, summaries.get)
+    if best is None:
         raise ValueError(f"--run-dir: none of {', '.join(map(str, run_dirs))} has a final validation loss "
                          "(all diverged or unfinished)")
-    best = min(usable, key=lambda c: c["final_val_loss"])
-    listing = [{k: v for k, v in c.items() if k != "summary"} for c in candidates]
-    return best["run_dir"], best["summary"], listing
+    listing = [{"run_dir": run_dir, "name": s.name, "status": s.status, "final_val_loss": s.final_val_loss,
+                "usable": best_run([run_dir], summaries.get) is not None} for run_dir, s in summaries.items()]
+    return best, summaries[best], listing
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -140,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     check_settings(args)
     run_dir, summary, candidates = choose_run(args.run_dir)
     device = resolve_device(args.device)
-    model, config = load_model(Path(run_dir) / "model.pt", device)
+    model, config = load_model(RunFolder(run_dir).model, device)
     if not config.data.tokenizer_dir:
         raise ValueError(f"{run_dir}: the run config has no data.tokenizer_dir to decode with")
     tokenizer = Tokenizer.from_dir(config.data.tokenizer_dir)
@@ -160,8 +156,8 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(args.out, {
         "prompt": args.prompt,
         "prompt_tokens": len(prompt_ids),
-        "run": {"run_dir": run_dir, "name": summary.get("name"), "status": summary.get("status"),
-                "final_val_loss": summary.get("final_val_loss")},
+        "run": {"run_dir": run_dir, "name": summary.name, "status": summary.status,
+                "final_val_loss": summary.final_val_loss},
         "candidates": candidates,
         "settings": {"temperatures": args.temperatures, "top_ps": args.top_ps, "seeds": args.seeds,
                      "max_new_tokens": args.max_new_tokens, "kv_cache": args.kv_cache,

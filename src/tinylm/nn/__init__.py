@@ -7,7 +7,6 @@
 from tinylm.nn.attention import KVCache, MultiHeadSelfAttention, RotaryPositionalEmbedding
 from tinylm.nn.ffn import SiLUFeedForward, SwiGLU
 from tinylm.nn.flops import (
-    H100_BF16_PEAK_FLOPS,
     forward_flops_per_token,
     model_flops_utilization,
     parameter_count,
@@ -20,5 +19,5 @@ __all__ = [
     "Linear", "Embedding", "RMSNorm", "SwiGLU", "SiLUFeedForward", "RotaryPositionalEmbedding",
     "MultiHeadSelfAttention", "KVCache", "TransformerBlock", "TransformerLM", "build_model",
     "parameter_count", "forward_flops_per_token", "training_flops_per_token",
-    "model_flops_utilization", "H100_BF16_PEAK_FLOPS",
+    "model_flops_utilization",
 ]

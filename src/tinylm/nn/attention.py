@@ -4,11 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tinylm.architecture import ATTENTIONS, check_choice
 from tinylm.nn.functional import scaled_dot_product_attention, softmax
 from tinylm.nn.layers import Linear
-
-# The attention kernels MultiHeadSelfAttention can run (tinylm.config offers the same choices).
-ATTENTIONS = ("reference", "fused")
 
 
 class RotaryPositionalEmbedding(nn.Module):
@@ -95,8 +93,7 @@ class MultiHeadSelfAttention(nn.Module):
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention={attention!r} is not one of {', '.join(ATTENTIONS)}")
+        check_choice("attention", attention, ATTENTIONS)
         self.d_model, self.num_heads, self.d_head = d_model, num_heads, d_model // num_heads
         self.rope = rope
         self.attention = attention

@@ -33,5 +33,5 @@ class SiLUFeedForward(nn.Module):
         return self.w2(silu(self.w1(x)))
 
 
-# ffn= name -> class, for TransformerBlock (tinylm.config offers the same choices).
+# tinylm.architecture.FFNS -> the class TransformerBlock builds.
 FEED_FORWARDS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "silu": SiLUFeedForward}

@@ -7,8 +7,6 @@ the PaLM paper's model FLOPs utilisation (MFU).
 """
 from __future__ import annotations
 
-H100_BF16_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of one H100 SXM, FLOP/s
-
 
 def _ffn_matrices(model_config) -> int:
     return 3 if model_config.ffn == "swiglu" else 2
@@ -39,7 +37,6 @@ def training_flops_per_token(model_config, seq_len: int | None = None) -> int:
     return 3 * forward_flops_per_token(model_config, seq_len)
 
 
-def model_flops_utilization(tokens_per_s: float, model_config,
-                            peak_flops: float = H100_BF16_PEAK_FLOPS) -> float:
+def model_flops_utilization(tokens_per_s: float, model_config, peak_flops: float) -> float:
     """Fraction of the accelerator's peak that the training throughput amounts to (MFU)."""
     return tokens_per_s * training_flops_per_token(model_config) / peak_flops

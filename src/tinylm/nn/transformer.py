@@ -12,18 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tinylm.architecture import FFNS, NORMS, POSITIONS, check_choice
 from tinylm.nn.attention import KVCache, MultiHeadSelfAttention, RotaryPositionalEmbedding
 from tinylm.nn.ffn import FEED_FORWARDS
 from tinylm.nn.layers import Embedding, Linear, RMSNorm
-
-# The variants TransformerBlock builds (tinylm.config offers the same choices to run configs).
-NORMS = ("pre", "post", "none")
-POSITIONS = ("rope", "none")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
 class TransformerBlock(nn.Module):
@@ -33,9 +25,9 @@ class TransformerBlock(nn.Module):
                  norm: str = "pre", position: str = "rope", ffn: str = "swiglu",
                  attention: str = "reference", device=None, dtype=None):
         super().__init__()
-        _check_choice("norm", norm, NORMS)
-        _check_choice("position", position, POSITIONS)
-        _check_choice("ffn", ffn, tuple(FEED_FORWARDS))
+        check_choice("norm", norm, NORMS)
+        check_choice("position", position, POSITIONS)
+        check_choice("ffn", ffn, FFNS)
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
         self.norm = norm

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinylm.config import RunConfig
-from tinylm.pipeline.naming import config_changes, format_value, setting_text
+from tinylm.formatting import fmt_value
+from tinylm.pipeline.naming import config_changes, setting_text
 from tinylm.pipeline.paths import tokenizer_dir, tokens_path
 from tinylm.report import KINDS
 
@@ -63,7 +64,7 @@ class PlannedRun:
 
 
 @dataclass(frozen=True)
-class Generation:
+class PlannedSamples:
     """Samples drawn for a section: from the best (non-diverged, lowest final loss) of `runs`."""
 
     group: str                           # the corpus of its runs: results/generate/<group>/<setting>.json
@@ -80,7 +81,7 @@ class PlannedSection:
     description: str = ""
     runs: dict[str, str] = field(default_factory=dict)  # run name -> label, in plot order
     baseline: str | None = None  # the run compared against (drawn dashed)
-    generation: Generation | None = None
+    generation: PlannedSamples | None = None
     pending_probe: bool = False  # batch_size before the max-batch probe: the largest batch is not known yet
 
 
@@ -110,7 +111,7 @@ def _config_error(where: str, error: Exception | str) -> ValueError:
 
 
 def sampling_label(setting: dict) -> str:
-    return f"T={format_value(float(setting['temperature']))}_p={format_value(float(setting['top_p']))}"
+    return f"T={fmt_value(float(setting['temperature']))}_p={fmt_value(float(setting['top_p']))}"
 
 
 class _Planner:
@@ -172,14 +173,15 @@ class _Planner:
         merged["devices"] = run_config.training.devices
         made_from = self.config["tokenizers"][tok]["corpus"]
         note = f"tokenizer {tok!r} was trained on {made_from!r}" if made_from != corpus else ""
-        return PlannedRun(name, run_config, tok, corpus, section, config_changes(run_config, self.baseline),
-                          merged, note)
+        base = self.config["baseline"]
+        changes = config_changes(run_config, self.baseline, {"corpus": (corpus, base["corpus"]),
+                                                             "tokenizer": (tok, base["tokenizer"])})
+        return PlannedRun(name, run_config, tok, corpus, section, changes, merged, note)
 
     def _add(self, run: PlannedRun) -> str:
         """The name under which `run` is trained: an earlier run with the same content keeps its name."""
-        content = run.config.to_dict()
-        content.pop("name")
-        name = self.by_content.setdefault(json.dumps(content, sort_keys=True), run.name)
+        content = json.dumps(run.config.settings(leave_out=("identity",)), sort_keys=True)
+        name = self.by_content.setdefault(content, run.name)
         self.runs.setdefault(name, run)
         return name
 
@@ -240,14 +242,14 @@ class _Planner:
             return [b for b in sizes if b <= exp["max_batch"]], True
         return sorted({b for b in sizes if b <= self.largest_batch} | {self.largest_batch}), False
 
-    def generation(self, group: str, runs: list[str], grid: bool) -> Generation:
+    def generation(self, group: str, runs: list[str], grid: bool) -> PlannedSamples:
         gen = self.config["generate"]
         main = sampling_label(gen["main"])
         settings = {main: {"temperatures": [gen["main"]["temperature"]], "top_ps": [gen["main"]["top_p"]],
                            "seeds": gen["seeds"]}}
         if grid:
             settings["grid"] = {key: gen["grid"][key] for key in ("temperatures", "top_ps", "seeds")}
-        return Generation(group, tuple(runs), settings, main)
+        return PlannedSamples(group, tuple(runs), settings, main)
 
     def sections(self) -> dict[str, PlannedSection]:
         exps = self.config["experiments"]
@@ -276,7 +278,7 @@ class _Planner:
             elif name == "generate":
                 pool = list(planned["lr_sweep"][0]) + [BASELINE_RUN]
                 pool = list(dict.fromkeys(pool))
-                made[name] = PlannedSection(name, title, "generate", runs={r: "" for r in pool},
+                made[name] = PlannedSection(name, title, "generate", runs=dict.fromkeys(pool, ""),
                                             generation=self.generation(base_corpus, pool, grid=True))
             else:
                 labels, compare = planned[name]

@@ -10,30 +10,15 @@ import json
 import math
 from dataclasses import dataclass
 
+from tinylm.formatting import fmt_duration, fmt_si
 from tinylm.pipeline.config import DEFAULT_CONFIGFILE, parse_overrides, resolve_config
 from tinylm.pipeline.plan import Plan, PlannedRun, build_plan
+from tinylm.training.peak_flops import peak_flops
 
 # The GPU-time estimate's stated throughput: model FLOPs at this fraction of this peak (the
 # PaLM-style MFU accounting of tinylm.nn.flops). Both are assumptions, printed with the table.
-ASSUMED_PEAK_FLOPS = 989e12   # H100 SXM dense bf16, from NVIDIA's datasheet
+ASSUMED_PEAK_FLOPS = peak_flops("NVIDIA H100 80GB HBM3", "bf16")  # H100 SXM
 ASSUMED_MFU = 0.40
-
-
-def _human(number: float, unit: str = "") -> str:
-    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(number) >= scale:
-            return f"{number / scale:.3g} {suffix}{unit}"
-    return f"{number:.3g} {unit}".rstrip()
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 1:
-        return "<1 s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
 
 
 @dataclass(frozen=True)
@@ -95,17 +80,17 @@ def plan_table(plan: Plan, peak_flops: float = ASSUMED_PEAK_FLOPS, mfu: float = 
         if run.data_note:
             changes += f"; {run.data_note}"
         row = [run.name, ", ".join(uses.get(run.name, [run.section])), changes, f"{run.steps:,}",
-               _human(run.tokens), _human(run.train_flops), _duration(run.train_flops * seconds_per_flop)]
+               fmt_si(run.tokens), fmt_si(run.train_flops), fmt_duration(run.train_flops * seconds_per_flop)]
         if memory is not None:
             fit = memory[run.name]
-            row.append(f"{_human(fit.predicted_peak_bytes, 'B')} ({fit.device})")
+            row.append(f"{fmt_si(fit.predicted_peak_bytes, 'B')} ({fit.device})")
             if device_memory_bytes is not None:
                 row += ["yes" if fit.fits else "no", f"{fit.largest_batch:,}"]
         rows.append(row)
     total_flops = sum(run.train_flops for run in plan.runs.values())
     total = ["total", f"{len(plan.runs)} runs", "", f"{sum(r.steps for r in plan.runs.values()):,}",
-             _human(sum(r.tokens for r in plan.runs.values())), _human(total_flops),
-             _duration(total_flops * seconds_per_flop)]
+             fmt_si(sum(r.tokens for r in plan.runs.values())), fmt_si(total_flops),
+             fmt_duration(total_flops * seconds_per_flop)]
     rows.append(total + [""] * (len(header) - len(total)))
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     left = {0, 1, 2}
@@ -116,7 +101,7 @@ def plan_table(plan: Plan, peak_flops: float = ASSUMED_PEAK_FLOPS, mfu: float = 
 
     rule = "  ".join("-" * w for w in widths)
     out = [line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])]
-    notes = [f"GPU time: training FLOPs at {mfu:.0%} MFU of {_human(peak_flops, 'FLOP/s')} "
+    notes = [f"GPU time: training FLOPs at {mfu:.0%} MFU of {fmt_si(peak_flops, 'FLOP/s')} "
              "(an assumption, not a measurement: --peak-flops and --mfu change it); evaluation, "
              "probes and generation not included."]
     if memory is not None:

@@ -1,6 +1,7 @@
 """Run Snakemake quietly: a progress summary on the terminal, its full output in a log file.
 
-    python -m tinylm.pipeline.quiet --log results/logs/snakemake.log --report results/report/README.md -- --cores all ...
+    python -m tinylm.pipeline.quiet --log results/logs/snakemake.log --report results/report/README.md \
+        -- --cores all ...
 
 Everything after `--` goes to `snakemake`. The terminal shows jobs done out of the total, the rules
 running now and the elapsed time (one line redrawn in place on a terminal, a line per finished job
@@ -17,9 +18,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 RULE_START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 JOB_ID = re.compile(r"^\s+jobid: (\d+)$")
@@ -61,7 +63,7 @@ class Failure:
 
 
 @dataclass
-class Progress:
+class SnakemakeProgress:
     """What the Snakemake output has said so far."""
 
     total: int | None = None
@@ -140,12 +142,12 @@ def ticking(stream: IO[str], interval: float) -> Iterator[str | None]:
 
 
 def follow(lines: Iterable[str | None], log: IO[str], out: IO[str], clock=time.monotonic,
-           interactive: bool = False, heartbeat_s: float = 60.0) -> Progress:
+           interactive: bool = False, heartbeat_s: float = 60.0) -> SnakemakeProgress:
     """Copy Snakemake's output (None: a tick without output) to `log` and show progress on `out`.
 
     On a terminal one summary line is redrawn at every line and tick; otherwise a summary line is
     printed when a job ends, and at most every `heartbeat_s` seconds while nothing ends."""
-    progress, start = Progress(), clock()
+    progress, start = SnakemakeProgress(), clock()
     width, last_shown = 0, start
 
     def show(text: str, final: bool = False) -> None:
@@ -173,7 +175,7 @@ def follow(lines: Iterable[str | None], log: IO[str], out: IO[str], clock=time.m
     return progress
 
 
-def finish(progress: Progress, returncode: int, log_path: Path, report: Path | None, out: IO[str]) -> None:
+def finish(progress: SnakemakeProgress, returncode: int, log_path: Path, report: Path | None, out: IO[str]) -> None:
     """The closing lines: each failure's reason and log, or where the report is."""
     for failure in progress.failures:
         where = f" (log: {failure.log})" if failure.log else ""

@@ -16,43 +16,52 @@ import regex
 
 from tinylm.files import load_npy
 from tinylm.report.runs import Run
-from tinylm.report.tables import (fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_ratio, fmt_share,
-                                  fmt_signed, fmt_speed)
+from tinylm.report.tables import (
+    fmt_bytes,
+    fmt_int,
+    fmt_loss,
+    fmt_percent,
+    fmt_rate,
+    fmt_ratio,
+    fmt_share,
+    fmt_signed,
+    fmt_speed,
+)
 from tinylm.training.divergence import INITIAL_LOSS_STEPS, LOSS_SMOOTHING
+from tinylm.training.summary import best_run as summary_best_run
 
 
 def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:
     """One row per run with every per-run number a section tabulates."""
     rows = []
-    reference = baseline.final("final_val_loss") if baseline else None
+    reference = baseline.summary.final_val_loss if baseline else None
     for run in runs:
-        val = run.final("final_val_loss")
+        val = run.summary.final_val_loss
         rows.append({
             "run": run.label,
             "lr": run.lr,
             "batch_size": run.batch_size,
-            "status": run.summary.get("status"),
+            "status": run.summary.status,
             "diverged": run.diverged,
-            "steps": run.summary.get("steps"),
-            "params": run.summary.get("params"),
-            "final_train_loss": run.final("final_train_loss"),
+            "steps": run.summary.steps,
+            "params": run.summary.params,
+            "final_train_loss": run.summary.final_train_loss,
             "final_val_loss": val,
-            "best_val_loss": run.final("best_val_loss"),
-            "target_reached_step": run.summary.get("target_reached_step"),
-            "tokens_per_s": run.final("tokens_per_s"),
-            "peak_mem_bytes": run.final("peak_mem_bytes"),
-            "mem_percent": run.final("mem_percent"),
+            "best_val_loss": run.summary.best_val_loss,
+            "target_reached_step": run.summary.target_reached_step,
+            "tokens_per_s": run.summary.tokens_per_s,
+            "peak_mem_bytes": run.summary.peak_mem_bytes,
+            "mem_percent": run.summary.mem_percent,
             "val_vs_baseline": None if val is None or reference is None else val - reference,
-            "d_ff": run.config["model"].get("d_ff"),
-            "vocab_size": run.config["model"].get("vocab_size"),
+            "d_ff": run.config.model.d_ff,
+            "vocab_size": run.config.model.vocab_size,
         })
     return pd.DataFrame(rows).astype(object)  # keep None as None, ints as ints
 
 
 def best_run(runs: list[Run]) -> Run | None:
-    """The non-diverged run with the lowest final validation loss."""
-    candidates = [r for r in runs if not r.diverged and r.final("final_val_loss") is not None]
-    return min(candidates, key=lambda r: r.final("final_val_loss"), default=None)
+    """The run that did not diverge and ended lowest (the rule generation and export use too)."""
+    return summary_best_run(runs, lambda run: run.summary)
 
 
 # ---- learning rate ---------------------------------------------------------------------------
@@ -77,10 +86,8 @@ def unigram_loss(run: Run) -> float | None:
     """Cross-entropy (nats/token) of the run's validation tokens when each token is predicted by its
     frequency in the training tokens alone: the loss of a model that learned nothing about context.
     None when the token arrays named in the run's config are not there."""
-    data = run.config.get("data", {})
-    if not data.get("train_tokens") or not data.get("valid_tokens"):
-        return None
-    return _unigram_loss(data["train_tokens"], data["valid_tokens"], int(run.config["model"]["vocab_size"]))
+    data = run.config.data
+    return _unigram_loss(data.train_tokens, data.valid_tokens, run.config.model.vocab_size)
 
 
 DIVERGED, STOPPED, TRAINS = "diverged", "stopped learning", "trains"
@@ -112,7 +119,7 @@ class EdgeOfStability:
 def outcome(run: Run, unigram: float | None, threshold: float | None) -> str:
     if run.diverged:
         return DIVERGED
-    val = run.final("final_val_loss")
+    val = run.summary.final_val_loss
     if val is not None and unigram is not None and (val >= unigram or (threshold is not None and val > threshold)):
         return STOPPED
     return TRAINS
@@ -123,7 +130,7 @@ def edge_of_stability(runs: list[Run]) -> EdgeOfStability:
     unigram = next((u for u in map(unigram_loss, runs) if u is not None), None)
     threshold = None
     if unigram is not None and best is not None:
-        threshold = (unigram + best.final("final_val_loss")) / 2
+        threshold = (unigram + best.summary.final_val_loss) / 2
     outcomes = {r.label: outcome(r, unigram, threshold) for r in runs}
     # The edge lies above the best rate: a rate below it that learns too little is slow, not unstable.
     failing = [r for r in runs if outcomes[r.label] != TRAINS and (best is None or r.lr > best.lr)]
@@ -135,7 +142,7 @@ def edge_of_stability(runs: list[Run]) -> EdgeOfStability:
 
 
 def criterion_text(edge: EdgeOfStability, runs: list[Run]) -> str:
-    factors = sorted({float(r.config["training"].get("divergence_factor", 2.0)) for r in runs})
+    factors = sorted({float(r.config.training.divergence_factor) for r in runs})
     factor = "/".join(f"{f:g}" for f in factors)
     text = (f"A rate fails when its run diverges (the trainer stops it at a non-finite loss or a training loss "
             f"smoothed over about {1 / (1 - LOSS_SMOOTHING):.0f} steps above {factor}x the untrained model's, its "
@@ -163,13 +170,13 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
                 described.append(divergence_text(run, fmt_rate(run.lr)))
             else:
                 described.append(f"{fmt_rate(run.lr)} stopped learning (final validation loss "
-                                 f"{fmt_loss(run.final('final_val_loss'))})")
+                                 f"{fmt_loss(run.summary.final_val_loss)})")
         parts.append(f"{len(failed)} of {len(runs)} failed: {'; '.join(described)}.")
     else:
         parts.append("None failed.")
     if edge.best is not None:
         parts.append(f"The best rate is {fmt_rate(edge.best.lr)}, with a final validation loss of "
-                     f"{fmt_loss(edge.best.final('final_val_loss'))}.")
+                     f"{fmt_loss(edge.best.summary.final_val_loss)}.")
     if edge.smallest_failing is not None and edge.best is not None:
         parts.append(f"The smallest failing rate, {fmt_rate(edge.smallest_failing.lr)}, is "
                      f"{fmt_ratio(edge.ratio)}x the best rate (the edge of stability).")
@@ -178,15 +185,15 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
                          f"{fmt_rate(edge.best.lr)} and {fmt_rate(edge.smallest_failing.lr)}.")
         elif edge.largest_stable is not None:
             parts.append(f"The largest rate that still trains, {fmt_rate(edge.largest_stable.lr)}, ends at "
-                         f"{fmt_loss(edge.largest_stable.final('final_val_loss'))}, above the best.")
+                         f"{fmt_loss(edge.largest_stable.summary.final_val_loss)}, above the best.")
             parts.append(stability_text(edge.largest_stable))
     elif edge.best is not None:
         largest = max(runs, key=lambda r: r.lr)
         parts.append(f"The edge of stability lies above the largest rate tried, {fmt_rate(rates[-1])}"
-                     + (f": it ends at {fmt_loss(largest.final('final_val_loss'))}, "
-                        f"{fmt_signed(largest.final('final_val_loss') - edge.best.final('final_val_loss'))} "
+                     + (f": it ends at {fmt_loss(largest.summary.final_val_loss)}, "
+                        f"{fmt_signed(largest.summary.final_val_loss - edge.best.summary.final_val_loss)} "
                         f"from the best, below the failure threshold of {fmt_loss(edge.threshold)}."
-                        if edge.threshold is not None and largest.final("final_val_loss") is not None else "."))
+                        if edge.threshold is not None and largest.summary.final_val_loss is not None else "."))
     else:
         parts.append(f"Every rate diverged: the edge of stability lies below {fmt_rate(rates[0])}.")
     parts.append(target_text(runs))
@@ -194,32 +201,24 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
 
 
 def target_text(runs: list[Run]) -> str:
-    targets = {r.final("early_stop_loss") for r in runs} - {None}
+    targets = {r.summary.early_stop_loss for r in runs} - {None}
     if len(targets) != 1:
         return ""
     target = targets.pop()
-    reached = sorted((r for r in runs if r.summary.get("target_reached_step") is not None),
-                     key=lambda r: r.summary["target_reached_step"])
+    reached = sorted((r for r in runs if r.summary.target_reached_step is not None),
+                     key=lambda r: r.summary.target_reached_step)
     if not reached:
         return f"No run reached the target validation loss of {fmt_loss(target)}."
     first = reached[0]
     return (f"{len(reached)} of {len(runs)} runs reached the target validation loss of {fmt_loss(target)}; "
-            f"{first.label} first, at step {fmt_int(first.summary['target_reached_step'])}.")
+            f"{first.label} first, at step {fmt_int(first.summary.target_reached_step)}.")
 
 
 # ---- batch size ------------------------------------------------------------------------------
 
-def token_budget(run: Run) -> int:
-    """Training tokens the run was configured for (steps x batch x context, or max_tokens)."""
-    training, context = run.config["training"], run.config["model"]["context_length"]
-    if training.get("max_tokens"):
-        return int(training["max_tokens"])
-    return int(training["max_steps"]) * run.batch_size * context
-
-
 def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
     ordered = sorted(runs, key=lambda r: r.batch_size)
-    budgets = sorted({token_budget(r) for r in ordered})
+    budgets = sorted({r.config.planned_tokens for r in ordered})
     budget = (f"the same budget of {fmt_int(budgets[0])} tokens" if len(budgets) == 1
               else f"budgets of {fmt_int(budgets[0])} to {fmt_int(budgets[-1])} tokens")
     parts = [f"Batch sizes {', '.join(fmt_int(r.batch_size) for r in ordered)} trained on {budget}, each at its "
@@ -229,22 +228,22 @@ def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
         parts.append("The largest batch whose training step fits "
                      + (f"the {fmt_bytes(limit)} memory budget" if limit else "the device memory")
                      + f" on {max_batch.get('device', 'the device')} is {fmt_int(max_batch.get('largest_batch'))}.")
-    fastest = max((r for r in runs if r.final("tokens_per_s") is not None),
-                  key=lambda r: r.final("tokens_per_s"), default=None)
+    fastest = max((r for r in runs if r.summary.tokens_per_s is not None),
+                  key=lambda r: r.summary.tokens_per_s, default=None)
     if fastest is not None:
         parts.append(f"Throughput peaks at batch {fmt_int(fastest.batch_size)} with "
-                     f"{fmt_speed(fastest.final('tokens_per_s'))} tokens/s.")
-    with_memory = [r for r in ordered if r.final("peak_mem_bytes") is not None]
+                     f"{fmt_speed(fastest.summary.tokens_per_s)} tokens/s.")
+    with_memory = [r for r in ordered if r.summary.peak_mem_bytes is not None]
     if len(with_memory) >= 2:
         small, large = with_memory[0], with_memory[-1]
-        parts.append(f"Peak memory is {fmt_bytes(small.final('peak_mem_bytes'))} at batch "
-                     f"{fmt_int(small.batch_size)} and {fmt_bytes(large.final('peak_mem_bytes'))} at batch "
+        parts.append(f"Peak memory is {fmt_bytes(small.summary.peak_mem_bytes)} at batch "
+                     f"{fmt_int(small.batch_size)} and {fmt_bytes(large.summary.peak_mem_bytes)} at batch "
                      f"{fmt_int(large.batch_size)}"
-                     + (f" ({fmt_percent(large.final('mem_percent'))} of device memory)."
-                        if large.final("mem_percent") is not None else "."))
+                     + (f" ({fmt_percent(large.summary.mem_percent)} of device memory)."
+                        if large.summary.mem_percent is not None else "."))
     best = best_run(runs)
     if best is not None:
-        parts.append(f"The lowest final validation loss, {fmt_loss(best.final('final_val_loss'))}, comes from "
+        parts.append(f"The lowest final validation loss, {fmt_loss(best.summary.final_val_loss)}, comes from "
                      f"batch {fmt_int(best.batch_size)} (lr {fmt_rate(best.lr)}).")
     diverged = [r for r in ordered if r.diverged]
     if diverged:
@@ -329,10 +328,10 @@ def largest_spike(run: Run) -> tuple[float, float] | None:
 
 def stability_text(run: Run) -> str:
     """Why a run that might have diverged did not: its largest loss spike against the trainer's threshold."""
-    spike, reference = largest_spike(run), run.summary.get("divergence_reference_loss")
+    spike, reference = largest_spike(run), run.summary.divergence_reference_loss
     if run.diverged or spike is None or reference is None:
         return ""
-    factor = float(run.config["training"].get("divergence_factor", 2.0))
+    factor = float(run.config.training.divergence_factor)
     return (f"{run.label} did not diverge: its largest rise of the training loss above its lowest value so far "
             f"is {fmt_signed(spike[1])} (step {fmt_int(spike[0])}), far from the divergence threshold of "
             f"{factor:g}x the untrained model's smoothed loss ({fmt_loss(factor * reference)}).")
@@ -361,13 +360,13 @@ def divergence_text(run: Run, name: str) -> str:
     if first is not None and first[0] < step:
         details[0] += f", from {fmt_loss(first[1])} at step {fmt_int(first[0])}"
     if lr is not None:
-        warming_up = step < int(run.config["optimizer"].get("warmup_steps", 0))
+        warming_up = step < int(run.config.optimizer.warmup_steps)
         details.append(f"lr {fmt_rate(lr)}" + (f", still warming up to {fmt_rate(run.lr)}" if warming_up else ""))
     return f"{name} diverged at step {fmt_int(step)} ({'; '.join(details)})"
 
 
 def variant_text(runs: list[Run], baseline: Run) -> str:
-    base_val = baseline.final("final_val_loss")
+    base_val = baseline.summary.final_val_loss
     named = "" if baseline.label == "baseline" else f" {baseline.label}"
     parts = [f"The baseline{named} (lr {fmt_rate(baseline.lr)}) ends at a final validation loss of {fmt_loss(base_val)}"
              + (" (it diverged)." if baseline.diverged else ".")]
@@ -377,16 +376,16 @@ def variant_text(runs: list[Run], baseline: Run) -> str:
         if run.diverged:
             parts.append(divergence_text(run, run.label) + ".")
             continue
-        val = run.final("final_val_loss")
+        val = run.summary.final_val_loss
         if val is None or base_val is None:
             parts.append(f"{run.label} ends at {fmt_loss(val)}.")
             continue
         difference = val - base_val
         verdict = "worse than" if difference > 0 else "better than" if difference < 0 else "equal to"
         parts.append(f"{run.label} ends at {fmt_loss(val)}, {fmt_signed(difference)} ({verdict} the baseline).")
-    params = {r.label: r.summary.get("params") for r in runs}
+    params = {r.label: r.summary.params for r in runs}
     if len(set(params.values())) == 1 and None not in params.values():
-        parts.append(f"Every run has {fmt_int(runs[0].summary['params'])} parameters.")
+        parts.append(f"Every run has {fmt_int(runs[0].summary.params)} parameters.")
     elif len(set(params.values()) - {None}) > 1:
         parts.append("Parameter counts: " + ", ".join(f"{label} {fmt_int(n)}" for label, n in params.items()) + ".")
     return " ".join(parts)
@@ -413,14 +412,14 @@ def variant_rates_text(runs: list[Run], baseline: Run) -> str:
 
 def comparison_text(run: Run, other: Run) -> str:
     """The OpenWebText run against the TinyStories run of the same architecture and step count."""
-    val, other_val = run.final("final_val_loss"), other.final("final_val_loss")
-    text = (f"{run.label} reaches a final train loss of {fmt_loss(run.final('final_train_loss'))} and a final "
-            f"validation loss of {fmt_loss(val)} after {fmt_int(run.summary.get('steps'))} steps; "
+    val, other_val = run.summary.final_val_loss, other.summary.final_val_loss
+    text = (f"{run.label} reaches a final train loss of {fmt_loss(run.summary.final_train_loss)} and a final "
+            f"validation loss of {fmt_loss(val)} after {fmt_int(run.summary.steps)} steps; "
             f"{other.label} reaches {fmt_loss(other_val)} on its own validation set")
     if val is not None and other_val is not None:
         text += f" ({fmt_signed(val - other_val)} for {run.label})"
-    vocabularies = " and ".join(fmt_int(r.config["model"]["vocab_size"]) for r in (run, other))
-    params = " and ".join(fmt_int(r.summary.get("params")) for r in (run, other))
+    vocabularies = " and ".join(fmt_int(r.config.model.vocab_size) for r in (run, other))
+    params = " and ".join(fmt_int(r.summary.params) for r in (run, other))
     return text + (f". The two use different texts and tokenizers ({vocabularies} tokens, so {params} parameters): "
                    "the gap measures how much harder the data is for the same architecture and budget, not a "
                    "like-for-like perplexity.")

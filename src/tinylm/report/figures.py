@@ -153,16 +153,16 @@ def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_failing: Run | 
     """Final validation loss per learning rate; diverged rates marked by an x at the top, failing
     rates (diverged or stopped learning) shaded."""
     fig, ax = plt.subplots(figsize=SINGLE, layout="constrained")
-    stable = sorted((r for r in runs if r.final("final_val_loss") is not None), key=lambda r: r.lr)
+    stable = sorted((r for r in runs if r.summary.final_val_loss is not None), key=lambda r: r.lr)
     if stable:
-        ax.plot([r.lr for r in stable], [r.final("final_val_loss") for r in stable], color="0.6",
+        ax.plot([r.lr for r in stable], [r.summary.final_val_loss for r in stable], color="0.6",
                 linewidth=1, zorder=1)
     for run in stable:
-        ax.plot([run.lr], [run.final("final_val_loss")], marker="o", markersize=8, linestyle="none",
+        ax.plot([run.lr], [run.summary.final_val_loss], marker="o", markersize=8, linestyle="none",
                 color=run.colour, label=run.legend, zorder=3)
     top_edge = blended_transform_factory(ax.transData, ax.transAxes)
     for run in runs:
-        if run.final("final_val_loss") is None:
+        if run.summary.final_val_loss is None:
             ax.plot([run.lr], [0.93], transform=top_edge, marker="x", markersize=11, markeredgewidth=2.5,
                     linestyle="none", color=run.colour, label=run.legend, zorder=3)
     if smallest_failing is not None:
@@ -170,13 +170,13 @@ def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_failing: Run | 
         ax.annotate("fails →", xy=(smallest_failing.lr, 0.99), xycoords=top_edge, fontsize=8,
                     color="#d62728", xytext=(-6, 0), textcoords="offset points", ha="right", va="top")
     if best is not None:
-        ax.annotate(f"best: {best.label}", xy=(best.lr, best.final("final_val_loss")), xytext=(0, -16),
+        ax.annotate(f"best: {best.label}", xy=(best.lr, best.summary.final_val_loss), xytext=(0, -16),
                     textcoords="offset points", ha="center", fontsize=8)
     rates = [r.lr for r in runs]
     ax.set_xscale("log")
     ax.set_xlim(min(rates) / 1.6, max(rates) * 1.6)
     if stable:
-        values = [r.final("final_val_loss") for r in stable]
+        values = [r.summary.final_val_loss for r in stable]
         pad = 0.15 * (max(values) - min(values)) or 0.1
         ax.set_ylim(min(values) - 2 * pad, max(values) + 3 * pad)  # room for the x marks on top
     ax.set_xlabel("peak learning rate (log scale)")
@@ -191,7 +191,7 @@ def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
     fig, (ax_mem, ax_speed) = plt.subplots(1, 2, figsize=WIDE, layout="constrained")
     ordered = sorted(runs, key=lambda r: r.batch_size)
     total = (probe or {}).get("total_memory") or next(
-        (r.final("mem_total_bytes") for r in ordered if r.final("mem_total_bytes")), None)
+        (r.summary.mem_total_bytes for r in ordered if r.summary.mem_total_bytes), None)
     mib = 2.0 ** 20
     if probe and probe.get("tried"):
         tried = sorted(probe["tried"], key=lambda t: t["batch"])
@@ -206,18 +206,18 @@ def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
         budget = probe.get("memory_budget_bytes")
         if budget:  # a line when it fits the scale of the measurements, else only its value
             shown = [t["peak_bytes"] for t in tried if t.get("peak_bytes")] + [
-                r.final("peak_mem_bytes") or 0 for r in ordered]
+                r.summary.peak_mem_bytes or 0 for r in ordered]
             on_scale = budget <= 3 * max(shown, default=0)
             ax_mem.axhline(budget / mib if on_scale else np.nan, color="#d62728", linestyle=":", linewidth=1,
                            label=f"memory budget ({budget / mib:,.0f} MiB{'' if on_scale else ', off the scale'})")
     labelled = False
     for run in ordered:  # the x axis names the batch, so one legend entry covers every run
-        peak = run.final("peak_mem_bytes")
+        peak = run.summary.peak_mem_bytes
         if peak is not None:
             ax_mem.plot([run.batch_size], [peak / mib], marker="o", markersize=7, linestyle="none",
                         color=run.colour, label=None if labelled else "training run (peak)")
             labelled = True
-        speed = run.final("tokens_per_s")
+        speed = run.summary.tokens_per_s
         if speed is not None:
             ax_speed.bar(str(run.batch_size), speed, color=run.colour, label=run.legend)
     ax_mem.set_xscale("log", base=2)

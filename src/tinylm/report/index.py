@@ -5,8 +5,7 @@ import os
 import re
 from pathlib import Path
 
-from tinylm.files import write_text_atomic
-from tinylm.files import read_text, require_file
+from tinylm.files import read_text, require_file, write_text_atomic
 
 # ![alt](target) and [text](target); the target is rewritten when it is a relative path.
 _LINK = re.compile(r"(!?\[[^\]]*\])\(([^)\s]+)\)")

@@ -1,7 +1,7 @@
 """Loading finished runs for the report: config, metrics curve, summary, label and colour.
 
-A run directory holds what `tinylm train` writes: `config.json` (the RunConfig dict),
-`metrics.jsonl` (one JSON object per logged step) and `summary.json`. Everything the report draws
+A run directory holds what `tinylm train` writes: `config.json` (a `RunConfig`), `metrics.jsonl`
+(one `MetricsRecord` per logged step) and `summary.json` (a `Summary`). Everything the report draws
 or tabulates comes from these three files, so changing report code never needs retraining.
 """
 from __future__ import annotations
@@ -10,12 +10,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from matplotlib.colors import to_hex
 
-from tinylm.files import read_json, read_text
+from tinylm.config import RunConfig
+from tinylm.files import read_text, require_file
+from tinylm.training.metrics import COLUMNS
+from tinylm.training.outputs import RunFolder
+from tinylm.training.summary import Summary
 
 # Twenty colours that stay apart on white: matplotlib's tab10, then the dark half of tab20b/tab20c.
 PALETTE = [
@@ -23,9 +26,6 @@ PALETTE = [
     "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
     "#e6550d", "#31a354", "#756bb1", "#636363",
 ]
-
-METRIC_COLUMNS = ("step", "tokens", "time_s", "lr", "train_loss", "grad_norm", "tokens_per_s", "val_loss",
-                  "mem_allocated_bytes", "mem_peak_bytes", "mem_total_bytes", "mem_percent")
 
 
 @dataclass
@@ -35,33 +35,26 @@ class Run:
     label: str                 # the changed setting, e.g. "lr=3e-3"; names the run in legends and tables
     name: str                  # the run's name (its directory name), the key of its colour
     path: Path
-    config: dict[str, Any]     # RunConfig.to_dict() as saved by `tinylm train`
-    summary: dict[str, Any]
-    metrics: pd.DataFrame      # METRIC_COLUMNS, one row per logged step, NaN where not logged
+    config: RunConfig          # as saved by `tinylm train`
+    summary: Summary
+    metrics: pd.DataFrame      # tinylm.training.metrics.COLUMNS, one row per logged step, NaN where not logged
     colour: str = PALETTE[0]
 
     @property
     def diverged(self) -> bool:
-        return self.summary.get("status") == "diverged"
+        return self.summary.diverged
 
     @property
     def lr(self) -> float:
-        return float(self.config["optimizer"]["lr"])
+        return self.config.optimizer.lr
 
     @property
     def batch_size(self) -> int:
-        return int(self.config["training"]["batch_size"])
+        return self.config.training.batch_size
 
     @property
     def legend(self) -> str:
         return f"{self.label} (diverged)" if self.diverged else self.label
-
-    def final(self, key: str) -> float | None:
-        """A summary number, None when absent or not finite (e.g. a diverged run's final loss)."""
-        value = self.summary.get(key)
-        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return None
-        return float(value)
 
     def divergence_point(self, column: str = "train_loss") -> tuple[float, float] | None:
         """(step, last finite value of `column`) where a diverged run stopped; None otherwise."""
@@ -70,7 +63,7 @@ class Run:
         finite = self.metrics[["step", column]].replace([math.inf, -math.inf], math.nan).dropna()
         if finite.empty:
             return None
-        step = self.summary.get("diverged_at_step") or float(finite["step"].iloc[-1])
+        step = self.summary.diverged_at_step or float(finite["step"].iloc[-1])
         return float(step), float(finite[column].iloc[-1])
 
 
@@ -90,7 +83,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
         if not isinstance(row, dict) or "step" not in row:
             raise ValueError(f"{path}:{number}: expected an object with a 'step' key")
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
     frame = frame.apply(pd.to_numeric, errors="coerce")  # null -> NaN
     return frame.sort_values("step", kind="stable").reset_index(drop=True)
 
@@ -99,11 +92,11 @@ def load_run(label: str, run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {str(run_dir)!r} (label {label!r}) does not exist")
-    config = read_json(run_dir / "config.json", "run config", expect=dict, hint=RUN_FILE_MISSING)
-    summary = read_json(run_dir / "summary.json", "run summary", expect=dict, hint=RUN_FILE_MISSING)
-    metrics = read_metrics(run_dir / "metrics.jsonl")
-    name = summary.get("name") or config.get("name") or run_dir.name
-    return Run(label=label, name=name, path=run_dir, config=config, summary=summary, metrics=metrics)
+    folder = RunFolder(run_dir)
+    config = RunConfig.load(require_file(folder.config, "run config", RUN_FILE_MISSING))
+    summary = Summary.read(folder.summary, hint=RUN_FILE_MISSING)
+    return Run(label=label, name=summary.name, path=run_dir, config=config, summary=summary,
+               metrics=read_metrics(folder.metrics))
 
 
 def load_runs(specs: list[tuple[str, str]], colour_order: list[str] | None = None) -> list[Run]:

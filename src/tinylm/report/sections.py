@@ -14,20 +14,35 @@ import pandas as pd
 from tinylm.files import write_text_atomic
 from tinylm.report import CURVES, KINDS, analysis, figures
 from tinylm.report.runs import Run, colour_by_order
-from tinylm.report.tables import (Column, fmt_bytes, fmt_duration, fmt_excerpt, fmt_int, fmt_loss, fmt_percent,
-                                  fmt_rate, fmt_ratio, fmt_share, fmt_signed, fmt_speed, fmt_token, write_table)
+from tinylm.report.tables import (
+    Column,
+    fmt_bytes,
+    fmt_duration,
+    fmt_excerpt,
+    fmt_int,
+    fmt_loss,
+    fmt_percent,
+    fmt_rate,
+    fmt_ratio,
+    fmt_share,
+    fmt_signed,
+    fmt_speed,
+    fmt_token,
+    write_table,
+)
+
 
 def _ffn_shape(run: Run) -> tuple:
-    return run.config["model"]["ffn"], run.config["model"]["d_ff"]
+    return run.config.model.ffn, run.config.model.d_ff
 
 
 def _ffn_widths(runs: list[Run]) -> str:
     """d_ff of each run as a multiple of d_model, e.g. "SiLU: d_ff 2048 = 4.00 d_model"."""
     widths = []
     for run in runs:
-        model = run.config["model"]
-        widths.append(f"{run.label}: {model['ffn']} d_ff {fmt_int(model['d_ff'])} = "
-                      f"{fmt_ratio(model['d_ff'] / model['d_model'])} d_model")
+        model = run.config.model
+        widths.append(f"{run.label}: {model.ffn} d_ff {fmt_int(model.d_ff)} = "
+                      f"{fmt_ratio(model.d_ff / model.d_model)} d_model")
     return "; ".join(widths) + "."
 
 
@@ -165,7 +180,7 @@ def lr_sweep(section: Section, inputs: Inputs) -> None:
     # The CSV keeps its column names; "diverging" there means failing (diverged or stopped learning).
     edge_frame = pd.DataFrame([{
         "best_lr": edge.best.lr if edge.best else None,
-        "best_final_val_loss": edge.best.final("final_val_loss") if edge.best else None,
+        "best_final_val_loss": edge.best.summary.final_val_loss if edge.best else None,
         "largest_stable_lr": edge.largest_stable.lr if edge.largest_stable else None,
         "smallest_diverging_lr": edge.smallest_failing.lr if edge.smallest_failing else None,
         "ratio": edge.ratio,
@@ -314,7 +329,7 @@ def variant(section: Section, inputs: Inputs) -> None:
     text = what + widths + " " + analysis.variant_text(runs, baseline)
     # Without any normalisation the log's finding is a divergence at the baseline's rate: a run
     # that survived it says how close it came.
-    unnormalised = [r for r in runs if r is not baseline and r.lr == baseline.lr and r.config["model"]["norm"] == "none"]
+    unnormalised = [r for r in runs if r is not baseline and r.lr == baseline.lr and r.config.model.norm == "none"]
     text += "".join(" " + analysis.stability_text(r) for r in unnormalised if not r.diverged)
     rates = analysis.variant_rates_text(runs, baseline)
     text += " " + rates if rates else ""

@@ -6,13 +6,16 @@ in a table written exactly the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
+from tinylm import formatting
 from tinylm.files import atomic_path, write_text_atomic
+from tinylm.formatting import fmt_value
 
 MISSING = "—"
 
@@ -21,10 +24,14 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
+def _or_missing(fmt: Callable[[Any], str]) -> Callable[[Any], str]:
+    def formatted(value: Any) -> str:
+        return MISSING if _missing(value) else fmt(value)
+    return formatted
+
+
 def _formatter(template: str) -> Callable[[Any], str]:
-    def fmt(value: Any) -> str:
-        return MISSING if _missing(value) else template.format(value)
-    return fmt
+    return _or_missing(template.format)
 
 
 fmt_loss = _formatter("{:.3f}")
@@ -34,39 +41,9 @@ fmt_int = _formatter("{:,.0f}")
 fmt_speed = _formatter("{:,.0f}")
 fmt_percent = _formatter("{:.1f}%")
 fmt_share = _formatter("{:.1%}")        # a fraction (0-1) as a percentage: 0.985 -> 98.5%
-
-
-def fmt_rate(value: Any) -> str:
-    """A learning rate as written in configs: 3e-3, 1.5e-4, 1e-2, 0.3."""
-    if _missing(value):
-        return MISSING
-    mantissa, exponent = f"{value:.3e}".split("e")
-    if int(exponent) >= -1:  # 0.3, 10: plain; 3e-3: exponent
-        return f"{value:g}"
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{int(exponent)}"
-
-
-def fmt_bytes(value: Any) -> str:
-    """Binary units, e.g. 512.0 MiB."""
-    if _missing(value):
-        return MISSING
-    value = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def fmt_duration(seconds: Any) -> str:
-    """Seconds in the largest unit that keeps the number at least 1: 4.2 s, 3.5 min, 12.0 h, 2.3 days."""
-    if _missing(seconds):
-        return MISSING
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f} {unit}"
-    return f"{seconds:.2f} s"
+fmt_rate = _or_missing(lambda value: fmt_value(float(value)))   # a learning rate as in configs: 3e-3, 0.3
+fmt_bytes = _or_missing(formatting.fmt_bytes)                   # binary units: 512.0 MiB
+fmt_duration = _or_missing(formatting.fmt_duration)             # 4.2 s, 3.5 min, 12.0 h, 2.3 days
 
 
 def fmt_token(value: Any) -> str:

@@ -16,8 +16,8 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Union
 
 import regex
 
@@ -97,7 +97,7 @@ class SpecialToken(str):
     """A special token found in the text; ordinary text stays a plain `str`."""
 
 
-Piece = Union[str, SpecialToken]
+Piece = str | SpecialToken
 
 
 class Splitter:

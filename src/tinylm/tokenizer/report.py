@@ -12,8 +12,7 @@ import random
 import time
 from pathlib import Path
 
-from tinylm.files import write_json_atomic, write_text_atomic
-from tinylm.files import read_json
+from tinylm.files import read_json, write_json_atomic, write_text_atomic
 from tinylm.tokenizer.pretokenize import check_input_file, iter_text
 from tinylm.tokenizer.tokenizer import Tokenizer, longest_token
 
@@ -140,7 +139,8 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{ratios[name, corpus]:.2f}" for corpus in corpora) + " |")
     encoder = "compiled encoder" if settings["compiled_encoder"] else "pure-Python encoder"
     lines += ["", f"## Encoding throughput (one process, {encoder}, empty cache, first "
-              f"{settings['throughput_bytes'] / 2**20:.1f} MiB of each corpus)", "", "| tokenizer | corpus | MB/s | time for 825 GB (the Pile) |", "|---|---|---:|---:|"]
+              f"{settings['throughput_bytes'] / 2**20:.1f} MiB of each corpus)", "",
+              "| tokenizer | corpus | MB/s | time for 825 GB (the Pile) |", "|---|---|---:|---:|"]
     for row in report["throughput"]:
         lines.append(f"| {row['tokenizer']} | {row['corpus']} | {row['bytes_per_s'] / 1e6:.2f} | "
                      f"{_duration(row['pile_825gb_s'])} |")

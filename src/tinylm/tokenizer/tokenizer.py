@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import heapq
 import os
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from tinylm.files import write_json_atomic, write_text_atomic
-from tinylm.files import file_error, read_json, read_text
+from tinylm.files import file_error, read_json, read_text, write_json_atomic, write_text_atomic
 from tinylm.tokenizer.pretokenize import (
     Piece,
     SpecialToken,
@@ -230,7 +229,7 @@ class Tokenizer:
 
     @classmethod
     def from_files(cls, vocab_filepath: str | os.PathLike, merges_filepath: str | os.PathLike,
-                   special_tokens: list[str] | None = None) -> "Tokenizer":
+                   special_tokens: list[str] | None = None) -> Tokenizer:
         """Load GPT-2-format `vocab.json` and `merges.txt` (ours or GPT-2's `encoder.json`/`vocab.bpe`)."""
         special_tokens = validate_special_tokens(special_tokens)
         vocab, merges = read_vocab(vocab_filepath), read_merges(merges_filepath)
@@ -241,7 +240,7 @@ class Tokenizer:
                              f"{error}") from None
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike) -> "Tokenizer":
+    def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
         """Load a tokenizer saved by `save` (or `tinylm train-bpe`)."""
         directory = Path(directory)
         special_path = directory / SPECIAL_TOKENS_FILE
@@ -304,7 +303,8 @@ class Tokenizer:
         try:
             data = b"".join([self.vocab[token_id] for token_id in ids])
         except (KeyError, TypeError):
-            bad = next(i for i, token_id in enumerate(ids) if not isinstance(token_id, int) or token_id not in self.vocab)
+            bad = next(i for i, token_id in enumerate(ids)
+                       if not isinstance(token_id, int) or token_id not in self.vocab)
             raise ValueError(f"token id {ids[bad]!r} at position {bad} is not in the vocabulary "
                              f"(size {len(self.vocab)})") from None
         return data.decode("utf-8", errors="replace")

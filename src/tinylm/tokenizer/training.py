@@ -17,13 +17,12 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
 from tinylm.files import write_json_atomic
-from tinylm.training.memory import peak_rss_bytes
 from tinylm.tokenizer.pretokenize import (
     DEFAULT_CHUNK_BYTES,
     Splitter,
@@ -36,6 +35,7 @@ from tinylm.tokenizer.pretokenize import (
     validate_special_tokens,
 )
 from tinylm.tokenizer.tokenizer import Tokenizer, longest_token
+from tinylm.training.memory import peak_rss_bytes
 
 try:  # built by setup.py where a C compiler is available
     from tinylm.tokenizer._trainer import learn_merges as compiled_learn_merges

@@ -40,11 +40,11 @@ def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: 
     from the memory prediction (`start_from_prediction`)."""
     import torch
 
-    from tinylm.training.divergence import DivergenceGuard
-    from tinylm.training.step import TrainingStep
-    from tinylm.training.hardware import autocast_context, resolve_device, synchronize, use_compile
     from tinylm.nn import build_model
     from tinylm.optim import AdamW
+    from tinylm.training.divergence import DivergenceGuard
+    from tinylm.training.hardware import autocast_context, resolve_device, synchronize, use_compile
+    from tinylm.training.step import TrainingStep
 
     t = config.training
     device = resolve_device(t.device)

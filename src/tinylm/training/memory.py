@@ -7,6 +7,7 @@ torch is imported only inside the functions that need it, so `peak_rss_bytes` is
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import resource
 import sys
@@ -75,10 +76,8 @@ def release_freed_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "cpu":
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
             ctypes.CDLL(None).malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc
-            pass
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -39,11 +39,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from tinylm.config import ModelConfig, RunConfig
-from tinylm.training.divergence import DivergenceGuard
-from tinylm.training.step import TrainingStep
-from tinylm.training.hardware import autocast_context
 from tinylm.nn import build_model, parameter_count
 from tinylm.optim import AdamW
+from tinylm.training.divergence import DivergenceGuard
+from tinylm.training.hardware import autocast_context
+from tinylm.training.step import TrainingStep
 
 FLOAT32 = 4  # bytes per element
 BFLOAT16 = 2

@@ -37,7 +37,7 @@ class Progress:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str | os.PathLike) -> "Progress":
+    def from_dict(cls, data: Any, source: str | os.PathLike) -> Progress:
         """The record stored in checkpoint `source`; ValueError naming it when it is not one."""
         def refuse(why: str) -> ValueError:
             return ValueError(f"checkpoint {os.fspath(source)!r} has a progress record this version cannot "

@@ -1,4 +1,4 @@
-"""One trainer per run: an exclusive lock on the checkpoint directory, and a clean start.
+"""One trainer per run: an exclusive lock on the checkpoint directory.
 
 The lock is an advisory `flock` on CHECKPOINT_DIR/.lock, released by the kernel when its holder
 exits however it exits (SIGKILL included), so a crashed run never leaves a stale lock behind. The
@@ -10,12 +10,8 @@ import contextlib
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
-
-# What a finished run leaves in its out dir; a run starting from scratch removes them first, so an
-# older run's summary can never be read as this one's.
-RUN_OUTPUTS = ("summary.json", "model.pt", "metrics.jsonl", "eval.json")
 
 
 @contextlib.contextmanager
@@ -23,8 +19,7 @@ def run_lock(checkpoint_dir: str | os.PathLike) -> Iterator[None]:
     """Hold CHECKPOINT_DIR's lock for the block; FileExistsError naming the holder if it is taken."""
     path = Path(checkpoint_dir) / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    try:
+    with open(path, "a+") as handle:  # closing it releases the lock
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -37,16 +32,3 @@ def run_lock(checkpoint_dir: str | os.PathLike) -> Iterator[None]:
         handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
         handle.flush()
         yield
-    finally:
-        handle.close()  # closing releases the lock
-
-
-def remove_stale_outputs(out_dir: str | os.PathLike) -> list[str]:
-    """Delete an earlier run's results from `out_dir`; returns the names removed."""
-    removed = []
-    for name in RUN_OUTPUTS:
-        path = Path(out_dir) / name
-        if path.is_file():
-            path.unlink()
-            removed.append(name)
-    return removed

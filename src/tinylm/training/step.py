@@ -8,7 +8,8 @@ queued without the host reading a single number back.
 from __future__ import annotations
 
 import math
-from typing import Callable, ContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -22,7 +23,7 @@ class ModelLoss(torch.nn.Module):
     A module, so that DistributedDataParallel and torch.compile can wrap the forward pass and the
     loss together."""
 
-    def __init__(self, model: torch.nn.Module, precision: Callable[[], ContextManager]):
+    def __init__(self, model: torch.nn.Module, precision: Callable[[], AbstractContextManager]):
         super().__init__()
         self.model, self.precision = model, precision
 
@@ -52,7 +53,8 @@ class TrainingStep:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 precision: Callable[[], ContextManager], grad_clip: float, guard: DivergenceGuard | None = None,
+                 precision: Callable[[], AbstractContextManager], grad_clip: float,
+                 guard: DivergenceGuard | None = None,
                  compiled: bool = False, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
                  reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.model, self.optimizer, self.guard, self.reduce_loss = model, optimizer, guard, reduce_loss

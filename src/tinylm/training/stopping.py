@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def budget_reached(step: int, total_steps: int) -> bool:
@@ -35,7 +35,7 @@ class PreemptionFlag:
         self.requested = True
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["PreemptionFlag"]:
+    def installed(self) -> Iterator[PreemptionFlag]:
         """Catch SIGTERM while the block runs (signals can only be caught in the main thread)."""
         if threading.current_thread() is not threading.main_thread():
             yield self

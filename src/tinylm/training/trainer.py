@@ -24,9 +24,6 @@ import argparse
 import os
 import random
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,28 +31,31 @@ from tqdm import tqdm
 
 from tinylm import checkpoint as ckpt
 from tinylm.config import RunConfig
-from tinylm.data.tokens import check_token_ids, load_tokens, loss_sum_over_windows, sequential_windows, validation_starts
-from tinylm.training.divergence import DivergenceGuard
-from tinylm.training.step import TrainingStep, compile_static
-from tinylm.training.hardware import autocast_context, keep_freed_host_memory, resolve_device, synchronize, use_compile
-from tinylm.training.distributed import EXIT_PREEMPTED, Distributed, is_worker, launch_distributed
-from tinylm.training.memory import memory_percent, memory_stats
-from tinylm.training.metrics import MetricsWriter, finite_or_none, start_wandb
+from tinylm.data.tokens import (
+    check_token_ids,
+    load_tokens,
+    loss_sum_over_windows,
+    sequential_windows,
+    validation_starts,
+)
 from tinylm.nn import build_model, parameter_count
 from tinylm.nn.functional import cross_entropy
 from tinylm.optim import AdamW, cosine_lr
+from tinylm.training.clock import RunClock
+from tinylm.training.distributed import EXIT_PREEMPTED, Distributed, is_worker, launch_distributed
+from tinylm.training.divergence import DivergenceGuard, divergence_outcome
+from tinylm.training.hardware import autocast_context, keep_freed_host_memory, resolve_device, synchronize, use_compile
+from tinylm.training.memory import memory_percent, memory_stats
+from tinylm.training.metrics import MetricsRecord, MetricsWriter, finite_or_none, start_wandb
+from tinylm.training.outputs import RunFolder, checkpoint_file
 from tinylm.training.prefetch import BatchPrefetcher
 from tinylm.training.progress import Progress
-from tinylm.training.runlock import remove_stale_outputs, run_lock
+from tinylm.training.runlock import run_lock
+from tinylm.training.step import TrainingStep, compile_static
 from tinylm.training.stopping import PreemptionFlag, budget_reached, checkpoint_due, target_reached
-from tinylm.training.divergence import divergence_outcome
-from tinylm.training.summary import utc_now, write_summary
+from tinylm.training.summary import summarize, utc_now
 
 __all__ = ["EXIT_PREEMPTED", "Trainer", "add_arguments", "open_token_arrays", "run"]
-
-# Settings that change how a run executes, not what it computes: a checkpoint resumes across them.
-EXECUTION_KEYS = {"training.device", "training.devices", "training.compile", "training.wandb",
-                  "training.peak_flops"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,8 +98,8 @@ class Trainer:
 
     def __init__(self, config: RunConfig, out_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike):
         self.config = config
-        self.out_dir = Path(out_dir)
-        self.checkpoint_path = ckpt.checkpoint_file(checkpoint_dir)
+        self.outputs = RunFolder(out_dir)
+        self.checkpoint_path = checkpoint_file(checkpoint_dir)
         self.dist = Distributed()
         t = config.training
         if t.batch_size % self.dist.world_size:
@@ -144,10 +144,10 @@ class Trainer:
         if self.checkpoint_path.is_file():
             self._resume()
         elif self.dist.is_main:
-            removed = remove_stale_outputs(self.out_dir)
+            removed = self.outputs.remove_results()
             if removed:
                 print(f"{c.name}: starting from scratch; removed an earlier run's {', '.join(removed)} "
-                      f"from {self.out_dir}", file=sys.stderr)
+                      f"from {self.outputs.path}", file=sys.stderr)
         self.guard = DivergenceGuard(t.divergence_factor, self.device, self.progress.initial_loss,
                                      self.progress.smoothed_loss)
         # Wrappers go on after loading, so checkpoints always hold the bare model's keys.
@@ -155,9 +155,9 @@ class Trainer:
                                  compiled=self.compiled, wrap=self.dist.wrap, reduce_loss=self.dist.mean_on_device)
         self.eval_model = compile_static(self.model) if self.compiled else self.model
         if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.config.save(self.out_dir / "config.json")
-        self.clock = _Clock(self.progress)
+            self.outputs.path.mkdir(parents=True, exist_ok=True)
+            self.config.save(self.outputs.config)
+        self.clock = RunClock(self.progress)
         if self.compiled:
             self._compile_evaluation()
 
@@ -173,7 +173,10 @@ class Trainer:
         # Loaded on the CPU: RNG states must stay there; weights and moments move to their parameters.
         state = ckpt.load_training_state(self.checkpoint_path)
         saved = RunConfig.from_dict(state["config"])
-        mismatch = _config_difference(saved.to_dict(), self.config.to_dict())
+        # Where and how a run executes may change between sessions; what it computes may not.
+        ours, theirs = self.config.settings(leave_out=("execution",)), saved.settings(leave_out=("execution",))
+        mismatch = next(((key, theirs.get(key), value) for key, value in ours.items() if theirs.get(key) != value),
+                        None)
         if mismatch:
             key, old, new = mismatch
             raise ValueError(f"checkpoint {str(self.checkpoint_path)!r} belongs to another config "
@@ -223,9 +226,9 @@ class Trainer:
         batches = BatchPrefetcher(self.train_tokens, t.batch_size, self.config.model.context_length, t.seed,
                                   self.dist.rank, self.dist.world_size, self.device)
         self.validation = self._validation_windows()
-        wandb_run = start_wandb(self.config.name, self.config.to_dict(), self.out_dir) \
+        wandb_run = start_wandb(self.config.name, self.config.to_dict(), self.outputs.path) \
             if self.dist.is_main and t.wandb else None
-        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl", p.metrics_lines, wandb_run) \
+        self.metrics = MetricsWriter(self.outputs.metrics, p.metrics_lines, wandb_run) \
             if self.dist.is_main else None
         self.bar = tqdm(total=self.total_steps, initial=p.step, desc=self.config.name, unit="step",
                         disable=not self.dist.is_main, dynamic_ncols=True,
@@ -299,15 +302,15 @@ class Trainer:
         self.bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
         self.clock.resume()
 
-    def _metrics_record(self, lr: float, loss: float, grad_norm: float, val_loss: float | None) -> dict[str, Any]:
+    def _metrics_record(self, lr: float, loss: float, grad_norm: float, val_loss: float | None) -> MetricsRecord:
         allocated, peak, total = memory_stats(self.device)
         p = self.progress
         rate = self.clock.tokens_per_s_since_line(self.tokens_per_step)
-        return {"step": p.step, "tokens": p.tokens, "time_s": round(p.time_s, 3), "lr": lr,
-                "train_loss": finite_or_none(loss), "grad_norm": finite_or_none(grad_norm),
-                "tokens_per_s": None if rate is None else round(rate, 1),
-                "val_loss": val_loss, "mem_allocated_bytes": allocated, "mem_peak_bytes": peak,
-                "mem_total_bytes": total, "mem_percent": memory_percent(peak, total)}
+        return MetricsRecord(step=p.step, tokens=p.tokens, time_s=round(p.time_s, 3), lr=lr,
+                             train_loss=finite_or_none(loss), grad_norm=finite_or_none(grad_norm),
+                             tokens_per_s=None if rate is None else round(rate, 1), val_loss=val_loss,
+                             mem_allocated_bytes=allocated, mem_peak_bytes=peak, mem_total_bytes=total,
+                             mem_percent=memory_percent(peak, total))
 
     # -- final outputs --
 
@@ -324,67 +327,8 @@ class Trainer:
             p.best_val_loss = final_val_loss if p.best_val_loss is None else min(p.best_val_loss, final_val_loss)
         if not self.dist.is_main:
             return
-        ckpt.save_model(self.out_dir / "model.pt", self.model, self.config)
-        write_summary(self.out_dir / "summary.json", self.config, p, self.device, self.dist.world_size,
-                      self.compiled, final_val_loss, final_val_tokens, parameter_count(self.config.model))
+        ckpt.save_model(self.outputs.model, self.model, self.config)
+        summarize(self.config, p, self.device, self.dist.world_size, self.compiled, final_val_loss,
+                  final_val_tokens, parameter_count(self.config.model)).write(self.outputs.summary)
         print(f"{self.config.name}: {p.status} after {p.step} steps, final validation loss "
               f"{final_val_loss if final_val_loss is None else round(final_val_loss, 4)}", file=sys.stderr)
-
-
-class _Clock:
-    """Wall time, training time and compile time of a run, read only where the host has waited for
-    the device.
-
-    Training time is the sum of the stretches between such points, minus evaluations and
-    checkpoints: `lap()` ends a stretch, `resume()` starts the next one after that work. A stretch
-    ended by `lap_compile()` (a step that compiled its graphs) counts as compile time instead, so
-    throughput never includes compilation.
-    """
-
-    def __init__(self, progress: Progress):
-        self.progress = progress
-        self.session_start = time.perf_counter() - progress.time_s
-        self.stretch_start = time.perf_counter()
-        self.line_mark = (progress.step, progress.train_time_s)  # at the last metrics line
-
-    def _end_stretch(self) -> float:
-        now = time.perf_counter()
-        stretch, self.stretch_start = now - self.stretch_start, now
-        self.progress.time_s = now - self.session_start
-        return stretch
-
-    def lap(self) -> None:
-        self.progress.train_time_s += self._end_stretch()
-
-    def lap_compile(self, steps: int) -> None:
-        """End a stretch of compiling, which ran `steps` training steps."""
-        p = self.progress
-        p.compile_time_s += self._end_stretch()
-        p.compile_steps += steps
-        self.line_mark = (p.step, p.train_time_s)
-
-    def resume(self) -> None:
-        self.stretch_start = time.perf_counter()
-        self.progress.time_s = self.stretch_start - self.session_start
-
-    def tokens_per_s_since_line(self, tokens_per_step: int) -> float | None:
-        step, train_s = self.line_mark
-        p = self.progress
-        self.line_mark = (p.step, p.train_time_s)
-        if p.step <= step:  # no step since the mark but a compiling one
-            return None
-        return (p.step - step) * tokens_per_step / (p.train_time_s - train_s)
-
-
-def _config_difference(saved: dict, current: dict, prefix: str = "") -> tuple[str, Any, Any] | None:
-    """The first (key, saved, current) that differs, ignoring EXECUTION_KEYS; None if none do."""
-    for key in sorted(set(saved) | set(current)):
-        dotted = f"{prefix}{key}"
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            found = _config_difference(old, new, dotted + ".")
-            if found:
-                return found
-        elif old != new and dotted not in EXECUTION_KEYS:
-            return dotted, old, new
-    return None
