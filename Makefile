@@ -6,7 +6,8 @@
 # for another build, e.g. make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_LOCKED := torch==2.13.0
+TORCH_SPEC ?= $(TORCH_LOCKED)
 CONFIG ?= config/config.yaml
 CORES ?= all
 SNAKEMAKE_ARGS ?=
@@ -15,9 +16,23 @@ SNAKEMAKE_ARGS ?=
 SNAKEMAKE_LOG ?= results/logs/snakemake.log
 PYTEST_ARGS ?=
 
+# The lock: exact versions, with hashes, of every dependency but torch. run-lock.txt holds the
+# runtime dependencies, test-lock.txt those and the test extra at the same versions.
+RUN_LOCK := requirements/run-lock.txt
+TEST_LOCK := requirements/test-lock.txt
+# `make lock` resolves with uv (installed in LOCK_VENV) to the newest versions pyproject.toml allows;
+# `make lock LOCK_ARGS=` keeps the locked versions that still fit (after adding a dependency, say).
+UV_SPEC ?= uv==0.13.9
+LOCK_VENV ?= .venv-lock
+LOCK_ARGS ?= --upgrade
+# The dependencies of PyPI's torch that only its CUDA build has (on Linux): TORCH_SPEC brings them on
+# GPU hosts, and the lock leaves them out, with what only they need, so that it installs no CUDA library.
+TORCH_CUDA_DEPS := cuda-bindings cuda-toolkit nvidia-cudnn-cu13 nvidia-cusparselt-cu13 nvidia-nccl-cu13 \
+	nvidia-nvshmem-cu13 triton
+
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench lock clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,5 +62,11 @@ bench: $(VENV)/.bench-deps
 	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_train.py
 
+# tools/lock.sh writes both lock files with uv (see there).
+lock:
+	PYTHON="$(PYTHON)" LOCK_VENV="$(LOCK_VENV)" UV_SPEC="$(UV_SPEC)" LOCK_ARGS="$(LOCK_ARGS)" \
+	TORCH_LOCKED="$(TORCH_LOCKED)" TORCH_CUDA_DEPS="$(strip $(TORCH_CUDA_DEPS))" \
+	RUN_LOCK="$(RUN_LOCK)" TEST_LOCK="$(TEST_LOCK)" tools/lock.sh
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOCK_VENV)
