@@ -1,9 +1,11 @@
 # Two entry points: `make run` (the default pipeline) and `make test` (the test suite).
-# Both create .venv and install what they need on first use.
+# Both create .venv and install what they need on first use, at the versions locked in requirements/
+# (`make lock` refreshes the lock).
 #
-# TORCH_SPEC pins the PyTorch build installed first. The default, torch==2.13.0, is the CPU wheel
-# cached on the development machines and the CUDA build on PyPI for Linux GPU hosts; override it
-# for another build, e.g. make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# TORCH_SPEC pins the PyTorch build, installed after the lock. The default, torch==2.13.0 (the torch
+# the lock was resolved with), is the CPU wheel cached on the development machines and the CUDA build
+# on PyPI for Linux GPU hosts; override it for another build, e.g.
+# make run TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_LOCKED := torch==2.13.0
@@ -31,24 +33,32 @@ TORCH_CUDA_DEPS := cuda-bindings cuda-toolkit nvidia-cudnn-cu13 nvidia-cusparsel
 	nvidia-nvshmem-cu13 triton
 
 BIN := $(VENV)/bin
+# After an install, pip check names any requirement left unmet or broken.
+PIP_CHECK = $(BIN)/pip check || { echo "The installed versions conflict (above): if pyproject.toml changed, \
+	refresh the lock (make lock); a TORCH_SPEC other than $(TORCH_LOCKED) may need other versions."; exit 1; }
 
 .PHONY: run test bench lock clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# setup.py builds the compiled tokenizer parts, so editing their sources reinstalls (and rebuilds) them.
-$(VENV)/.run-deps: pyproject.toml setup.py $(wildcard src/tinylm/tokenizer/*.[ch]) | $(BIN)/python
+# The lock first (hash-checked; nothing in it needs torch), then torch from TORCH_SPEC (with the
+# lock's torch its dependencies are there already; a CUDA build adds its own), then this package
+# without dependencies. setup.py builds the compiled tokenizer parts, so editing their sources
+# reinstalls (and rebuilds) them; a refreshed lock reinstalls too.
+$(VENV)/.run-deps: $(RUN_LOCK) pyproject.toml setup.py $(wildcard src/tinylm/tokenizer/*.[ch]) | $(BIN)/python
+	$(BIN)/pip install -q -r $(RUN_LOCK)
 	$(BIN)/pip install -q $(TORCH_SPEC)
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps -e .
+	$(PIP_CHECK)
 	touch $@
 
-$(VENV)/.test-deps: $(VENV)/.run-deps
-	$(BIN)/pip install -q -e ".[test]"
-	touch $@
-
-$(VENV)/.bench-deps: $(VENV)/.run-deps
-	$(BIN)/pip install -q -e ".[bench]"
+# torch again after the test lock: a TORCH_SPEC other than the lock's may need other versions of
+# torch's own dependencies than the lock holds (with the lock's torch, nothing to do).
+$(VENV)/.test-deps: $(TEST_LOCK) $(VENV)/.run-deps
+	$(BIN)/pip install -q -r $(TEST_LOCK)
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(PIP_CHECK)
 	touch $@
 
 run: $(VENV)/.run-deps
@@ -58,7 +68,8 @@ run: $(VENV)/.run-deps
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.bench-deps
+# The benchmarks' extra (tiktoken, transformers) is part of the test lock.
+bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_train.py
 
