@@ -1,0 +1,150 @@
+"""The lock of requirements/ (`make lock`): what `make run` and `make test` install.
+
+Checks that the lock files cover pyproject.toml's ranges, agree with each other and with the Makefile's
+torch, install no torch build, and that the Makefile reinstalls when a lock changes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN_LOCK = REPO_ROOT / "requirements" / "run-lock.txt"
+TEST_LOCK = REPO_ROOT / "requirements" / "test-lock.txt"
+CUDA_BUILD_ONLY = re.compile(r"^(nvidia-|cuda-|triton$)")
+
+
+def _load_check_lock():
+    spec = importlib.util.spec_from_file_location("check_lock", REPO_ROOT / "tools" / "check_lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_lock = _load_check_lock()
+
+
+def _locked(path: Path) -> dict[str, Requirement]:
+    """The lock's requirements by name, torch (named in the header) apart."""
+    requirements = check_lock.locked_requirements(path.read_text())
+    return {canonicalize_name(r.name): r for r in requirements if r.name != "torch"}
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def _locked_version(requirement: Requirement) -> str:
+    (specifier,) = requirement.specifier
+    assert specifier.operator == "==", requirement
+    return specifier.version
+
+
+def test_parses_hashes_markers_and_the_header_torch():
+    text = ("# torch==2.13.0 is the torch of the resolution (the Makefile's TORCH_SPEC default)\n"
+            "colorama==0.4.6 ; sys_platform == 'win32' \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n"
+            "    # via\n    #   -c requirements/test-lock.txt\n    #   tqdm\n"
+            "numpy==2.4.6 \\\n    --hash=sha256:cc\n    # via tinylm (pyproject.toml)\n")
+    parsed = [str(r) for r in check_lock.locked_requirements(text)]
+    assert parsed == ['colorama==0.4.6; sys_platform == "win32"', "numpy==2.4.6", "torch==2.13.0"]
+
+
+@pytest.mark.parametrize("lock, extras", [(RUN_LOCK, ()), (TEST_LOCK, ("test",))])
+def test_lock_pins_every_dependency_within_its_range(lock, extras):
+    project = _pyproject()["project"]
+    wanted = [Requirement(r) for r in project["dependencies"]]
+    wanted += [Requirement(r) for extra in extras for r in project["optional-dependencies"][extra]]
+    locked = _locked(lock)
+    for requirement in wanted:
+        if requirement.name == "torch":  # installed from TORCH_SPEC; the header names the lock's
+            continue
+        pinned = locked.get(canonicalize_name(requirement.name))
+        assert pinned is not None, f"{lock.name} lacks {requirement.name}: run make lock"
+        assert requirement.specifier.contains(_locked_version(pinned), prereleases=True), (
+            f"{lock.name}: {pinned} is outside pyproject.toml's {requirement}: run make lock")
+
+
+def test_the_lock_torch_is_the_makefile_default():
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    torch = Requirement(re.search(r"^TORCH_LOCKED := (\S+)$", makefile, re.MULTILINE).group(1))
+    assert re.search(r"^TORCH_SPEC \?= \$\(TORCH_LOCKED\)$", makefile, re.MULTILINE)
+    (ranged,) = [r for r in map(Requirement, _pyproject()["project"]["dependencies"]) if r.name == "torch"]
+    assert ranged.specifier.contains(_locked_version(torch))
+    for lock in (RUN_LOCK, TEST_LOCK):
+        named = [str(r) for r in check_lock.locked_requirements(lock.read_text()) if r.name == "torch"]
+        assert named == [str(torch)], lock.name
+
+
+def test_run_lock_is_the_test_lock_without_the_test_extra():
+    run, test = RUN_LOCK.read_text(), TEST_LOCK.read_text()
+    test_lines = {_requirement_line(block) for block in _blocks(test)}
+    for block in _blocks(run):
+        assert _requirement_line(block) in test_lines, f"{block.splitlines()[0]} differs in {TEST_LOCK.name}"
+    assert set(_locked(TEST_LOCK)) > set(_locked(RUN_LOCK))
+
+
+def _blocks(text: str) -> list[str]:
+    """Each requirement of a lock with its hash lines (comments dropped)."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#") and line.strip()]
+    return [block for block in re.split(r"\n(?! )", "\n".join(lines)) if block]
+
+
+def _requirement_line(block: str) -> str:
+    """A requirement with its marker and hashes, hashes sorted."""
+    head = block.splitlines()[0].rstrip(" \\")
+    return " ".join([head, *sorted(re.findall(r"--hash=\S+", block))])
+
+
+@pytest.mark.parametrize("lock", [RUN_LOCK, TEST_LOCK])
+def test_lock_is_hashed_and_holds_no_torch_build(lock):
+    blocks = _blocks(lock.read_text())
+    assert len(blocks) == len(_locked(lock))
+    for block in blocks:
+        assert "--hash=sha256:" in block, f"{block.splitlines()[0]}: pip's hash-checking mode needs every hash"
+    names = set(_locked(lock))
+    assert "torch" not in names
+    assert not {name for name in names if CUDA_BUILD_ONLY.match(name)}, (
+        "a CUDA package in the lock: add torch's new dependency to TORCH_CUDA_DEPS (Makefile), run make lock")
+
+
+@pytest.mark.parametrize("lock", [RUN_LOCK, TEST_LOCK])
+def test_lock_header_says_where_and_how_it_was_made(lock):
+    header = lock.read_text().split("\n\n", 1)[0]
+    assert "Made by `make lock`" in header
+    assert re.search(r"on Linux x86_64 with Python 3\.11\.\d+", header)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+def test_a_changed_lock_reinstalls(tmp_path):
+    """`make -n` with fresh stamps installs nothing; a newer lock file reinstalls what it locks."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    future = time.time() + 3600
+    for stamp in (venv / "bin" / "python", venv / ".run-deps", venv / ".test-deps"):
+        stamp.touch()
+        os.utime(stamp, (future, future))
+
+    def planned(*what_if: str) -> list[str]:
+        command = ["make", "-n", "-C", str(REPO_ROOT), f"VENV={venv}", "test"]
+        command += [f"--what-if={name}" for name in what_if]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        return [line for line in out.splitlines() if " install " in line]
+
+    assert planned() == []
+    test_only = planned("requirements/test-lock.txt")
+    assert any("-r requirements/test-lock.txt" in line for line in test_only)
+    assert not any("-r requirements/run-lock.txt" in line for line in test_only)
+    both = planned("requirements/run-lock.txt")
+    assert [line for line in both if " -r " in line] == [
+        f"{venv}/bin/pip install -q -r requirements/run-lock.txt",
+        f"{venv}/bin/pip install -q -r requirements/test-lock.txt"]
