@@ -19,9 +19,11 @@ SNAKEMAKE_LOG ?= results/logs/snakemake.log
 PYTEST_ARGS ?=
 
 # The lock: exact versions, with hashes, of every dependency but torch. run-lock.txt holds the
-# runtime dependencies, test-lock.txt those and the test extra at the same versions.
+# runtime dependencies, test-lock.txt those and the test extra at the same versions; torch-lock.txt
+# holds TORCH_LOCKED's own dependencies (its CUDA build's on Linux too), constraints on the torch install.
 RUN_LOCK := requirements/run-lock.txt
 TEST_LOCK := requirements/test-lock.txt
+TORCH_LOCK := requirements/torch-lock.txt
 # `make lock` resolves with uv (installed in LOCK_VENV) to the newest versions pyproject.toml allows;
 # `make lock LOCK_ARGS=` keeps the locked versions that still fit (after adding a dependency, say).
 UV_SPEC ?= uv==0.13.9
@@ -33,6 +35,12 @@ TORCH_CUDA_DEPS := cuda-bindings cuda-toolkit nvidia-cudnn-cu13 nvidia-cusparsel
 	nvidia-nvshmem-cu13 triton
 
 BIN := $(VENV)/bin
+# The lock's torch installs within torch-lock.txt; another TORCH_SPEC brings the dependencies it needs.
+ifeq ($(strip $(TORCH_SPEC)),$(TORCH_LOCKED))
+TORCH_INSTALL = $(TORCH_SPEC) -c $(TORCH_LOCK)
+else
+TORCH_INSTALL = $(TORCH_SPEC)
+endif
 # After an install, pip check names any requirement left unmet or broken.
 PIP_CHECK = $(BIN)/pip check || { echo "The installed versions conflict (above): if pyproject.toml changed, \
 	refresh the lock (make lock); a TORCH_SPEC other than $(TORCH_LOCKED) may need other versions."; exit 1; }
@@ -43,12 +51,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # The lock first (hash-checked; nothing in it needs torch), then torch from TORCH_SPEC (with the
-# lock's torch its dependencies are there already; a CUDA build adds its own), then this package
-# without dependencies. setup.py builds the compiled tokenizer parts, so editing their sources
-# reinstalls (and rebuilds) them; a refreshed lock reinstalls too.
-$(VENV)/.run-deps: $(RUN_LOCK) pyproject.toml setup.py $(wildcard src/tinylm/tokenizer/*.[ch]) | $(BIN)/python
+# lock's torch its dependencies are there already; a CUDA build adds its own, at torch-lock.txt's
+# versions), then this package without dependencies. setup.py builds the compiled tokenizer parts,
+# so editing their sources reinstalls (and rebuilds) them; a refreshed lock reinstalls too.
+$(VENV)/.run-deps: $(RUN_LOCK) $(TORCH_LOCK) pyproject.toml setup.py $(wildcard src/tinylm/tokenizer/*.[ch]) | $(BIN)/python
 	$(BIN)/pip install -q -r $(RUN_LOCK)
-	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q $(TORCH_INSTALL)
 	$(BIN)/pip install -q --no-deps -e .
 	$(PIP_CHECK)
 	touch $@
@@ -57,7 +65,7 @@ $(VENV)/.run-deps: $(RUN_LOCK) pyproject.toml setup.py $(wildcard src/tinylm/tok
 # torch's own dependencies than the lock holds (with the lock's torch, nothing to do).
 $(VENV)/.test-deps: $(TEST_LOCK) $(VENV)/.run-deps
 	$(BIN)/pip install -q -r $(TEST_LOCK)
-	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q $(TORCH_INSTALL)
 	$(PIP_CHECK)
 	touch $@
 
@@ -73,11 +81,11 @@ bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/bench_tokenizer.py
 	$(BIN)/python benchmarks/bench_train.py
 
-# tools/lock.sh writes both lock files with uv (see there).
+# tools/lock.sh writes the three lock files with uv (see there).
 lock:
 	PYTHON="$(PYTHON)" LOCK_VENV="$(LOCK_VENV)" UV_SPEC="$(UV_SPEC)" LOCK_ARGS="$(LOCK_ARGS)" \
 	TORCH_LOCKED="$(TORCH_LOCKED)" TORCH_CUDA_DEPS="$(strip $(TORCH_CUDA_DEPS))" \
-	RUN_LOCK="$(RUN_LOCK)" TEST_LOCK="$(TEST_LOCK)" tools/lock.sh
+	RUN_LOCK="$(RUN_LOCK)" TEST_LOCK="$(TEST_LOCK)" TORCH_LOCK="$(TORCH_LOCK)" tools/lock.sh
 
 clean-venv:
 	rm -rf $(VENV) $(LOCK_VENV)

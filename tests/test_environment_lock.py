@@ -1,7 +1,8 @@
 """The lock of requirements/ (`make lock`): what `make run` and `make test` install.
 
 Checks that the lock files cover pyproject.toml's ranges, agree with each other and with the Makefile's
-torch, install no torch build, and that the Makefile reinstalls when a lock changes.
+torch, install no torch build (torch-lock.txt constrains it), and that the Makefile reinstalls when a
+lock changes.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from packaging.utils import canonicalize_name
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUN_LOCK = REPO_ROOT / "requirements" / "run-lock.txt"
 TEST_LOCK = REPO_ROOT / "requirements" / "test-lock.txt"
+TORCH_LOCK = REPO_ROOT / "requirements" / "torch-lock.txt"
+MAKEFILE = (REPO_ROOT / "Makefile").read_text()
 CUDA_BUILD_ONLY = re.compile(r"^(nvidia-|cuda-|triton$)")
 
 
@@ -34,10 +37,14 @@ def _load_check_lock():
 check_lock = _load_check_lock()
 
 
-def _locked(path: Path) -> dict[str, Requirement]:
-    """The lock's requirements by name, torch (named in the header) apart."""
+def _locked(path: Path, torch: bool = False) -> dict[str, Requirement]:
+    """The lock's requirements by name; torch (named in the header) only if asked for."""
     requirements = check_lock.locked_requirements(path.read_text())
-    return {canonicalize_name(r.name): r for r in requirements if r.name != "torch"}
+    return {canonicalize_name(r.name): r for r in requirements if torch or r.name != "torch"}
+
+
+def _makefile_list(name: str) -> list[str]:
+    return re.search(rf"^{name} := ((?:.*\\\n)*.*)$", MAKEFILE, re.MULTILINE).group(1).replace("\\", " ").split()
 
 
 def _pyproject() -> dict:
@@ -75,14 +82,28 @@ def test_lock_pins_every_dependency_within_its_range(lock, extras):
 
 
 def test_the_lock_torch_is_the_makefile_default():
-    makefile = (REPO_ROOT / "Makefile").read_text()
-    torch = Requirement(re.search(r"^TORCH_LOCKED := (\S+)$", makefile, re.MULTILINE).group(1))
-    assert re.search(r"^TORCH_SPEC \?= \$\(TORCH_LOCKED\)$", makefile, re.MULTILINE)
+    (torch,) = map(Requirement, _makefile_list("TORCH_LOCKED"))
+    assert re.search(r"^TORCH_SPEC \?= \$\(TORCH_LOCKED\)$", MAKEFILE, re.MULTILINE)
     (ranged,) = [r for r in map(Requirement, _pyproject()["project"]["dependencies"]) if r.name == "torch"]
     assert ranged.specifier.contains(_locked_version(torch))
     for lock in (RUN_LOCK, TEST_LOCK):
         named = [str(r) for r in check_lock.locked_requirements(lock.read_text()) if r.name == "torch"]
         assert named == [str(torch)], lock.name
+    assert str(_locked(TORCH_LOCK, torch=True)["torch"]) == str(torch)
+
+
+def test_torch_lock_agrees_with_the_test_lock_and_names_the_cuda_packages():
+    """torch-lock.txt constrains the torch install: the test lock's versions where they meet, no hashes
+    (a cached CPU build keeps its own file), and every package the other locks leave out as CUDA's."""
+    assert "--hash" not in TORCH_LOCK.read_text()
+    torch_lock, test_lock = _locked(TORCH_LOCK), _locked(TEST_LOCK)
+    shared = set(torch_lock) & set(test_lock)
+    assert {"sympy", "filelock", "typing-extensions"} <= shared
+    for name in shared:
+        assert str(torch_lock[name]) == str(test_lock[name])
+    cuda = _makefile_list("TORCH_CUDA_DEPS")
+    assert cuda and set(cuda) <= set(torch_lock), "TORCH_CUDA_DEPS names a package torch no longer needs"
+    assert {name for name in set(torch_lock) - shared if not CUDA_BUILD_ONLY.match(name)} == set()
 
 
 def test_run_lock_is_the_test_lock_without_the_test_extra():
@@ -134,9 +155,10 @@ def test_a_changed_lock_reinstalls(tmp_path):
         stamp.touch()
         os.utime(stamp, (future, future))
 
-    def planned(*what_if: str) -> list[str]:
+    def planned(*what_if: str, torch_spec: str | None = None) -> list[str]:
         command = ["make", "-n", "-C", str(REPO_ROOT), f"VENV={venv}", "test"]
         command += [f"--what-if={name}" for name in what_if]
+        command += [f"TORCH_SPEC={torch_spec}"] if torch_spec else []
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         return [line for line in out.splitlines() if " install " in line]
 
@@ -148,3 +170,11 @@ def test_a_changed_lock_reinstalls(tmp_path):
     assert [line for line in both if " -r " in line] == [
         f"{venv}/bin/pip install -q -r requirements/run-lock.txt",
         f"{venv}/bin/pip install -q -r requirements/test-lock.txt"]
+    assert planned("requirements/torch-lock.txt") == both
+    # The lock's torch installs within torch-lock.txt; another TORCH_SPEC, as given.
+    (torch,) = _makefile_list("TORCH_LOCKED")
+    assert [line for line in both if "torch==" in line] == [
+        f"{venv}/bin/pip install -q {torch} -c requirements/torch-lock.txt"] * 2
+    other = f"{torch} --index-url https://download.pytorch.org/whl/cu128"
+    assert [line for line in planned("requirements/run-lock.txt", torch_spec=other) if "torch==" in line] == [
+        f"{venv}/bin/pip install -q {other}"] * 2
