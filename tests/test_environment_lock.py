@@ -159,7 +159,9 @@ def test_a_changed_lock_reinstalls(tmp_path):
         command = ["make", "-n", "-C", str(REPO_ROOT), f"VENV={venv}", "test"]
         command += [f"--what-if={name}" for name in what_if]
         command += [f"TORCH_SPEC={torch_spec}"] if torch_spec else []
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        # Under `make test`, MAKEFLAGS carries that make's variables (TORCH_SPEC=...): not these.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "TORCH_SPEC")}
+        out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
         return [line for line in out.splitlines() if " install " in line]
 
     assert planned() == []
