@@ -70,10 +70,12 @@ $(VENV)/.test-deps: $(TEST_LOCK) $(VENV)/.run-deps
 	touch $@
 
 run: $(VENV)/.run-deps
-	$(BIN)/python -m tinylm.quiet --log $(SNAKEMAKE_LOG) --report results/report/README.md -- \
+	$(BIN)/python -m tinylm.pipeline.quiet --log $(SNAKEMAKE_LOG) --report results/report/README.md -- \
 		--cores $(CORES) $(SNAKEMAKE_ARGS) --configfile $(CONFIG)
 
+# The linter first: it takes seconds, and a failing one fails the test command.
 test: $(VENV)/.test-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The benchmarks' extra (tiktoken, transformers) is part of the test lock.

@@ -30,7 +30,7 @@ from tinylm.checkpoint import load_training_state
 from tinylm.config import ModelConfig, RunConfig, TrainingConfig
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
-from tinylm.training import summary as summary_module
+from tinylm.training import provenance as provenance_module
 from tinylm.training.divergence import INITIAL_LOSS_STEPS, DivergenceGuard, divergence_outcome, step_is_good
 from tinylm.training.hardware import keep_freed_host_memory, use_compile
 from tinylm.training.outputs import FILES, RESULTS
@@ -293,7 +293,7 @@ def test_summary_has_the_runs_table_keys_and_provenance(tmp_path, monkeypatch):
     assert provenance["device_name"] and summary["mfu"] is None  # no peak known for a CPU
 
     # Outside a git checkout (or without git), the git fields are null, not an error.
-    monkeypatch.setattr(summary_module.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
+    monkeypatch.setattr(provenance_module.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(OSError("no git")))
     assert train(write_config(tmp_path / "b", training={"max_steps": 10, "peak_flops": 1e12}),
                  tmp_path / "b" / "out", tmp_path / "b" / "ckpt") == 0
     summary = read_summary(tmp_path / "b" / "out")

@@ -113,7 +113,8 @@ def read_summary(out_dir: Path) -> dict:
 
 def write_summary(run_dir: Path, name: str | None = None, **fields) -> Path:
     """A complete summary.json in `run_dir`: `fields` as given, placeholders for the rest."""
-    provenance = Provenance(git_commit=None, git_dirty=None, tinylm_version="0", torch_version=torch.__version__,
+    provenance = Provenance(git_commit=None, git_dirty=None, lock=None, tinylm_version="0",
+                            torch_version=torch.__version__,
                             python_version="3", device_name="test CPU", cuda_version=None, hostname="test",
                             platform="test", started_at=None, command="test")
     defaults = dict(status="completed", steps=1, tokens=1, time_s=1.0, train_time_s=1.0, final_train_loss=None,

@@ -11,49 +11,15 @@ environment is `pip freeze` equal to the lock. Exits 1 when anything differs.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 import sys
 from importlib import metadata
 from pathlib import Path
 
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-TORCH_LINE = re.compile(r"^# (torch==\S+) is the torch of the resolution", re.MULTILINE)
+from tinylm.training.provenance import lock_status, locked_requirements
+
 NOT_LOCKED = {"pip", "tinylm", "torch"}  # the installer, the package itself, TORCH_SPEC's build
-
-
-def locked_requirements(text: str) -> list[Requirement]:
-    """The requirements of a lock file (pip's requirements format: options and comments dropped),
-    then the torch its header names."""
-    requirements = []
-    for line in text.replace("\\\n", " ").splitlines():
-        line = line.split(" #", 1)[0].strip()
-        if not line or line.startswith(("#", "-")):
-            continue
-        requirements.append(Requirement(re.sub(r"\s--hash=\S+", "", line).strip()))
-    torch = TORCH_LINE.search(text)
-    if torch:
-        requirements.append(Requirement(torch.group(1)))
-    return requirements
-
-
-def lock_status(lock: Path) -> tuple[str, list[str]]:
-    """The lock file's sha256 and, for each locked package that applies here (its marker holds)
-    whose installed version is not the locked one, 'name installed (locked ==version)'."""
-    data = lock.read_bytes()
-    differences = []
-    for requirement in locked_requirements(data.decode()):
-        if requirement.marker is not None and not requirement.marker.evaluate():
-            continue
-        try:
-            installed = metadata.version(requirement.name)
-        except metadata.PackageNotFoundError:
-            installed = "missing"
-        if installed == "missing" or not requirement.specifier.contains(installed, prereleases=True):
-            differences.append(f"{requirement.name} {installed} (locked {requirement.specifier})")
-    return hashlib.sha256(data).hexdigest(), differences
 
 
 def unlocked_distributions(lock: Path) -> list[str]:

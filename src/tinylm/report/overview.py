@@ -26,7 +26,7 @@ RUN_COLUMNS = [
 SUMMARY_KEYS = [column.key for column in RUN_COLUMNS[3:]]
 # The provenance keys that tell two environments apart, in table order.
 ENVIRONMENT_KEYS = ("device_name", "torch_version", "cuda_version", "python_version", "tinylm_version",
-                    "git_commit", "git_dirty", "hostname")
+                    "lock", "git_commit", "git_dirty", "hostname")
 
 
 def runs_table(plan: dict, run_root: Path) -> pd.DataFrame:

@@ -12,18 +12,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
-import socket
-import subprocess
-import sys
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-import tinylm
 from tinylm.files import file_error, read_json, write_json_atomic
 from tinylm.training.metrics import finite_or_none
 
@@ -43,6 +37,7 @@ class Provenance:
 
     git_commit: str | None
     git_dirty: bool | None
+    lock: str | None            # the lock file, its sha256 and whether the packages were as locked
     tinylm_version: str
     torch_version: str
     python_version: str
@@ -168,6 +163,7 @@ def summarize(config: RunConfig, progress: Progress, device: torch.device, proce
     from tinylm.nn import model_flops_utilization, training_flops_per_token
     from tinylm.training.hardware import run_peak_flops
     from tinylm.training.memory import memory_percent, memory_stats
+    from tinylm.training.provenance import collect_provenance
 
     p = progress
     _, peak_mem, total_mem = memory_stats(device)
@@ -194,29 +190,3 @@ def summarize(config: RunConfig, progress: Progress, device: torch.device, proce
 def utc_now() -> str:
     """The current time, ISO 8601 in UTC to the second (e.g. 2026-12-01T21:48:09Z)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _git(*args: str) -> str | None:
-    """Output of a git command in the package's source tree; None outside a checkout or without git."""
-    try:
-        result = subprocess.run(["git", *args], cwd=Path(tinylm.__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def collect_provenance(device: torch.device, started_at: str | None) -> Provenance:
-    import torch
-
-    from tinylm.training.hardware import device_name
-
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return Provenance(
-        git_commit=commit, git_dirty=None if status is None else bool(status),
-        tinylm_version=tinylm.__version__, torch_version=torch.__version__,
-        python_version=platform.python_version(), device_name=device_name(device),
-        cuda_version=torch.version.cuda if device.type == "cuda" else None,
-        hostname=socket.gethostname(), platform=platform.platform(), started_at=started_at,
-        command=" ".join(sys.argv))
