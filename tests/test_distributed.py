@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import signal
+import time
+from pathlib import Path
 
 import pytest
 from tiny_run import (
@@ -17,6 +19,7 @@ from tiny_run import (
 )
 
 from tinylm.checkpoint import load_training_state
+from tinylm.training.runlock import run_lock
 from tinylm.training.trainer import EXIT_PREEMPTED
 
 pytestmark = pytest.mark.slow
@@ -73,3 +76,36 @@ def test_sigterm_then_resume_under_two_processes(tmp_path, single_process):
     assert process.returncode == 0, stderr
     assert "resuming" in stderr
     assert_same_trajectory(tmp_path / "out", single_process)
+
+
+def test_a_killed_launcher_leaves_no_worker_and_no_second_writer(tmp_path):
+    """SIGKILL the pid the lock names (the launching `tinylm train`): torchrun and its workers die
+    with it, so the run's files stop changing and the lock is free for the next trainer only then."""
+    config = write_config(tmp_path, training={**TRAINING, "max_steps": 5000, "devices": 2})
+    process = start_train(config, tmp_path / "out", tmp_path / "ckpt")
+    signal_after_first_checkpoint(process, tmp_path / "ckpt", signal.SIGKILL)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _processes_of(config) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_of(config), "a worker outlived its launcher"
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    before = metrics.read_bytes()
+    time.sleep(1.0)
+    assert metrics.read_bytes() == before  # nobody writes any more
+    with run_lock(tmp_path / "ckpt"):  # and the lock is free
+        pass
+
+
+def _processes_of(config) -> list[int]:
+    """Processes whose command line names `config` (the launcher, torchrun, the workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(config) in command:
+                found.append(int(entry.name))
+    return found

@@ -4,10 +4,17 @@ With `training.devices: N > 1`, `tinylm train` reruns itself under torchrun with
 (DistributedDataParallel, gloo on CPU, NCCL on GPU). Every process trains on its slice of the same
 global batch a single process would draw; rank 0 alone writes files. All decisions (stop, skip an
 update, save) come from numbers every process holds identically, so the processes never part ways.
+
+A run has one writer, whatever kills what: torchrun inherits the launcher's run lock (an open file
+description: the lock holds while any process holding it lives), and on Linux torchrun dies with
+the launcher and each worker with torchrun (the parent-death signal), so a SIGKILL of the launcher
+leaves no worker training unlocked.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -18,12 +25,14 @@ import torch.distributed as dist
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143: checkpoint saved after SIGTERM, requeue to continue
 
 
-def launch_distributed(config_path: str, out_dir: str, checkpoint_dir: str, processes: int) -> int:
-    """Rerun `tinylm train` under torchrun with `processes` workers; forward SIGTERM/SIGINT to it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+def launch_distributed(config_path: str, out_dir: str, checkpoint_dir: str, processes: int, lock_fd: int) -> int:
+    """Rerun `tinylm train` under torchrun with `processes` workers; forward SIGTERM/SIGINT to it.
+    torchrun runs through this module (`python -m tinylm.training.distributed`), which makes it die
+    with this process, and holds the run lock `lock_fd` too."""
+    command = [sys.executable, "-m", "tinylm.training.distributed", "--standalone",
                f"--nproc-per-node={processes}", "-m", "tinylm", "train", "--config", config_path,
                "--out-dir", out_dir, "--checkpoint-dir", checkpoint_dir]
-    launcher = subprocess.Popen(command)
+    launcher = subprocess.Popen(command, pass_fds=(lock_fd,))
     received: list[int] = []
 
     def forward(signum, _frame):
@@ -40,6 +49,20 @@ def launch_distributed(config_path: str, out_dir: str, checkpoint_dir: str, proc
     if signal.SIGTERM in received and status != 0:
         return EXIT_PREEMPTED
     return status
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent exits (Linux; elsewhere nothing), and
+    exit at once if the parent is already gone."""
+    parent = os.getppid()
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # no prctl: not Linux
+        return
+    pr_set_pdeathsig = 1  # from <sys/prctl.h>
+    prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was set up
+        os._exit(128 + signal.SIGKILL)
 
 
 def is_worker() -> bool:
@@ -104,3 +127,9 @@ class Distributed:
     def stop(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # torchrun, dying with the `tinylm train` that launched it
+    die_with_parent()
+    sys.argv[0] = "torch.distributed.run"
+    runpy.run_module("torch.distributed.run", run_name="__main__", alter_sys=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def run_lock(checkpoint_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold CHECKPOINT_DIR's lock for the block; FileExistsError naming the holder if it is taken."""
+def run_lock(checkpoint_dir: str | os.PathLike) -> Iterator[int]:
+    """Hold CHECKPOINT_DIR's lock for the block, which gets the lock file's descriptor (a child process
+    that inherits it holds the lock too); FileExistsError naming the holder if it is taken."""
     path = Path(checkpoint_dir) / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:  # closing it releases the lock
@@ -31,4 +32,4 @@ def run_lock(checkpoint_dir: str | os.PathLike) -> Iterator[None]:
         handle.truncate()
         handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
         handle.flush()
-        yield
+        yield handle.fileno()

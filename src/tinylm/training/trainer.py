@@ -42,7 +42,7 @@ from tinylm.nn import build_model, parameter_count
 from tinylm.nn.functional import cross_entropy
 from tinylm.optim import AdamW, cosine_lr
 from tinylm.training.clock import RunClock
-from tinylm.training.distributed import EXIT_PREEMPTED, Distributed, is_worker, launch_distributed
+from tinylm.training.distributed import EXIT_PREEMPTED, Distributed, die_with_parent, is_worker, launch_distributed
 from tinylm.training.divergence import DivergenceGuard, divergence_outcome
 from tinylm.training.hardware import autocast_context, keep_freed_host_memory, resolve_device, synchronize, use_compile
 from tinylm.training.memory import memory_percent, memory_stats
@@ -68,12 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = RunConfig.load(args.config)
     checkpoint_dir = args.checkpoint_dir or args.out_dir
-    if is_worker():  # under torchrun: the launching process holds the lock
+    if is_worker():  # under torchrun, which holds the launcher's lock: this process dies with it
+        die_with_parent()
         return Trainer(config, args.out_dir, checkpoint_dir).train()
-    with run_lock(checkpoint_dir):
+    with run_lock(checkpoint_dir) as lock_fd:
         if config.training.devices > 1:
             open_token_arrays(config)  # bad input fails here, not in N processes at once
-            return launch_distributed(args.config, args.out_dir, checkpoint_dir, config.training.devices)
+            return launch_distributed(args.config, args.out_dir, checkpoint_dir, config.training.devices, lock_fd)
         return Trainer(config, args.out_dir, checkpoint_dir).train()
 
 
