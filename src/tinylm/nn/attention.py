@@ -128,11 +128,9 @@ class MultiHeadSelfAttention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         num_queries, num_keys = q.shape[-2], k.shape[-2]
-        # The CPU flash-attention kernel trains slowly in bf16 (its backward) and in fp32 (its
-        # matmuls). Forward and backward of one layer on one thread of the AVX-512 BF16
-        # development VM (torch 2.13), baseline / reference size: flash bf16 13.2 / 49.8 ms,
-        # flash fp32 4.9 / 35.7 ms, bf16 matmuls around torch's softmax 3.7 / 30.4 ms. There,
-        # fused attention is the reference formula with torch's softmax, holding every score at once.
+        # On the CPU under bf16, fused attention is bf16 matmuls around torch's softmax, holding every
+        # score at once: the CPU flash kernel is not faster there (benchmarks/results/cpu_kernels.md
+        # times both kernels, in both precisions, at the default and the reference size).
         cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
         if self.attention == "fused" and not cpu_bf16:
             if num_queries == num_keys:

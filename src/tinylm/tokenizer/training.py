@@ -7,7 +7,8 @@
    incrementally (a merge touches only the words holding the merged pair, found through an index
    pair -> words), and the most frequent pair comes from a heap with lazy invalidation.
    Ties go to the lexicographically greater pair of byte strings. `learn_merges` is that loop in
-   Python; `_trainer.c` is the same loop compiled (about 15x faster), used where it was built.
+   Python; `_trainer.c` is the same loop compiled (benchmarks/results/tokenizer.md times both), used where
+   it was built.
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ class DivergenceGuard:
     A step is bad when its loss or gradient norm is not finite, or its smoothed loss (an
     exponential moving average, decay `LOSS_SMOOTHING`) exceeds `factor` times the untrained
     model's: the largest smoothed loss of the first `INITIAL_LOSS_STEPS` good steps. A single
-    batch is no such reference: the untrained default model without any norm has batch losses
-    from 14 to 62 in its first 30 steps, so one batch at twice another's is no divergence. From the
+    batch is no such reference: the batch losses of an untrained model without any norm vary by
+    more than twice between batches, so one batch at twice another's is no divergence. From the
     first bad step on, no update is kept (the weights stay those before it), and `first_bad` holds
     that step's (number, loss, grad norm) until the host reads them (`read()`), which is the only
     time it waits for the device.

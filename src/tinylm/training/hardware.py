@@ -46,12 +46,11 @@ def keep_freed_host_memory() -> bool:
     """Ask the C allocator (glibc malloc) to keep freed memory for reuse, as PyTorch's CUDA allocator
     does on the GPU; returns whether it agreed (False where there is no glibc).
 
-    A CPU training step frees and reallocates the same activation buffers every step. By default
-    glibc hands large buffers back to the OS, and each comes back through a page fault per 4 KiB:
-    at the default config's size, on one thread of the development VM, a multiplication into a
-    fresh (1024, 2000) float32 buffer took 3.4 ms where a subtraction in place took 0.2 ms.
-    Buffers up to 32 MiB (glibc's limit) now stay in the process, whose memory stays at its peak,
-    which a training step reaches every step anyway.
+    A CPU training step frees and reallocates the same activation buffers every step. glibc may hand
+    large buffers back to the OS, and each then comes back through a page fault per 4 KiB page
+    (tests/test_trainer_parts.py counts them; benchmarks/results/cpu_kernels.md times a step-sized
+    product into a fresh buffer under both settings). Buffers up to 32 MiB (glibc's limit) now stay
+    in the process, whose memory stays at its peak, which a training step reaches every step anyway.
     """
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's <malloc.h>
     try:
@@ -71,13 +70,11 @@ def autocast_context(device: torch.device, precision: str) -> Callable[[], Abstr
 def use_compile(setting: bool | str, device: torch.device) -> bool:
     """`training.compile`: true/false as given; `auto` compiles on CUDA only.
 
-    On the CPU, measured on the development machine (2-core AMD EPYC VM, 1 thread, load average
-    1.2, torch 2.13) for the default config's baseline run (700 steps at batch 8, bf16;
-    benchmarks/bench_compile.py), the whole `tinylm train` took 66 s eager, 150 s
-    compiled (model, loss and AdamW update) with an empty compile cache and 69 s with a warm one:
-    even warm, tracing and loading the compiled graphs cost what their faster steps save. Half of
-    the default config's runs have a shape or architecture of their own (batch sizes, norm,
-    position and FFN variants), so they would compile cold: `auto` leaves the CPU eager.
+    On the CPU a whole default baseline run compiled takes longer than eager from an empty compile
+    cache, and about as long from a warm one (benchmarks/results/compile_cpu.md): tracing and
+    loading the graphs cost what their faster steps save. Half of the default config's runs have a
+    shape or architecture of their own (batch sizes, norm, position and FFN variants), so they would
+    compile cold: `auto` leaves the CPU eager.
     """
     if setting == "auto":
         return device.type == "cuda"

@@ -66,7 +66,7 @@ def probe_max_batch(config: RunConfig, cpu_budget_bytes: int | None, max_batch: 
             step(tokens[:, :-1], tokens[:, 1:], number)
         synchronize(device)
 
-    # The first step of a process loads kernels and library buffers (~100 MB on CPU); a throwaway
+    # The first step of a process loads kernels and library buffers; a throwaway
     # model pays for that, so the baseline below leaves only what the real model's step needs.
     two_steps(ModelConfig(vocab_size=16, context_length=8, d_model=8, num_layers=1, num_heads=2, d_ff=16), 1, False)
     gc.collect()
