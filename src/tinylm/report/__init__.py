@@ -8,35 +8,16 @@ has, their titles and runs, is the experiment plan's business (tinylm.pipeline.p
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
+from tinylm.report.kinds import CURVES, Kind, discover
 
-@dataclass(frozen=True)
-class Kind:
-    """What a kind of report section writes besides section.md, and what it reads.
-
-    `figures`: stems written as .png + .svg; `tables`: stems written as .csv + .md (the Snakemake
-    rule declares exactly these files); `inputs`: the file options it needs (tinylm report --OPTION);
-    `runs`: whether it is drawn from runs' curves (otherwise from its JSON inputs alone).
-    """
-
-    figures: tuple[str, ...] = ()
-    tables: tuple[str, ...] = ()
-    inputs: tuple[str, ...] = ()
-    runs: bool = True
+__all__ = ["CURVES", "KINDS", "Kind", "add_arguments", "run"]
 
 
-CURVES = ("loss_vs_step", "loss_vs_tokens", "loss_vs_time")
-# Report section kinds; the plan (tinylm.pipeline.plan) gives every section one of these.
-KINDS: dict[str, Kind] = {
-    "tokenizer": Kind(("compression",), ("tokenizers", "compression"), ("tokenizer_report",), runs=False),
-    "lr_sweep": Kind(("lr_schedule", *CURVES, "final_loss_vs_lr"), ("lr_sweep", "edge_of_stability")),
-    "batch_size": Kind(("memory", *CURVES), ("batch_size",), ("max_batch",)),
-    "generate": Kind((), ("samples", "sampling_settings"), ("generate", "sampling_grid", "train_text"), runs=False),
-    "variant": Kind(("loss_vs_step",), ("final_losses",)),             # the baseline with one thing changed
-    "corpus": Kind(CURVES, ("final_losses", "samples"), ("generate", "train_text")),  # the model on another corpus
-}
+# name -> Kind: every kind of section, read by the plan and by the Snakemake rules (figures, tables,
+# inputs, runs).
+KINDS: dict[str, Kind] = discover()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

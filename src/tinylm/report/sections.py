@@ -369,13 +369,9 @@ def corpus(section: Section, inputs: Inputs) -> None:
     _samples(section, generated, inputs.train_text, f"{run.label} samples")
 
 
-BUILDERS = {"tokenizer": tokenizer, "lr_sweep": lr_sweep, "batch_size": batch_size, "generate": generate,
-            "variant": variant, "corpus": corpus}
-
-
 def build(kind: str, title: str, description: str, out_dir: Path, inputs: Inputs) -> Path:
     if KINDS[kind].runs and not inputs.runs:
         raise ValueError(f"tinylm report {kind}: at least one --run LABEL RUN_DIR is required")
     section = Section(kind, title, description, out_dir)
-    BUILDERS[kind](section, inputs)
+    KINDS[kind].build(section, inputs)
     return section.write()
