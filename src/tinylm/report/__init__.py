@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"tinylm report {args.kind}: --out-dir is required")
     from tinylm.files import read_json
     from tinylm.report.runs import find_run, load_runs
-    from tinylm.report.sections import Inputs, build
+    from tinylm.report.section import Inputs, build_section
 
     def option_json(path: str | None, option: str) -> dict | None:
         return None if path is None else read_json(path, option, expect=dict)
@@ -79,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
                     max_batch=option_json(args.max_batch, "--max-batch"),
                     train_text=Path(args.train_text) if args.train_text else None)
     out_dir = Path(args.out_dir)
-    print(build(args.kind, args.title or out_dir.name, args.description, out_dir, inputs))
+    print(build_section(args.kind, args.title or out_dir.name, args.description, out_dir, inputs))
     return 0

@@ -6,14 +6,13 @@ the index rewrites them when it assembles `results/report/README.md`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from tinylm.files import write_text_atomic
-from tinylm.report import CURVES, KINDS, analysis, figures
+from tinylm.report import analysis, figures
 from tinylm.report.runs import Run, colour_by_order
+from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import (
     Column,
     fmt_bytes,
@@ -28,7 +27,6 @@ from tinylm.report.tables import (
     fmt_signed,
     fmt_speed,
     fmt_token,
-    write_table,
 )
 
 
@@ -46,65 +44,6 @@ def _ffn_widths(runs: list[Run]) -> str:
     return "; ".join(widths) + "."
 
 
-@dataclass
-class Inputs:
-    """Everything a section may read besides its runs (JSON files already parsed)."""
-
-    runs: list[Run]
-    baseline: Run | None = None
-    tokenizer_report: dict | None = None
-    generate: dict | None = None
-    sampling_grid: dict | None = None
-    max_batch: dict | None = None
-    train_text: Path | None = None     # the generating run's training text, to look the generated words up in
-
-
-class Section:
-    """Collects one section's Markdown while its figures and tables are written to `out_dir`."""
-
-    def __init__(self, kind: str, title: str, description: str, out_dir: Path):
-        self.kind, self.description, self.out_dir = kind, description, Path(out_dir)
-        self.key = self.out_dir.name
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.parts = [f"## {title}\n"]
-        self.written: list[str] = []
-
-    def paragraph(self, text: str) -> None:
-        self.parts.append(text.strip() + "\n")
-
-    def figure(self, fig, stem: str, caption: str) -> None:
-        png, svg = figures.save(fig, self.out_dir, stem)
-        self.written += [png, svg]
-        self.parts.append(f"![{caption}]({png})\n\n*{caption}* ([SVG]({svg}))\n")
-
-    def table(self, frame: pd.DataFrame, columns: list[Column], stem: str, caption: str) -> None:
-        markdown = write_table(frame, columns, self.out_dir, stem)
-        self.written += [f"{stem}.csv", f"{stem}.md"]
-        self.parts.append(f"**{caption}** ([CSV]({stem}.csv))\n\n{markdown}")
-
-    def write(self) -> Path:
-        expected = [f"{s}.{ext}" for s in KINDS[self.kind].figures for ext in ("png", "svg")]
-        expected += [f"{s}.{ext}" for s in KINDS[self.kind].tables for ext in ("csv", "md")]
-        missing = sorted(set(expected) - set(self.written))
-        if missing:  # the Snakemake rule declares KINDS' files: a section must write all of them
-            raise AssertionError(f"section {self.key} did not write {', '.join(missing)}")
-        path = self.out_dir / "section.md"
-        write_text_atomic(path, "\n".join(self.parts))
-        return path
-
-
-def _need(value, option: str, section: str):
-    if not value:
-        raise ValueError(f"tinylm report {section}: {option} is required")
-    return value
-
-
-def _curves(section: Section, runs: list[Run], baseline: Run | None, what: str) -> None:
-    for x, stem in zip(figures.X_AXES, CURVES):
-        section.figure(figures.loss_curves(runs, x, baseline), stem,
-                       f"{what}: train and validation loss against {figures.X_AXES[x]}")
-
-
 # ---- 0. tokenizers ---------------------------------------------------------------------------
 
 def _tokenizer_frames(report: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -117,7 +56,7 @@ def _tokenizer_frames(report: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def tokenizer(section: Section, inputs: Inputs) -> None:
-    report = _need(inputs.tokenizer_report, "--tokenizer-report", section.key)
+    report = section.required(inputs.tokenizer_report, "--tokenizer-report")
     tokenizers, per_corpus = _tokenizer_frames(report)
     section.paragraph(tokenizer_text(tokenizers, per_corpus, report["settings"].get("compiled_encoder")))
     section.figure(figures.tokenizer_bars(per_corpus), "compression",
@@ -165,7 +104,7 @@ def lr_sweep(section: Section, inputs: Inputs) -> None:
     edge = analysis.edge_of_stability(runs)
     section.paragraph(analysis.lr_sweep_text(runs, edge))
     section.figure(figures.lr_schedule(runs), "lr_schedule", "Learning rate per step for each run")
-    _curves(section, runs, None, "Learning-rate sweep")
+    section.curves(runs, None, "Learning-rate sweep")
     section.figure(figures.final_loss_vs_lr(runs, edge.best, edge.smallest_failing), "final_loss_vs_lr",
                    "Final validation loss against learning rate (x: diverged; shaded: failing rates)")
     frame = analysis.runs_frame(runs)
@@ -203,7 +142,7 @@ def batch_size(section: Section, inputs: Inputs) -> None:
     section.paragraph(analysis.batch_size_text(runs, inputs.max_batch))
     section.figure(figures.memory_and_speed(runs, inputs.max_batch), "memory",
                    "Peak memory (MiB and % of device memory) and throughput per batch size")
-    _curves(section, runs, inputs.baseline, "Batch sizes")
+    section.curves(runs, inputs.baseline, "Batch sizes")
     section.table(analysis.runs_frame(runs), [
         Column("run", "run"), Column("batch_size", "batch", fmt_int), Column("lr", "learning rate", fmt_rate),
         Column("peak_mem_bytes", "peak memory", fmt_bytes), Column("mem_percent", "% of device memory", fmt_percent),
@@ -241,7 +180,7 @@ SAMPLE_COLUMNS = [Column("seed", "seed", fmt_int), Column("num_new_tokens", "new
 
 def _samples(section: Section, generated: dict, train_text: Path | None, caption: str) -> None:
     """The quoted samples, how many of their words the training text holds, and the samples table."""
-    section.parts.append(_quoted_samples(generated))
+    section.markdown(_quoted_samples(generated))
     known = None
     if train_text is not None:
         known = analysis.known_words([s["completion"] for s in generated["samples"]], Path(train_text))
@@ -302,7 +241,7 @@ def sampling_grid_text(grid: pd.DataFrame) -> str:
 
 
 def generate(section: Section, inputs: Inputs) -> None:
-    generated = _need(inputs.generate, "--generate", section.key)
+    generated = section.required(inputs.generate, "--generate")
     section.paragraph(_generation_text(generated, "the non-diverged TinyStories run with the lowest final "
                                                   "validation loss"))
     _samples(section, generated, inputs.train_text, "Samples")
@@ -320,7 +259,7 @@ def generate(section: Section, inputs: Inputs) -> None:
 # ---- 4-7. variants of the baseline --------------------------------------------------------------
 
 def variant(section: Section, inputs: Inputs) -> None:
-    baseline = _need(inputs.baseline, "--baseline", section.key)
+    baseline = section.required(inputs.baseline, "--baseline")
     runs = [baseline] + [r for r in inputs.runs if r is not baseline]
     # A variant that changes the feed-forward (SiLU against SwiGLU) says how wide each one is.
     ffn_changed = any(_ffn_shape(r) != _ffn_shape(baseline) for r in runs)
@@ -351,14 +290,14 @@ def variant(section: Section, inputs: Inputs) -> None:
 
 def corpus(section: Section, inputs: Inputs) -> None:
     """The run on another corpus against the baseline (dashed)."""
-    baseline = _need(inputs.baseline, "--baseline (the run to compare with)", section.key)
+    baseline = section.required(inputs.baseline, "--baseline (the run to compare with)")
     others = [r for r in inputs.runs if r is not baseline]
     if len(others) != 1:
         raise ValueError(f"tinylm report corpus: expected one --run besides the baseline, got {len(others)}")
     run = others[0]
-    generated = _need(inputs.generate, "--generate", section.key)
+    generated = section.required(inputs.generate, "--generate")
     section.paragraph(analysis.comparison_text(run, baseline))
-    _curves(section, [run, baseline], baseline, f"{run.label} vs {baseline.label}")
+    section.curves([run, baseline], baseline, f"{run.label} vs {baseline.label}")
     section.table(analysis.runs_frame([run, baseline], baseline), [
         Column("run", "run"), Column("status", "status"), Column("steps", "steps", fmt_int),
         Column("vocab_size", "vocabulary", fmt_int), Column("params", "parameters", fmt_int),
@@ -367,11 +306,3 @@ def corpus(section: Section, inputs: Inputs) -> None:
     ], "final_losses", f"Final losses, {run.label} and {baseline.label}")
     section.paragraph(_generation_text(generated, f"the {run.label} run"))
     _samples(section, generated, inputs.train_text, f"{run.label} samples")
-
-
-def build(kind: str, title: str, description: str, out_dir: Path, inputs: Inputs) -> Path:
-    if KINDS[kind].runs and not inputs.runs:
-        raise ValueError(f"tinylm report {kind}: at least one --run LABEL RUN_DIR is required")
-    section = Section(kind, title, description, out_dir)
-    KINDS[kind].build(section, inputs)
-    return section.write()
