@@ -23,7 +23,6 @@ from tinylm.report.runs import Run  # noqa: E402
 DPI = 120
 WIDE = (8.0, 4.0)      # two panels side by side: 960 x 480 px, readable at 100%
 SINGLE = (7.0, 4.0)    # one panel: 840 x 480 px
-TOKENIZER_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]  # runs have theirs
 
 plt.rcParams.update({
     "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
@@ -235,31 +234,3 @@ def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
     return fig
 
 
-def _grouped_bars(ax: plt.Axes, frame, value: str, scale: float = 1.0) -> None:
-    """One bar per (corpus, tokenizer) pair, grouped by corpus."""
-    corpora = list(dict.fromkeys(frame["corpus"]))
-    tokenizers = list(dict.fromkeys(frame["tokenizer"]))
-    width = 0.8 / max(len(tokenizers), 1)
-    for i, name in enumerate(tokenizers):
-        part = frame[frame["tokenizer"] == name].set_index("corpus")[value]
-        heights = [float(part.get(c, np.nan)) * scale for c in corpora]
-        bars = ax.bar(np.arange(len(corpora)) + (i - (len(tokenizers) - 1) / 2) * width, heights, width,
-                      label=str(name), color=TOKENIZER_COLOURS[i % len(TOKENIZER_COLOURS)])
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-    ax.set_xticks(np.arange(len(corpora)), corpora)
-    ax.set_xlabel("corpus")
-    ax.margins(y=0.12)
-
-
-def tokenizer_bars(per_corpus) -> plt.Figure:
-    """Compression (bytes/token) and encoding throughput (MB/s) per corpus, one bar per tokenizer."""
-    fig, (ax_ratio, ax_speed) = plt.subplots(1, 2, figsize=WIDE, layout="constrained")
-    _grouped_bars(ax_ratio, per_corpus, "bytes_per_token")
-    ax_ratio.set_ylabel("compression (bytes/token, higher is better)")
-    ax_ratio.set_title("Compression ratio")
-    _grouped_bars(ax_speed, per_corpus.dropna(subset=["bytes_per_s"]), "bytes_per_s", scale=1e-6)
-    ax_speed.set_ylabel("encoding throughput (MB/s, one process)")
-    ax_speed.set_title("Encoding throughput")
-    handles, labels = ax_ratio.get_legend_handles_labels()
-    fig.legend(handles, labels, title="tokenizer", loc="outside lower center", ncol=len(labels), frameon=False)
-    return fig

@@ -16,7 +16,6 @@ from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import (
     Column,
     fmt_bytes,
-    fmt_duration,
     fmt_excerpt,
     fmt_int,
     fmt_loss,
@@ -26,7 +25,6 @@ from tinylm.report.tables import (
     fmt_share,
     fmt_signed,
     fmt_speed,
-    fmt_token,
 )
 
 
@@ -42,59 +40,6 @@ def _ffn_widths(runs: list[Run]) -> str:
         widths.append(f"{run.label}: {model.ffn} d_ff {fmt_int(model.d_ff)} = "
                       f"{fmt_ratio(model.d_ff / model.d_model)} d_model")
     return "; ".join(widths) + "."
-
-
-# ---- 0. tokenizers ---------------------------------------------------------------------------
-
-def _tokenizer_frames(report: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per tokenizer, one row per tokenizer x corpus with compression and throughput)."""
-    tokenizers = pd.DataFrame([{"tokenizer": name, **info} for name, info in report["tokenizers"].items()])
-    per_corpus = pd.DataFrame(report["compression"]).merge(
-        pd.DataFrame(report["throughput"])[["tokenizer", "corpus", "bytes_per_s", "pile_825gb_s"]],
-        on=["tokenizer", "corpus"], how="left")
-    return tokenizers.astype(object), per_corpus.astype(object)
-
-
-def tokenizer(section: Section, inputs: Inputs) -> None:
-    report = section.required(inputs.tokenizer_report, "--tokenizer-report")
-    tokenizers, per_corpus = _tokenizer_frames(report)
-    section.paragraph(tokenizer_text(tokenizers, per_corpus, report["settings"].get("compiled_encoder")))
-    section.figure(figures.tokenizer_bars(per_corpus), "compression",
-                   "Compression (bytes/token) and encoding throughput of each tokenizer on each corpus")
-    section.table(tokenizers, [
-        Column("tokenizer", "tokenizer"), Column("vocab_size", "vocabulary", fmt_int),
-        Column("training_time_s", "training time", fmt_duration),
-        Column("peak_memory_bytes", "peak memory", fmt_bytes),
-        Column("training_input_bytes", "training text", fmt_bytes),
-        Column("longest_token", "longest token", fmt_token), Column("longest_token_bytes", "its bytes", fmt_int),
-    ], "tokenizers", "Tokenizer training: time, memory, longest token")
-    section.table(per_corpus, [
-        Column("tokenizer", "tokenizer"), Column("corpus", "corpus"),
-        Column("bytes_per_token", "bytes/token", fmt_ratio),
-        Column("bytes_per_s", "throughput (bytes/s)", fmt_speed),
-        Column("pile_825gb_s", "time for 825 GB", fmt_duration),
-    ], "compression", "Compression ratio and encoding throughput per corpus (one process)")
-
-
-def tokenizer_text(tokenizers: pd.DataFrame, per_corpus: pd.DataFrame, compiled_encoder: bool | None = None) -> str:
-    """`compiled_encoder`: which encoder the throughput was measured with (None: not recorded)."""
-    parts = []
-    for _, tok in tokenizers.iterrows():
-        parts.append(f"The {tok['tokenizer']} tokenizer ({fmt_int(tok['vocab_size'])} tokens) trained in "
-                     f"{fmt_duration(tok['training_time_s'])} on {fmt_bytes(tok['training_input_bytes'])} of text "
-                     f"with a peak memory of {fmt_bytes(tok['peak_memory_bytes'])}; its longest token is "
-                     f"{fmt_token(tok['longest_token'])} ({fmt_int(tok['longest_token_bytes'])} bytes).")
-    for corpus, rows in per_corpus.groupby("corpus", sort=False):
-        best = rows.loc[rows["bytes_per_token"].astype(float).idxmax()]
-        parts.append(f"On {corpus}, {best['tokenizer']} compresses best, at {fmt_ratio(best['bytes_per_token'])} "
-                     f"bytes/token.")
-    if per_corpus["bytes_per_s"].notna().any():
-        fastest = per_corpus.loc[per_corpus["bytes_per_s"].astype(float).idxmax()]
-        encoder = {True: " with the compiled encoder", False: " with the pure-Python encoder"}.get(compiled_encoder, "")
-        parts.append(f"The fastest encoding, {fmt_speed(fastest['bytes_per_s'])} bytes/s ({fastest['tokenizer']} "
-                     f"on {fastest['corpus']}), would take {fmt_duration(fastest['pile_825gb_s'])} for the 825 GB "
-                     f"of the Pile in one process{encoder}.")
-    return " ".join(parts)
 
 
 # ---- 1. learning rate ------------------------------------------------------------------------
