@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from tinylm.report import analysis, figures
+from tinylm.report.findings import runs_frame
 from tinylm.report.runs import Run, colour_by_order
 from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import (
@@ -42,41 +43,6 @@ def _ffn_widths(runs: list[Run]) -> str:
     return "; ".join(widths) + "."
 
 
-# ---- 1. learning rate ------------------------------------------------------------------------
-
-def lr_sweep(section: Section, inputs: Inputs) -> None:
-    runs = sorted(inputs.runs, key=lambda r: r.lr)
-    edge = analysis.edge_of_stability(runs)
-    section.paragraph(analysis.lr_sweep_text(runs, edge))
-    section.figure(figures.lr_schedule(runs), "lr_schedule", "Learning rate per step for each run")
-    section.curves(runs, None, "Learning-rate sweep")
-    section.figure(figures.final_loss_vs_lr(runs, edge.best, edge.smallest_failing), "final_loss_vs_lr",
-                   "Final validation loss against learning rate (x: diverged; shaded: failing rates)")
-    frame = analysis.runs_frame(runs)
-    frame["outcome"] = [edge.outcomes[label] for label in frame["run"]]
-    section.table(frame, [
-        Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column("status", "status"),
-        Column("final_val_loss", "final val loss", fmt_loss), Column("best_val_loss", "best val loss", fmt_loss),
-        Column("target_reached_step", "target reached at step", fmt_int), Column("diverged", "diverged"),
-        Column("steps", "steps", fmt_int), Column("outcome", "outcome"),
-    ], "lr_sweep", "Learning-rate sweep: final and best validation loss, step at which the target was reached, "
-                   "and whether the rate trains, diverged or stopped learning")
-    # The CSV keeps its column names; "diverging" there means failing (diverged or stopped learning).
-    edge_frame = pd.DataFrame([{
-        "best_lr": edge.best.lr if edge.best else None,
-        "best_final_val_loss": edge.best.summary.final_val_loss if edge.best else None,
-        "largest_stable_lr": edge.largest_stable.lr if edge.largest_stable else None,
-        "smallest_diverging_lr": edge.smallest_failing.lr if edge.smallest_failing else None,
-        "ratio": edge.ratio,
-    }]).astype(object)
-    section.table(edge_frame, [
-        Column("best_lr", "best rate", fmt_rate), Column("best_final_val_loss", "its final val loss", fmt_loss),
-        Column("largest_stable_lr", "largest rate that trains", fmt_rate),
-        Column("smallest_diverging_lr", "smallest failing rate", fmt_rate),
-        Column("ratio", "smallest failing / best", fmt_ratio),
-    ], "edge_of_stability", "Edge of stability (failing: diverged or stopped learning)")
-
-
 # ---- 2. batch size ---------------------------------------------------------------------------
 
 def batch_size(section: Section, inputs: Inputs) -> None:
@@ -88,7 +54,7 @@ def batch_size(section: Section, inputs: Inputs) -> None:
     section.figure(figures.memory_and_speed(runs, inputs.max_batch), "memory",
                    "Peak memory (MiB and % of device memory) and throughput per batch size")
     section.curves(runs, inputs.baseline, "Batch sizes")
-    section.table(analysis.runs_frame(runs), [
+    section.table(runs_frame(runs), [
         Column("run", "run"), Column("batch_size", "batch", fmt_int), Column("lr", "learning rate", fmt_rate),
         Column("peak_mem_bytes", "peak memory", fmt_bytes), Column("mem_percent", "% of device memory", fmt_percent),
         Column("tokens_per_s", "tokens/s", fmt_speed), Column("final_val_loss", "final val loss", fmt_loss),
@@ -227,7 +193,7 @@ def variant(section: Section, inputs: Inputs) -> None:
                Column("val_vs_baseline", "val loss - baseline", fmt_signed)]
     if ffn_changed:
         columns.insert(3, Column("d_ff", "d_ff", fmt_int))
-    section.table(analysis.runs_frame(runs, baseline), columns, "final_losses",
+    section.table(runs_frame(runs, baseline), columns, "final_losses",
                   "Final losses and difference to the baseline")
 
 
@@ -243,7 +209,7 @@ def corpus(section: Section, inputs: Inputs) -> None:
     generated = section.required(inputs.generate, "--generate")
     section.paragraph(analysis.comparison_text(run, baseline))
     section.curves([run, baseline], baseline, f"{run.label} vs {baseline.label}")
-    section.table(analysis.runs_frame([run, baseline], baseline), [
+    section.table(runs_frame([run, baseline], baseline), [
         Column("run", "run"), Column("status", "status"), Column("steps", "steps", fmt_int),
         Column("vocab_size", "vocabulary", fmt_int), Column("params", "parameters", fmt_int),
         Column("final_train_loss", "final train loss", fmt_loss), Column("final_val_loss", "final val loss", fmt_loss),
