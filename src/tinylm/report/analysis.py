@@ -11,56 +11,16 @@ from pathlib import Path
 
 import regex
 
-from tinylm.report.findings import best_run, divergence_text
+from tinylm.report.findings import divergence_text
 from tinylm.report.runs import Run
 from tinylm.report.tables import (
-    fmt_bytes,
     fmt_int,
     fmt_loss,
-    fmt_percent,
     fmt_rate,
     fmt_ratio,
     fmt_share,
     fmt_signed,
-    fmt_speed,
 )
-
-# ---- batch size ------------------------------------------------------------------------------
-
-def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
-    ordered = sorted(runs, key=lambda r: r.batch_size)
-    budgets = sorted({r.config.planned_tokens for r in ordered})
-    budget = (f"the same budget of {fmt_int(budgets[0])} tokens" if len(budgets) == 1
-              else f"budgets of {fmt_int(budgets[0])} to {fmt_int(budgets[-1])} tokens")
-    parts = [f"Batch sizes {', '.join(fmt_int(r.batch_size) for r in ordered)} trained on {budget}, each at its "
-             f"configured learning rate."]
-    if max_batch:
-        limit = max_batch.get("memory_budget_bytes")
-        parts.append("The largest batch whose training step fits "
-                     + (f"the {fmt_bytes(limit)} memory budget" if limit else "the device memory")
-                     + f" on {max_batch.get('device', 'the device')} is {fmt_int(max_batch.get('largest_batch'))}.")
-    fastest = max((r for r in runs if r.summary.tokens_per_s is not None),
-                  key=lambda r: r.summary.tokens_per_s, default=None)
-    if fastest is not None:
-        parts.append(f"Throughput peaks at batch {fmt_int(fastest.batch_size)} with "
-                     f"{fmt_speed(fastest.summary.tokens_per_s)} tokens/s.")
-    with_memory = [r for r in ordered if r.summary.peak_mem_bytes is not None]
-    if len(with_memory) >= 2:
-        small, large = with_memory[0], with_memory[-1]
-        parts.append(f"Peak memory is {fmt_bytes(small.summary.peak_mem_bytes)} at batch "
-                     f"{fmt_int(small.batch_size)} and {fmt_bytes(large.summary.peak_mem_bytes)} at batch "
-                     f"{fmt_int(large.batch_size)}"
-                     + (f" ({fmt_percent(large.summary.mem_percent)} of device memory)."
-                        if large.summary.mem_percent is not None else "."))
-    best = best_run(runs)
-    if best is not None:
-        parts.append(f"The lowest final validation loss, {fmt_loss(best.summary.final_val_loss)}, comes from "
-                     f"batch {fmt_int(best.batch_size)} (lr {fmt_rate(best.lr)}).")
-    diverged = [r for r in ordered if r.diverged]
-    if diverged:
-        parts.append(f"Diverged: batch {', '.join(fmt_int(r.batch_size) for r in diverged)}.")
-    return " ".join(parts)
-
 
 # ---- generation ------------------------------------------------------------------------------
 

@@ -12,11 +12,10 @@ import pandas as pd
 
 from tinylm.report import analysis, figures
 from tinylm.report.findings import runs_frame
-from tinylm.report.runs import Run, colour_by_order
+from tinylm.report.runs import Run
 from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import (
     Column,
-    fmt_bytes,
     fmt_excerpt,
     fmt_int,
     fmt_loss,
@@ -25,7 +24,6 @@ from tinylm.report.tables import (
     fmt_ratio,
     fmt_share,
     fmt_signed,
-    fmt_speed,
 )
 
 
@@ -41,25 +39,6 @@ def _ffn_widths(runs: list[Run]) -> str:
         widths.append(f"{run.label}: {model.ffn} d_ff {fmt_int(model.d_ff)} = "
                       f"{fmt_ratio(model.d_ff / model.d_model)} d_model")
     return "; ".join(widths) + "."
-
-
-# ---- 2. batch size ---------------------------------------------------------------------------
-
-def batch_size(section: Section, inputs: Inputs) -> None:
-    runs = sorted(inputs.runs, key=lambda r: r.batch_size)
-    # Small to large batch: dark to light. The baseline, when it is one of them, keeps its colour
-    # (it appears in other sections) and its dashes.
-    colour_by_order([r for r in runs if r is not inputs.baseline])
-    section.paragraph(analysis.batch_size_text(runs, inputs.max_batch))
-    section.figure(figures.memory_and_speed(runs, inputs.max_batch), "memory",
-                   "Peak memory (MiB and % of device memory) and throughput per batch size")
-    section.curves(runs, inputs.baseline, "Batch sizes")
-    section.table(runs_frame(runs), [
-        Column("run", "run"), Column("batch_size", "batch", fmt_int), Column("lr", "learning rate", fmt_rate),
-        Column("peak_mem_bytes", "peak memory", fmt_bytes), Column("mem_percent", "% of device memory", fmt_percent),
-        Column("tokens_per_s", "tokens/s", fmt_speed), Column("final_val_loss", "final val loss", fmt_loss),
-        Column("status", "status"),
-    ], "batch_size", "Batch sizes at a fixed token budget")
 
 
 # ---- 3. generation ---------------------------------------------------------------------------
