@@ -15,7 +15,7 @@ from tiny_run import write_summary
 
 from tinylm.cli import main
 from tinylm.config import RunConfig
-from tinylm.report import analysis, findings
+from tinylm.report import analysis, findings, samples
 from tinylm.report.index import write_index
 from tinylm.report.kinds.lr_sweep import section as lr_sweep
 from tinylm.report.runs import PALETTE, load_runs, read_metrics
@@ -99,14 +99,14 @@ def test_known_words_are_looked_up_in_the_training_text(tmp_path):
     train.write_text("Once upon a time, Lily's dog ran.\n<|endoftext|>\n" * 3 + "The end " * 10)
     # A tiny read size: words cut at a chunk's end must still be found.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(analysis, "TEXT_CHUNK_CHARS", 7)
-        known = analysis.known_words(["Lily's dog ran, the END.", "Once upon a blorp blorp zig", ""], train)
+        patch.setattr(samples, "TEXT_CHUNK_CHARS", 7)
+        known = samples.known_words(["Lily's dog ran, the END.", "Once upon a blorp blorp zig", ""], train)
     assert known.per_sample == [1.0, 0.5, None]
     assert (known.total, known.known, known.unknown) == (11, 8, ["blorp", "zig"])
-    assert analysis.known_words_text(known).startswith("72.7% of the 11 generated words occur in the training text")
-    assert "'blorp', 'zig'" in analysis.known_words_text(known)
+    assert samples.known_words_text(known).startswith("72.7% of the 11 generated words occur in the training text")
+    assert "'blorp', 'zig'" in samples.known_words_text(known)
     with pytest.raises(FileNotFoundError, match="--train-text"):
-        analysis.known_words(["x"], tmp_path / "missing.txt")
+        samples.known_words(["x"], tmp_path / "missing.txt")
 
 
 def test_edge_of_stability_when_nothing_or_everything_diverges(tmp_path):

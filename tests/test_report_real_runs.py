@@ -18,7 +18,7 @@ import pytest
 
 from tinylm.cli import main
 from tinylm.config import RunConfig
-from tinylm.report import KINDS, analysis
+from tinylm.report import KINDS
 from tinylm.report.figures import DPI, SINGLE, WIDE
 from tinylm.report.tables import (
     fmt_bytes,
@@ -278,8 +278,8 @@ def test_generate_section(runs, tmp_path):
     samples = pd.read_csv(out / "samples.csv")
     assert list(samples["seed"]) == [0, 1]
     # The share of each sample's words in the training text, recomputed from the whole text at once.
-    vocabulary = set(analysis.words(runs["train_text"].read_text()))
-    per_sample = [analysis.words(s["completion"]) for s in generated["samples"]]
+    vocabulary = set(samples.words(runs["train_text"].read_text()))
+    per_sample = [samples.words(s["completion"]) for s in generated["samples"]]
     for words, share in zip(per_sample, samples["known_word_ratio"]):
         assert share == pytest.approx(sum(w in vocabulary for w in words) / len(words))
     all_words = [w for words in per_sample for w in words]

@@ -5,12 +5,6 @@ the text follows the results when the configuration changes.
 """
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-
-import regex
-
 from tinylm.report.findings import divergence_text
 from tinylm.report.runs import Run
 from tinylm.report.tables import (
@@ -18,72 +12,8 @@ from tinylm.report.tables import (
     fmt_loss,
     fmt_rate,
     fmt_ratio,
-    fmt_share,
     fmt_signed,
 )
-
-# ---- generation ------------------------------------------------------------------------------
-
-# A word: letters, with inner apostrophes (don't, Lily's); compared in lower case.
-WORD = regex.compile(r"\p{L}+(?:['’]\p{L}+)*")
-TEXT_CHUNK_CHARS = 1 << 24
-
-
-def words(text: str) -> list[str]:
-    return [w.lower() for w in WORD.findall(text)]
-
-
-def words_in_text(wanted: set[str], path: Path) -> set[str]:
-    """The words of `wanted` that occur in the text file, reading only until all are found."""
-    found: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as text:
-        tail = ""
-        while (chunk := text.read(TEXT_CHUNK_CHARS)) and found != wanted:
-            chunk = tail + chunk
-            cut = max(chunk.rfind(" "), chunk.rfind("\n"))  # a word cut at the chunk's end waits for the next
-            head, tail = (chunk[:cut], chunk[cut:]) if cut >= 0 else ("", chunk)
-            found |= wanted & set(words(head))
-        found |= wanted & set(words(tail))
-    return found
-
-
-@dataclass
-class KnownWords:
-    """How many of the generated words occur in the training text."""
-
-    per_sample: list[float | None]    # share of each sample's words found in the training text
-    total: int                        # words in all samples
-    known: int                        # of which occur in the training text
-    unknown: list[str]                # distinct words not in it, most frequent first
-
-    @property
-    def ratio(self) -> float | None:
-        return self.known / self.total if self.total else None
-
-
-def known_words(texts: list[str], train_text: Path) -> KnownWords:
-    if not train_text.is_file():
-        raise FileNotFoundError(f"--train-text {str(train_text)!r}: file not found")
-    generated = [words(t) for t in texts]
-    found = words_in_text({w for ws in generated for w in ws}, train_text)
-    missing = Counter(w for ws in generated for w in ws if w not in found)
-    return KnownWords(
-        per_sample=[sum(w in found for w in ws) / len(ws) if ws else None for ws in generated],
-        total=sum(map(len, generated)), known=sum(len(ws) for ws in generated) - sum(missing.values()),
-        unknown=[w for w, _ in missing.most_common()])
-
-
-def known_words_text(known: KnownWords, shown: int = 8) -> str:
-    if not known.total:
-        return "The samples hold no words."
-    text = (f"{fmt_share(known.ratio)} of the {fmt_int(known.total)} generated words occur in the "
-            f"training text (words: letters with inner apostrophes, compared in lower case)")
-    if not known.unknown:
-        return text + "."
-    listed = ", ".join(repr(w) for w in known.unknown[:shown])
-    more = f" and {fmt_int(len(known.unknown) - shown)} more" if len(known.unknown) > shown else ""
-    return text + f"; the {fmt_int(len(known.unknown))} distinct words that do not: {listed}{more}."
-
 
 # ---- architecture variants -------------------------------------------------------------------
 
