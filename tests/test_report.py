@@ -15,9 +15,10 @@ from tiny_run import write_summary
 
 from tinylm.cli import main
 from tinylm.config import RunConfig
-from tinylm.report import analysis, findings, samples
+from tinylm.report import findings, samples
 from tinylm.report.index import write_index
 from tinylm.report.kinds.lr_sweep import section as lr_sweep
+from tinylm.report.kinds.variant.section import variant_rates_text, variant_text
 from tinylm.report.runs import PALETTE, load_runs, read_metrics
 from tinylm.report.tables import Column, fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_text, markdown_table
 
@@ -134,7 +135,7 @@ def test_variant_text_states_the_differences(sweep):
     baseline, variant = sweep[1], sweep[0]
     frame = findings.runs_frame(sweep, baseline)
     assert frame.loc[0, "val_vs_baseline"] == pytest.approx(2.5 - 2.2)
-    text = analysis.variant_text(sweep, baseline)
+    text = variant_text(sweep, baseline)
     assert f"{variant.label} ends at 2.500, +0.300 (worse than the baseline)" in text
     assert "lr=1e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 1e-2)." in text
 
@@ -143,7 +144,7 @@ def test_a_divergence_during_the_warm_up_says_so(tmp_path):
     # Diverging at a fraction of the configured rate says little about that rate.
     runs = load_runs([("baseline", str(write_run(tmp_path / "base", 3e-3, 2.2))),
                       ("early", str(write_run(tmp_path / "early", 3e-3, None, warmup_steps=15)))])
-    text = analysis.variant_text(runs, runs[0])
+    text = variant_text(runs, runs[0])
     assert ("early diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 2e-3, "
             "still warming up to 3e-3).") in text
 
@@ -156,16 +157,16 @@ def test_variant_rates_text_places_the_variants_edge_against_the_baselines_rate(
                             for i, (lr, final) in enumerate(finals.items())])
 
     runs = variant_runs({1e-3: 2.5, 3e-3: 2.3, 1e-2: None})
-    assert analysis.variant_rates_text(runs, runs[0]) == (
+    assert variant_rates_text(runs, runs[0]) == (
         "The smallest rate at which the variant diverged is 1e-2, 3.33x the baseline's rate (3e-3), and it "
         "trains at 1e-3 and 3e-3: its edge of stability lies above the baseline's rate.")
     runs = variant_runs({1e-3: 2.5, 3e-3: None, 1e-2: None})
-    assert analysis.variant_rates_text(runs, runs[0]).endswith(
+    assert variant_rates_text(runs, runs[0]).endswith(
         "is 3e-3, 1.00x the baseline's rate (3e-3), and it trains at 1e-3: its edge of stability lies at or "
         "below the baseline's rate.")
     runs = variant_runs({1e-3: 2.5, 3e-3: 2.3})
-    assert analysis.variant_rates_text(runs, runs[0]) == "None of the variant's 2 rates diverged."
-    assert analysis.variant_rates_text(runs[:2], runs[0]) == ""  # one rate: nothing to place
+    assert variant_rates_text(runs, runs[0]) == "None of the variant's 2 rates diverged."
+    assert variant_rates_text(runs[:2], runs[0]) == ""  # one rate: nothing to place
 
 
 def test_colours_follow_the_run_across_sections(tmp_path):

@@ -20,6 +20,7 @@ from tinylm.cli import main
 from tinylm.config import RunConfig
 from tinylm.report import KINDS
 from tinylm.report.figures import DPI, SINGLE, WIDE
+from tinylm.report.samples import words
 from tinylm.report.tables import (
     fmt_bytes,
     fmt_duration,
@@ -278,11 +279,11 @@ def test_generate_section(runs, tmp_path):
     samples = pd.read_csv(out / "samples.csv")
     assert list(samples["seed"]) == [0, 1]
     # The share of each sample's words in the training text, recomputed from the whole text at once.
-    vocabulary = set(samples.words(runs["train_text"].read_text()))
-    per_sample = [samples.words(s["completion"]) for s in generated["samples"]]
-    for words, share in zip(per_sample, samples["known_word_ratio"]):
-        assert share == pytest.approx(sum(w in vocabulary for w in words) / len(words))
-    all_words = [w for words in per_sample for w in words]
+    vocabulary = set(words(runs["train_text"].read_text()))
+    per_sample = [words(s["completion"]) for s in generated["samples"]]
+    for sample_words, share in zip(per_sample, samples["known_word_ratio"]):
+        assert share == pytest.approx(sum(w in vocabulary for w in sample_words) / len(sample_words))
+    all_words = [w for sample_words in per_sample for w in sample_words]
     known = sum(w in vocabulary for w in all_words) / len(all_words)
     assert f"{fmt_share(known)} of the {len(all_words)} generated words occur in the training text" in md.read_text()
     grid = pd.read_csv(out / "sampling_settings.csv")

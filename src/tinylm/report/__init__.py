@@ -1,19 +1,32 @@
 """`tinylm report KIND`: one report section's figures, tables and text, from finished runs.
 
-`tinylm report index` assembles the sections into results/report/README.md. The modules:
-`runs` (loading runs, labels, colours), `analysis` (findings and their sentences), `figures`,
-`tables`, `sections` (one function per kind of section) and `index`. Which sections a report
-has, their titles and runs, is the experiment plan's business (tinylm.pipeline.plan).
+`tinylm report index` assembles the sections into results/report/README.md.
+
+Each kind of section is one package, `tinylm.report.kinds.<kind>` (tokenizer, lr_sweep, batch_size,
+generate, variant, corpus), in two parts:
+
+- its `__init__.py`, light (no pandas, matplotlib or torch): `KIND`, what the section writes
+  (figures, tables) and reads (inputs, runs), where its sections go in the report, and `plan`, how
+  the experiment plan (tinylm.pipeline.plan) makes its section from the config;
+- its `section.py`, heavy: `build(section, inputs)`, the section's findings, text, figures and
+  tables. `Kind.build` imports it only when a section of that kind is built.
+
+`KINDS` (name -> Kind) is discovered from the packages, so adding a kind is adding its package. The
+Snakefile imports tinylm.pipeline.plan and this package to plan and to declare each rule's files
+(`KINDS[kind].figures/.tables/.inputs/.runs`): both stay light because nothing there imports a
+kind's `section`.
+
+Shared by the kinds: `runs` (loading runs, labels, colours), `findings` (what several kinds state
+about single runs), `samples` (generated text), `figures` (saving, loss curves, line styles),
+`tables` (formatters, CSV + Markdown), `section` (the writer: a section's files as one set) and
+`index` with `overview` (README.md, the tables of runs and environments).
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from tinylm.report.kinds import CURVES, Kind, discover
-
-__all__ = ["CURVES", "KINDS", "Kind", "add_arguments", "run"]
-
+from tinylm.report.kinds import Kind, discover
 
 # name -> Kind: every kind of section, read by the plan and by the Snakemake rules (figures, tables,
 # inputs, runs).
@@ -35,12 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="every run name of the whole report, in a fixed order: fixes each run's colour "
                              "across sections")
     parser.add_argument("--tokenizer-report", metavar="JSON", help="tokenizer section: tinylm tokenizer-report output")
-    parser.add_argument("--generate", metavar="JSON", help="generate/owt sections: tinylm generate output")
+    parser.add_argument("--generate", metavar="JSON", help="generate/corpus sections: tinylm generate output")
     parser.add_argument("--sampling-grid", metavar="JSON",
                         help="generate section: tinylm generate output over several temperatures and top-ps")
     parser.add_argument("--max-batch", metavar="JSON", help="batch_size section: tinylm max-batch output")
     parser.add_argument("--train-text", metavar="TXT",
-                        help="generate/owt sections: the generating run's training text; the section reports "
+                        help="generate/corpus sections: the generating run's training text; the section reports "
                              "the share of generated words that occur in it")
     parser.add_argument("--sections", nargs="+", default=[], metavar="SECTION_MD",
                         help="index: the section.md files to assemble")
