@@ -10,7 +10,13 @@ import pandas as pd
 
 from tinylm.report.runs import Run
 from tinylm.report.tables import fmt_int, fmt_loss, fmt_rate, fmt_signed
+from tinylm.training.summary import SUMMARY
 from tinylm.training.summary import best_run as summary_best_run
+
+# The summary fields of every run that a section's table may show (columns named as in Summary).
+SUMMARY_COLUMNS = (SUMMARY.status, SUMMARY.steps, SUMMARY.params, SUMMARY.final_train_loss, SUMMARY.final_val_loss,
+                   SUMMARY.best_val_loss, SUMMARY.target_reached_step, SUMMARY.tokens_per_s, SUMMARY.peak_mem_bytes,
+                   SUMMARY.mem_percent)
 
 
 def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:
@@ -23,17 +29,8 @@ def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:
             "run": run.label,
             "lr": run.lr,
             "batch_size": run.batch_size,
-            "status": run.summary.status,
             "diverged": run.diverged,
-            "steps": run.summary.steps,
-            "params": run.summary.params,
-            "final_train_loss": run.summary.final_train_loss,
-            "final_val_loss": val,
-            "best_val_loss": run.summary.best_val_loss,
-            "target_reached_step": run.summary.target_reached_step,
-            "tokens_per_s": run.summary.tokens_per_s,
-            "peak_mem_bytes": run.summary.peak_mem_bytes,
-            "mem_percent": run.summary.mem_percent,
+            **{key: getattr(run.summary, key) for key in SUMMARY_COLUMNS},
             "val_vs_baseline": None if val is None or reference is None else val - reference,
             "d_ff": run.config.model.d_ff,
             "vocab_size": run.config.model.vocab_size,

@@ -11,6 +11,7 @@ import regex
 
 from tinylm.report.section import Section
 from tinylm.report.tables import Column, fmt_excerpt, fmt_int, fmt_loss, fmt_ratio, fmt_share
+from tinylm.training.summary import SUMMARY
 
 # A word: letters, with inner apostrophes (don't, Lily's); compared in lower case.
 WORD = regex.compile(r"\p{L}+(?:['’]\p{L}+)*")
@@ -126,7 +127,8 @@ def generation_text(generated: dict, what: str) -> str:
     stopped = sum(bool(s["stopped_at_eot"]) for s in samples)
     length = (f"all {fmt_int(lengths[0])} tokens long" if min(lengths) == max(lengths)
               else f"{fmt_int(min(lengths))} to {fmt_int(max(lengths))} tokens long")
-    return (f"Text from {run['name']} ({what}; final validation loss {fmt_loss(run.get('final_val_loss'))}) "
+    loss = fmt_loss(run.get(SUMMARY.final_val_loss))  # tinylm generate copies the run's summary fields
+    return (f"Text from {run[SUMMARY.name]} ({what}; final validation loss {loss}) "
             f"for the prompt {generated['prompt']!r} at temperature "
             f"{', '.join(map(str, settings['temperatures']))} and top-p {', '.join(map(str, settings['top_ps']))}, "
             f"at most {fmt_int(settings['max_new_tokens'])} new tokens. {stopped} of {len(samples)} samples ended at "

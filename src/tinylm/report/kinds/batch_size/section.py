@@ -10,6 +10,7 @@ from tinylm.report.findings import best_run, runs_frame
 from tinylm.report.runs import Run, colour_by_order
 from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import Column, fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_speed
+from tinylm.training.summary import SUMMARY
 
 
 def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
@@ -109,7 +110,8 @@ def build(section: Section, inputs: Inputs) -> None:
     section.curves(runs, inputs.baseline, "Batch sizes")
     section.table(runs_frame(runs), [
         Column("run", "run"), Column("batch_size", "batch", fmt_int), Column("lr", "learning rate", fmt_rate),
-        Column("peak_mem_bytes", "peak memory", fmt_bytes), Column("mem_percent", "% of device memory", fmt_percent),
-        Column("tokens_per_s", "tokens/s", fmt_speed), Column("final_val_loss", "final val loss", fmt_loss),
-        Column("status", "status"),
+        Column(SUMMARY.peak_mem_bytes, "peak memory", fmt_bytes),
+        Column(SUMMARY.mem_percent, "% of device memory", fmt_percent),
+        Column(SUMMARY.tokens_per_s, "tokens/s", fmt_speed), Column(SUMMARY.final_val_loss, "final val loss", fmt_loss),
+        Column(SUMMARY.status, "status"),
     ], "batch_size", "Batch sizes at a fixed token budget")

@@ -7,6 +7,7 @@ from tinylm.report.runs import Run
 from tinylm.report.samples import generation_text, write_samples
 from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_signed
+from tinylm.training.summary import SUMMARY
 
 
 def comparison_text(run: Run, other: Run) -> str:
@@ -35,9 +36,10 @@ def build(section: Section, inputs: Inputs) -> None:
     section.paragraph(comparison_text(run, baseline))
     section.curves([run, baseline], baseline, f"{run.label} vs {baseline.label}")
     section.table(runs_frame([run, baseline], baseline), [
-        Column("run", "run"), Column("status", "status"), Column("steps", "steps", fmt_int),
-        Column("vocab_size", "vocabulary", fmt_int), Column("params", "parameters", fmt_int),
-        Column("final_train_loss", "final train loss", fmt_loss), Column("final_val_loss", "final val loss", fmt_loss),
+        Column("run", "run"), Column(SUMMARY.status, "status"), Column(SUMMARY.steps, "steps", fmt_int),
+        Column("vocab_size", "vocabulary", fmt_int), Column(SUMMARY.params, "parameters", fmt_int),
+        Column(SUMMARY.final_train_loss, "final train loss", fmt_loss),
+        Column(SUMMARY.final_val_loss, "final val loss", fmt_loss),
         Column("val_vs_baseline", f"val loss - {baseline.label}", fmt_signed),
     ], "final_losses", f"Final losses, {run.label} and {baseline.label}")
     section.paragraph(generation_text(generated, f"the {run.label} run"))

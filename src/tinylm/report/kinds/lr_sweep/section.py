@@ -18,6 +18,7 @@ from tinylm.report.runs import Run
 from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_rate, fmt_ratio, fmt_signed
 from tinylm.training.divergence import INITIAL_LOSS_STEPS, LOSS_SMOOTHING
+from tinylm.training.summary import SUMMARY
 
 # Unigram frequencies are estimated from at most this many tokens of each array: plenty for a
 # vocabulary of tens of thousands, and the reference corpora hold billions.
@@ -234,10 +235,11 @@ def build(section: Section, inputs: Inputs) -> None:
     frame = runs_frame(runs)
     frame["outcome"] = [edge.outcomes[label] for label in frame["run"]]
     section.table(frame, [
-        Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column("status", "status"),
-        Column("final_val_loss", "final val loss", fmt_loss), Column("best_val_loss", "best val loss", fmt_loss),
-        Column("target_reached_step", "target reached at step", fmt_int), Column("diverged", "diverged"),
-        Column("steps", "steps", fmt_int), Column("outcome", "outcome"),
+        Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column(SUMMARY.status, "status"),
+        Column(SUMMARY.final_val_loss, "final val loss", fmt_loss),
+        Column(SUMMARY.best_val_loss, "best val loss", fmt_loss),
+        Column(SUMMARY.target_reached_step, "target reached at step", fmt_int), Column("diverged", "diverged"),
+        Column(SUMMARY.steps, "steps", fmt_int), Column("outcome", "outcome"),
     ], "lr_sweep", "Learning-rate sweep: final and best validation loss, step at which the target was reached, "
                    "and whether the rate trains, diverged or stopped learning")
     # The CSV keeps its column names; "diverging" there means failing (diverged or stopped learning).

@@ -7,6 +7,7 @@ from tinylm.report.findings import divergence_text, runs_frame, stability_text
 from tinylm.report.runs import Run
 from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_rate, fmt_ratio, fmt_signed
+from tinylm.training.summary import SUMMARY
 
 
 def _ffn_shape(run: Run) -> tuple[str, int]:
@@ -85,10 +86,10 @@ def build(section: Section, inputs: Inputs) -> None:
     section.paragraph(text)
     section.figure(figures.loss_curves(runs, "step", baseline), "loss_vs_step",
                    "Train and validation loss against step: variants solid, baseline dashed")
-    columns = [Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column("status", "status"),
-               Column("params", "parameters", fmt_int),
-               Column("final_train_loss", "final train loss", fmt_loss),
-               Column("final_val_loss", "final val loss", fmt_loss),
+    columns = [Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column(SUMMARY.status, "status"),
+               Column(SUMMARY.params, "parameters", fmt_int),
+               Column(SUMMARY.final_train_loss, "final train loss", fmt_loss),
+               Column(SUMMARY.final_val_loss, "final val loss", fmt_loss),
                Column("val_vs_baseline", "val loss - baseline", fmt_signed)]
     if ffn_changed:
         columns.insert(3, Column("d_ff", "d_ff", fmt_int))
