@@ -227,6 +227,39 @@ def test_index_keeps_the_given_order_and_rewrites_links(tmp_path):
         write_index([tmp_path / "other" / "section.md"], tmp_path / "README.md")
 
 
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder`, hidden ones too: {relative path: content}."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_the_index_writes_all_its_files_or_leaves_the_old_ones(tmp_path):
+    report, runs = tmp_path / "report", tmp_path / "runs"
+    page = report / "nope" / "section.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("## nope\n\nNoPE against the baseline.\n")
+    (tmp_path / "plan.json").write_text(json.dumps({"runs": {"baseline": {"changes": "", "sections": ["nope"]}}}))
+
+    def index() -> Path:
+        return write_index([page], report / "README.md", tmp_path / "plan.json", runs)
+
+    write_summary(runs / "baseline", final_val_loss=3.0)
+    index()
+    written = files_under(report)
+    assert {"README.md", "runs.csv", "runs.md", "environments.csv", "environments.md"} <= set(written)
+    # A malformed summary: no table of runs can be written.
+    summary = runs / "baseline" / "summary.json"
+    summary.write_text(summary.read_text().replace('"completed"', '"finished"'))
+    with pytest.raises(ValueError, match="status"):
+        index()
+    assert files_under(report) == written
+    # A new loss but a page that is not a section: found after the new tables of runs were written.
+    write_summary(runs / "baseline", final_val_loss=2.5)
+    page.write_text("no heading\n")
+    with pytest.raises(ValueError, match="not a section page"):
+        index()
+    assert files_under(report) == {**written, "nope/section.md": b"no heading\n"}  # no temporary file left
+
+
 def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
     from tinylm.report.overview import write_overview
 

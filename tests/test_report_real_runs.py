@@ -247,6 +247,20 @@ def test_owt_section_and_index(runs, tmp_path):
     assert links and all((readme.parent / link).is_file() for link in links)
 
 
+def test_a_section_that_fails_half_way_leaves_its_old_files(runs, tmp_path):
+    out = tmp_path / "owt"
+    report("owt", out, runs, ["lr=1e-2", "lr=3e-3"], "--baseline", "lr=3e-3", "--generate", str(runs["generate"]),
+           "--train-text", str(runs["train_text"]))
+    written = {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    # Another run, so every file would change; its curves and losses are drawn before the samples'
+    # words are looked up in a training text that is not there.
+    args = ["report", "corpus", "--out-dir", str(out), "--run", "lr=1e-3", str(runs["lr=1e-3"]), "--run", "lr=3e-3",
+            str(runs["lr=3e-3"]), "--baseline", "lr=3e-3", "--generate", str(runs["generate"]),
+            "--train-text", str(tmp_path / "missing.txt")]
+    assert main(args) == 2
+    assert {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()} == written
+
+
 def test_tokenizer_section(runs, tmp_path):
     out = tmp_path / "tokenizer"
     md = report("tokenizer", out, runs, [], "--tokenizer-report", str(runs["tokenizer_report"]))

@@ -68,12 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.kind == "index":
         from tinylm.report.index import write_index
-        from tinylm.report.overview import write_overview
 
         if not args.out or not args.sections:
             raise ValueError("tinylm report index: --out and --sections are required")
-        overview = write_overview(Path(args.plan), Path(args.runs_dir), Path(args.out).parent) if args.plan else ""
-        print(write_index(args.sections, args.out, overview))
+        print(write_index(args.sections, args.out, Path(args.plan) if args.plan else None, Path(args.runs_dir)))
         return 0
     if not args.out_dir:
         raise ValueError(f"tinylm report {args.kind}: --out-dir is required")

@@ -1,8 +1,9 @@
-"""Writing one report section: its figures, tables and `section.md`, into its folder.
+"""Writing one report section: its figures, tables and `section.md`, into its folder, as one set.
 
 `section.md` starts with the section's heading, then the kind's paragraphs, figures (PNG linked,
 SVG beside it) and tables (Markdown inline, CSV linked). Links are relative to the section folder;
-the index rewrites them when it assembles `results/report/README.md`.
+the index rewrites them when it assembles `results/report/README.md`. Every file is written to a
+temporary folder first and moved into place once the whole section is written (`file_set`).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pandas as pd
 
 from tinylm.files import write_text_atomic
 from tinylm.report import KINDS, figures
+from tinylm.report.file_set import file_set
 from tinylm.report.kinds import CURVES, Kind
 from tinylm.report.runs import Run
 from tinylm.report.tables import Column, write_table
@@ -36,12 +38,11 @@ class Inputs:
 
 
 class Section:
-    """Collects one section's Markdown while its figures and tables are written to `out_dir`."""
+    """Collects one section's Markdown while its figures and tables are written to `out_dir`.
+    `key`: the section's folder name, which names it in errors."""
 
-    def __init__(self, kind: Kind, title: str, description: str, out_dir: Path):
-        self.kind, self.description, self.out_dir = kind, description, Path(out_dir)
-        self.key = self.out_dir.name
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, kind: Kind, title: str, description: str, key: str, out_dir: Path):
+        self.kind, self.description, self.key, self.out_dir = kind, description, key, Path(out_dir)
         self.parts = [f"## {title}\n"]
         self.written: list[str] = []
 
@@ -74,22 +75,23 @@ class Section:
             raise ValueError(f"tinylm report {self.key}: {option} is required")
         return value
 
-    def write(self) -> Path:
+    def write(self) -> None:
         expected = [f"{s}.{ext}" for s in self.kind.figures for ext in ("png", "svg")]
         expected += [f"{s}.{ext}" for s in self.kind.tables for ext in ("csv", "md")]
         missing = sorted(set(expected) - set(self.written))
         if missing:  # the Snakemake rule declares the kind's files: a section must write all of them
             raise AssertionError(f"section {self.key} did not write {', '.join(missing)}")
-        path = self.out_dir / "section.md"
-        write_text_atomic(path, "\n".join(self.parts))
-        return path
+        write_text_atomic(self.out_dir / "section.md", "\n".join(self.parts))
 
 
 def build_section(kind_name: str, title: str, description: str, out_dir: Path, inputs: Inputs) -> Path:
-    """Write the section of kind `kind_name` into `out_dir`; the path of its section.md."""
+    """Write the section of kind `kind_name` into `out_dir`, all its files or none (a failure
+    leaves the previous ones); the path of its section.md."""
     kind = KINDS[kind_name]
     if kind.runs and not inputs.runs:
         raise ValueError(f"tinylm report {kind_name}: at least one --run LABEL RUN_DIR is required")
-    section = Section(kind, title, description, out_dir)
-    kind.build(section, inputs)
-    return section.write()
+    with file_set(out_dir) as staging:
+        section = Section(kind, title, description, out_dir.name, staging)
+        kind.build(section, inputs)
+        section.write()
+    return out_dir / "section.md"
