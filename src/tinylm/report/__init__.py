@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", help="the section's folder, e.g. results/report/lr_sweep")
     parser.add_argument("--title", help="the section's heading, e.g. '4. No RMSNorm' (default: the folder's name)")
     parser.add_argument("--description", default="",
-                        help="variant sections: the sentence that says what is compared")
+                        help="variant and corpus sections: the sentence that says what is compared; generate: "
+                             "which run the samples come from")
     parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("LABEL", "RUN_DIR"),
                         help="a run to include, named in legends and tables by LABEL (its changed setting, "
                              "e.g. lr=3e-3); repeat for each run")

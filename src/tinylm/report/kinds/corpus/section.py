@@ -11,7 +11,7 @@ from tinylm.training.summary import SUMMARY
 
 
 def comparison_text(run: Run, other: Run) -> str:
-    """The OpenWebText run against the TinyStories run of the same architecture and step count."""
+    """The run on another corpus against `other` (the baseline, on its own corpus)."""
     val, other_val = run.summary.final_val_loss, other.summary.final_val_loss
     text = (f"{run.label} reaches a final train loss of {fmt_loss(run.summary.final_train_loss)} and a final "
             f"validation loss of {fmt_loss(val)} after {fmt_int(run.summary.steps)} steps; "

@@ -12,8 +12,9 @@ SAMPLED_EXPERIMENT = "lr_sweep"  # the runs it samples from, with the baseline
 def plan(planner: Planner, name: str, title: str) -> PlannedSection:
     pool = list(dict.fromkeys([*planner.experiment_runs(SAMPLED_EXPERIMENT).labels, BASELINE_RUN]))
     corpus = planner.config["baseline"]["corpus"]
-    return PlannedSection(name, title, NAME, runs=dict.fromkeys(pool, ""),
-                          generation=planner.generation(corpus, pool, grid=True))
+    trained_on = "/".join(dict.fromkeys(planner.runs[run].corpus for run in pool))
+    return PlannedSection(name, title, NAME, f"the non-diverged {trained_on} run with the lowest final validation loss",
+                          dict.fromkeys(pool, ""), generation=planner.generation(corpus, pool, grid=True))
 
 
 KIND = Kind(NAME, plan, f"{__name__}.section", tables=("samples", "sampling_settings"),

@@ -41,8 +41,9 @@ def sampling_grid_text(grid: pd.DataFrame) -> str:
 
 def build(section: Section, inputs: Inputs) -> None:
     generated = section.required(inputs.generate, "--generate")
-    section.paragraph(generation_text(generated, "the non-diverged TinyStories run with the lowest final "
-                                                  "validation loss"))
+    # The plan says which runs it chose among (their corpus); run by hand, the section cannot know.
+    chosen = section.description or "the non-diverged run with the lowest final validation loss"
+    section.paragraph(generation_text(generated, chosen))
     write_samples(section, generated, inputs.train_text, "Samples")
     grid = sampling_grid(inputs.sampling_grid or generated)
     section.paragraph(sampling_grid_text(grid))
