@@ -275,7 +275,8 @@ def _section_kind(config: dict, kinds: dict[str, Kind], name: str) -> Kind:
 def report_order(config: dict, kinds: dict[str, Kind]) -> dict[str, Kind]:
     """{section name: its kind} in report order: the placed kinds' sections, then every other
     experiment's in config order."""
-    placed = {name: kind for name, kind in kinds.items() if kind.place is not None}
+    placed = dict(sorted(((name, kind) for name, kind in kinds.items() if kind.place is not None),
+                         key=lambda item: item[1].place))
     others = {name: _section_kind(config, kinds, name) for name in config["experiments"] if name not in placed}
     return placed | others
 
