@@ -15,8 +15,10 @@ from tiny_run import write_summary
 
 from tinylm.cli import main
 from tinylm.config import RunConfig
-from tinylm.report import analysis
+from tinylm.report import findings, samples
 from tinylm.report.index import write_index
+from tinylm.report.kinds.lr_sweep import section as lr_sweep
+from tinylm.report.kinds.variant.section import variant_rates_text, variant_text
 from tinylm.report.runs import PALETTE, load_runs, read_metrics
 from tinylm.report.tables import Column, fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_text, markdown_table
 
@@ -58,14 +60,14 @@ def sweep(tmp_path):
 
 
 def test_edge_of_stability_constructed_case(sweep):
-    edge = analysis.edge_of_stability(sweep)
+    edge = lr_sweep.edge_of_stability(sweep)
     assert edge.smallest_failing.lr == 1e-2  # not 3e-2, the other diverging rate
     assert edge.best.lr == 3e-3
     assert edge.largest_stable.lr == 3e-3
     assert edge.ratio == pytest.approx(1e-2 / 3e-3)
     assert edge.unigram is None and edge.outcomes == {"lr=1e-3": "trains", "lr=3e-3": "trains",
                                                       "lr=1e-2": "diverged", "lr=3e-2": "diverged"}
-    text = analysis.lr_sweep_text(sweep, edge)
+    text = lr_sweep.lr_sweep_text(sweep, edge)
     assert ("2 of 4 failed: 1e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 1e-2); "
             "3e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 3e-2).") in text
     assert "The best rate is 3e-3, with a final validation loss of 2.200" in text
@@ -81,13 +83,13 @@ def test_a_rate_closer_to_the_unigram_loss_than_to_the_best_stopped_learning(tmp
     runs = load_runs([(f"lr={fmt_rate(lr)}",
                        str(write_run(tmp_path / f"run{i}", lr, final, tokens=tokens, vocab_size=2)))
                       for i, (lr, final) in enumerate(finals.items())])
-    edge = analysis.edge_of_stability(runs)
+    edge = lr_sweep.edge_of_stability(runs)
     assert edge.unigram == pytest.approx(math.log(2))
     assert edge.threshold == pytest.approx((math.log(2) + 0.2) / 2)
     assert edge.outcomes == {"lr=1e-3": "trains", "lr=3e-3": "trains", "lr=1e-2": "stopped learning",
                              "lr=3e-2": "diverged"}
     assert edge.smallest_failing.lr == 1e-2 and edge.largest_stable.lr == 3e-3 and edge.best.lr == 3e-3
-    text = analysis.lr_sweep_text(runs, edge)
+    text = lr_sweep.lr_sweep_text(runs, edge)
     assert "no better than the unigram loss (0.693" in text and "above 0.447" in text
     assert "2 of 4 failed: 1e-2 stopped learning (final validation loss 0.450); 3e-2 diverged" in text
     assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
@@ -98,26 +100,26 @@ def test_known_words_are_looked_up_in_the_training_text(tmp_path):
     train.write_text("Once upon a time, Lily's dog ran.\n<|endoftext|>\n" * 3 + "The end " * 10)
     # A tiny read size: words cut at a chunk's end must still be found.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(analysis, "TEXT_CHUNK_CHARS", 7)
-        known = analysis.known_words(["Lily's dog ran, the END.", "Once upon a blorp blorp zig", ""], train)
+        patch.setattr(samples, "TEXT_CHUNK_CHARS", 7)
+        known = samples.known_words(["Lily's dog ran, the END.", "Once upon a blorp blorp zig", ""], train)
     assert known.per_sample == [1.0, 0.5, None]
     assert (known.total, known.known, known.unknown) == (11, 8, ["blorp", "zig"])
-    assert analysis.known_words_text(known).startswith("72.7% of the 11 generated words occur in the training text")
-    assert "'blorp', 'zig'" in analysis.known_words_text(known)
+    assert samples.known_words_text(known).startswith("72.7% of the 11 generated words occur in the training text")
+    assert "'blorp', 'zig'" in samples.known_words_text(known)
     with pytest.raises(FileNotFoundError, match="--train-text"):
-        analysis.known_words(["x"], tmp_path / "missing.txt")
+        samples.known_words(["x"], tmp_path / "missing.txt")
 
 
 def test_edge_of_stability_when_nothing_or_everything_diverges(tmp_path):
     stable = load_runs([("a", str(write_run(tmp_path / "a", 1e-3, 2.0))),
                         ("b", str(write_run(tmp_path / "b", 1e-2, 2.1)))])
-    edge = analysis.edge_of_stability(stable)
+    edge = lr_sweep.edge_of_stability(stable)
     assert edge.smallest_failing is None and edge.ratio is None
-    assert "lies above the largest rate tried, 1e-2" in analysis.lr_sweep_text(stable, edge)
+    assert "lies above the largest rate tried, 1e-2" in lr_sweep.lr_sweep_text(stable, edge)
     unstable = load_runs([("c", str(write_run(tmp_path / "c", 1.0, None)))])
-    edge = analysis.edge_of_stability(unstable)
+    edge = lr_sweep.edge_of_stability(unstable)
     assert edge.best is None and edge.smallest_failing.lr == 1.0
-    assert "Every rate diverged" in analysis.lr_sweep_text(unstable, edge)
+    assert "Every rate diverged" in lr_sweep.lr_sweep_text(unstable, edge)
 
 
 def test_divergence_point_is_the_last_finite_loss(sweep):
@@ -131,9 +133,9 @@ def test_divergence_point_is_the_last_finite_loss(sweep):
 
 def test_variant_text_states_the_differences(sweep):
     baseline, variant = sweep[1], sweep[0]
-    frame = analysis.runs_frame(sweep, baseline)
+    frame = findings.runs_frame(sweep, baseline)
     assert frame.loc[0, "val_vs_baseline"] == pytest.approx(2.5 - 2.2)
-    text = analysis.variant_text(sweep, baseline)
+    text = variant_text(sweep, baseline)
     assert f"{variant.label} ends at 2.500, +0.300 (worse than the baseline)" in text
     assert "lr=1e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 1e-2)." in text
 
@@ -142,7 +144,7 @@ def test_a_divergence_during_the_warm_up_says_so(tmp_path):
     # Diverging at a fraction of the configured rate says little about that rate.
     runs = load_runs([("baseline", str(write_run(tmp_path / "base", 3e-3, 2.2))),
                       ("early", str(write_run(tmp_path / "early", 3e-3, None, warmup_steps=15)))])
-    text = analysis.variant_text(runs, runs[0])
+    text = variant_text(runs, runs[0])
     assert ("early diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 2e-3, "
             "still warming up to 3e-3).") in text
 
@@ -155,16 +157,16 @@ def test_variant_rates_text_places_the_variants_edge_against_the_baselines_rate(
                             for i, (lr, final) in enumerate(finals.items())])
 
     runs = variant_runs({1e-3: 2.5, 3e-3: 2.3, 1e-2: None})
-    assert analysis.variant_rates_text(runs, runs[0]) == (
+    assert variant_rates_text(runs, runs[0]) == (
         "The smallest rate at which the variant diverged is 1e-2, 3.33x the baseline's rate (3e-3), and it "
         "trains at 1e-3 and 3e-3: its edge of stability lies above the baseline's rate.")
     runs = variant_runs({1e-3: 2.5, 3e-3: None, 1e-2: None})
-    assert analysis.variant_rates_text(runs, runs[0]).endswith(
+    assert variant_rates_text(runs, runs[0]).endswith(
         "is 3e-3, 1.00x the baseline's rate (3e-3), and it trains at 1e-3: its edge of stability lies at or "
         "below the baseline's rate.")
     runs = variant_runs({1e-3: 2.5, 3e-3: 2.3})
-    assert analysis.variant_rates_text(runs, runs[0]) == "None of the variant's 2 rates diverged."
-    assert analysis.variant_rates_text(runs[:2], runs[0]) == ""  # one rate: nothing to place
+    assert variant_rates_text(runs, runs[0]) == "None of the variant's 2 rates diverged."
+    assert variant_rates_text(runs[:2], runs[0]) == ""  # one rate: nothing to place
 
 
 def test_colours_follow_the_run_across_sections(tmp_path):
@@ -225,6 +227,39 @@ def test_index_keeps_the_given_order_and_rewrites_links(tmp_path):
         write_index([tmp_path / "other" / "section.md"], tmp_path / "README.md")
 
 
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder`, hidden ones too: {relative path: content}."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_the_index_writes_all_its_files_or_leaves_the_old_ones(tmp_path):
+    report, runs = tmp_path / "report", tmp_path / "runs"
+    page = report / "nope" / "section.md"
+    page.parent.mkdir(parents=True)
+    page.write_text("## nope\n\nNoPE against the baseline.\n")
+    (tmp_path / "plan.json").write_text(json.dumps({"runs": {"baseline": {"changes": "", "sections": ["nope"]}}}))
+
+    def index() -> Path:
+        return write_index([page], report / "README.md", tmp_path / "plan.json", runs)
+
+    write_summary(runs / "baseline", final_val_loss=3.0)
+    index()
+    written = files_under(report)
+    assert {"README.md", "runs.csv", "runs.md", "environments.csv", "environments.md"} <= set(written)
+    # A malformed summary: no table of runs can be written.
+    summary = runs / "baseline" / "summary.json"
+    summary.write_text(summary.read_text().replace('"completed"', '"finished"'))
+    with pytest.raises(ValueError, match="status"):
+        index()
+    assert files_under(report) == written
+    # A new loss but a page that is not a section: found after the new tables of runs were written.
+    write_summary(runs / "baseline", final_val_loss=2.5)
+    page.write_text("no heading\n")
+    with pytest.raises(ValueError, match="not a section page"):
+        index()
+    assert files_under(report) == {**written, "nope/section.md": b"no heading\n"}  # no temporary file left
+
+
 def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
     from tinylm.report.overview import write_overview
 
@@ -255,8 +290,8 @@ def test_overview_has_one_row_per_trained_run_and_groups_environments(tmp_path):
 def test_stability_text_names_the_largest_spike_against_the_threshold(sweep):
     run = next(r for r in sweep if r.lr == 1e-3)
     run.metrics.loc[run.metrics["step"] == 6, "train_loss"] = 5.0  # after 4.5 at step 5: a rise of 0.5
-    assert analysis.largest_spike(run) == (6.0, pytest.approx(0.5))
-    text = analysis.stability_text(run)
+    assert findings.largest_spike(run) == (6.0, pytest.approx(0.5))
+    text = findings.stability_text(run)
     assert "lr=1e-3 did not diverge" in text and "+0.500 (step 6)" in text
     assert "2x the untrained model's smoothed loss (9.800)" in text  # the reference, 4.9
-    assert analysis.stability_text(next(r for r in sweep if r.diverged)) == ""
+    assert findings.stability_text(next(r for r in sweep if r.diverged)) == ""

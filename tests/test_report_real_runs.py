@@ -18,8 +18,9 @@ import pytest
 
 from tinylm.cli import main
 from tinylm.config import RunConfig
-from tinylm.report import KINDS, analysis
+from tinylm.report import KINDS
 from tinylm.report.figures import DPI, SINGLE, WIDE
+from tinylm.report.samples import words
 from tinylm.report.tables import (
     fmt_bytes,
     fmt_duration,
@@ -246,6 +247,20 @@ def test_owt_section_and_index(runs, tmp_path):
     assert links and all((readme.parent / link).is_file() for link in links)
 
 
+def test_a_section_that_fails_half_way_leaves_its_old_files(runs, tmp_path):
+    out = tmp_path / "owt"
+    report("owt", out, runs, ["lr=1e-2", "lr=3e-3"], "--baseline", "lr=3e-3", "--generate", str(runs["generate"]),
+           "--train-text", str(runs["train_text"]))
+    written = {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    # Another run, so every file would change; its curves and losses are drawn before the samples'
+    # words are looked up in a training text that is not there.
+    args = ["report", "corpus", "--out-dir", str(out), "--run", "lr=1e-3", str(runs["lr=1e-3"]), "--run", "lr=3e-3",
+            str(runs["lr=3e-3"]), "--baseline", "lr=3e-3", "--generate", str(runs["generate"]),
+            "--train-text", str(tmp_path / "missing.txt")]
+    assert main(args) == 2
+    assert {path.name: path.read_bytes() for path in out.rglob("*") if path.is_file()} == written
+
+
 def test_tokenizer_section(runs, tmp_path):
     out = tmp_path / "tokenizer"
     md = report("tokenizer", out, runs, [], "--tokenizer-report", str(runs["tokenizer_report"]))
@@ -278,11 +293,11 @@ def test_generate_section(runs, tmp_path):
     samples = pd.read_csv(out / "samples.csv")
     assert list(samples["seed"]) == [0, 1]
     # The share of each sample's words in the training text, recomputed from the whole text at once.
-    vocabulary = set(analysis.words(runs["train_text"].read_text()))
-    per_sample = [analysis.words(s["completion"]) for s in generated["samples"]]
-    for words, share in zip(per_sample, samples["known_word_ratio"]):
-        assert share == pytest.approx(sum(w in vocabulary for w in words) / len(words))
-    all_words = [w for words in per_sample for w in words]
+    vocabulary = set(words(runs["train_text"].read_text()))
+    per_sample = [words(s["completion"]) for s in generated["samples"]]
+    for sample_words, share in zip(per_sample, samples["known_word_ratio"]):
+        assert share == pytest.approx(sum(w in vocabulary for w in sample_words) / len(sample_words))
+    all_words = [w for sample_words in per_sample for w in sample_words]
     known = sum(w in vocabulary for w in all_words) / len(all_words)
     assert f"{fmt_share(known)} of the {len(all_words)} generated words occur in the training text" in md.read_text()
     grid = pd.read_csv(out / "sampling_settings.csv")

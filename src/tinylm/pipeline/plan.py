@@ -13,28 +13,29 @@ Runs are the baseline (config key `baseline`) plus, per experiment, the baseline
 optional sweep. Two runs with the same content are one run: the first name wins, so the lr sweep at
 the baseline's rate (and the batch-size run at the baseline's batch and budget) is the run `baseline`
 itself, with that section's label.
+
+Sections are planned by their kinds (tinylm.report.kinds): this module makes the runs every
+experiment's overrides and sweep ask for, orders the sections and numbers their titles, and hands
+each kind a `Planner` to plan its section with. It imports no report code at module level (the
+kinds import its dataclasses), and nothing heavy: the Snakefile imports it.
 """
 from __future__ import annotations
 
 import copy
 import itertools
 import json
-import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinylm.config import RunConfig
 from tinylm.formatting import fmt_value
 from tinylm.pipeline.naming import config_changes, setting_text
 from tinylm.pipeline.paths import tokenizer_dir, tokens_path
-from tinylm.report import KINDS
+
+if TYPE_CHECKING:
+    from tinylm.report.kinds import Kind
 
 BASELINE_RUN = "baseline"
-# Experiment keys with a section of their own kind; every other experiment is an ablation ("report" key).
-SPECIAL_EXPERIMENTS = ("lr_sweep", "batch_size")
-RESERVED_SECTIONS = ("tokenizer", "generate")
-DEFAULT_TITLES = {"tokenizer": "Tokenizers", "lr_sweep": "Learning rate", "batch_size": "Batch size",
-                  "generate": "Generation"}
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class Plan:
         return self.runs[name]
 
 
-def _config_error(where: str, error: Exception | str) -> ValueError:
+def config_error(where: str, error: Exception | str) -> ValueError:
     return ValueError(f"config {where}: {error}")
 
 
@@ -114,26 +115,48 @@ def sampling_label(setting: dict) -> str:
     return f"T={fmt_value(float(setting['temperature']))}_p={fmt_value(float(setting['top_p']))}"
 
 
-class _Planner:
-    """Builds the plan in one pass over the config; `build_plan` is its only user."""
+@dataclass(frozen=True)
+class ExperimentRuns:
+    """The runs of an experiment: the baseline with its overrides, one per point of its sweep."""
 
-    def __init__(self, config: dict, largest_batch: int | None):
+    labels: dict[str, str]       # run name -> label, in plot order; the baseline too when compared
+    compare: bool                # config compare_baseline: the baseline is shown, dashed
+
+    @property
+    def own(self) -> list[str]:
+        """Its runs other than the baseline."""
+        return [run for run in self.labels if run != BASELINE_RUN]
+
+    @property
+    def baseline(self) -> str | None:
+        return BASELINE_RUN if self.compare else None
+
+
+class Planner:
+    """The runs and sections of a plan while it is made. `build_plan` makes the runs every
+    experiment's overrides and sweep ask for, then asks each section's kind (tinylm.report.kinds) to
+    plan its section with the methods here."""
+
+    def __init__(self, config: dict, largest_batch: int | None, kinds: dict[str, Kind]):
         self.config, self.largest_batch = config, largest_batch
-        self._check_references()
+        self._check_references(kinds)
         self.runs: dict[str, PlannedRun] = {}
+        self.sections: dict[str, PlannedSection] = {}  # planned so far
+        self.probe: dict | None = None  # the max-batch probe's settings, set by the section that needs it
         self.by_content: dict[str, str] = {}
+        self._experiment_runs: dict[str, ExperimentRuns] = {}
         base = config["baseline"]
         self.baseline = self._run_config(BASELINE_RUN, base["tokenizer"], base["corpus"], {}, "baseline")
-        self._add(self._make(BASELINE_RUN, base["tokenizer"], base["corpus"], {}, "baseline", "baseline"))
+        self.add(self.make(BASELINE_RUN, base["tokenizer"], base["corpus"], {}, "baseline", "baseline"))
 
     # -- references between config entries, checked before any run is made
-    def _check_references(self) -> None:
+    def _check_references(self, kinds: dict[str, Kind]) -> None:
         c = self.config
 
         def need(value: str, kind: str, key: str) -> None:
             known = list(c[kind])
             if value not in known:
-                raise _config_error(key, f"{value!r} is not one of config {kind} ({', '.join(known)})")
+                raise config_error(key, f"{value!r} is not one of config {kind} ({', '.join(known)})")
 
         for name, tok in c["tokenizers"].items():
             need(tok["corpus"], "corpora", f"tokenizers.{name}.corpus")
@@ -142,8 +165,8 @@ class _Planner:
         need(c["baseline"]["tokenizer"], "tokenizers", "baseline.tokenizer")
         need(c["baseline"]["corpus"], "corpora", "baseline.corpus")
         for name, exp in c["experiments"].items():
-            if name in RESERVED_SECTIONS:
-                raise _config_error(f"experiments.{name}", f"{name!r} is a built-in report section, not an experiment")
+            if name in kinds and kinds[name].place is not None and not kinds[name].experiment:
+                raise config_error(f"experiments.{name}", f"{name!r} is a built-in report section, not an experiment")
             if "tokenizer" in exp:
                 need(exp["tokenizer"], "tokenizers", f"experiments.{name}.tokenizer")
             if "corpus" in exp:
@@ -163,10 +186,11 @@ class _Planner:
         try:
             return RunConfig.from_dict(copy.deepcopy(data)).with_overrides(overrides)
         except ValueError as error:
-            raise _config_error(where, error) from None
+            raise config_error(where, error) from None
 
-    def _make(self, name: str, tok: str, corpus: str, overrides: dict, where: str, section: str,
-              resources: dict | None = None) -> PlannedRun:
+    def make(self, name: str, tok: str, corpus: str, overrides: dict, where: str, section: str,
+             resources: dict | None = None) -> PlannedRun:
+        """The baseline with `overrides`, on `tok` and `corpus`; `where` names its config entry in errors."""
         run_config = self._run_config(name, tok, corpus, overrides, where)
         merged = dict(self.config["resources"]["train"], **(resources or {}))
         merged["gpu"] *= run_config.training.devices
@@ -178,16 +202,25 @@ class _Planner:
                                                              "tokenizer": (tok, base["tokenizer"])})
         return PlannedRun(name, run_config, tok, corpus, section, changes, merged, note)
 
-    def _add(self, run: PlannedRun) -> str:
+    def add(self, run: PlannedRun) -> str:
         """The name under which `run` is trained: an earlier run with the same content keeps its name."""
         content = json.dumps(run.config.settings(leave_out=("identity",)), sort_keys=True)
         name = self.by_content.setdefault(content, run.name)
         self.runs.setdefault(name, run)
         return name
 
-    # -- sections
-    def overrides_and_sweep(self, name: str) -> tuple[dict[str, str], bool]:
-        """{run name: label} of an experiment with overrides and an optional sweep."""
+    # -- what kinds read while they plan their sections
+    def experiment(self, name: str) -> dict:
+        """Config `experiments.<name>`; {} for a section that has no experiment."""
+        return self.config["experiments"].get(name, {})
+
+    def experiment_runs(self, name: str) -> ExperimentRuns:
+        """The runs of an experiment with overrides and an optional sweep (made once, then recalled)."""
+        if name not in self._experiment_runs:
+            self._experiment_runs[name] = self._overrides_and_sweep(name)
+        return self._experiment_runs[name]
+
+    def _overrides_and_sweep(self, name: str) -> ExperimentRuns:
         exp = self.config["experiments"][name]
         base = self.config["baseline"]
         tok, corpus = exp.get("tokenizer", base["tokenizer"]), exp.get("corpus", base["corpus"])
@@ -202,47 +235,22 @@ class _Planner:
             swept = "-".join(settings)
             run_name = f"{name}-{swept}" if swept else name
             where = f"experiments.{name}" + (f" ({swept})" if swept else "")
-            run = self._make(run_name, tok, corpus, {**overrides, **point}, where, name, exp["resources"])
-            labels[self._add(run)] = " ".join([prefix] * bool(prefix) + settings) or name
+            run = self.make(run_name, tok, corpus, {**overrides, **point}, where, name, exp["resources"])
+            labels[self.add(run)] = " ".join([prefix] * bool(prefix) + settings) or name
         compare = exp["compare_baseline"]
         if compare:
             labels.setdefault(BASELINE_RUN, "baseline")
-        return labels, compare
+        return ExperimentRuns(labels, compare)
 
-    def batch_size_run(self, batch: int) -> PlannedRun:
-        """The baseline at `batch` with the section's token budget (whole steps), scaled lr, and
-        intervals fixed in tokens so every batch size is logged, evaluated and warmed up over the
-        same share of the budget."""
-        exp = self.config["experiments"]["batch_size"]
-        base = self.baseline
-        scale = batch / base.training.batch_size
-        exponent = {"constant": 0.0, "sqrt": 0.5, "linear": 1.0}[exp["lr_scaling"]]
-        lr = min(base.optimizer.lr * scale ** exponent, float(exp["max_lr"] or math.inf))
-        per_tokens = lambda steps: max(1, round(steps / scale))  # noqa: E731
-        steps = math.ceil(exp["max_tokens"] / (batch * base.model.context_length))
-        overrides = {
-            "training.batch_size": batch, "training.max_steps": steps, "training.max_tokens": None,
-            "optimizer.lr": lr,
-            "optimizer.warmup_steps": min(per_tokens(base.optimizer.warmup_steps), steps // 2),
-            "training.eval_interval": per_tokens(base.training.eval_interval),
-            "training.log_interval": per_tokens(base.training.log_interval),
-            "training.checkpoint_interval": per_tokens(base.training.checkpoint_interval),
-        }
-        b = self.config["baseline"]
-        return self._make(f"batch_size-batch={batch}", b["tokenizer"], b["corpus"], overrides,
-                          f"experiments.batch_size (batch={batch})", "batch_size", exp["resources"])
-
-    def batch_sizes(self) -> tuple[list[int], bool]:
-        """(batch sizes to train, whether the probe's answer is still missing)."""
-        exp = self.config["experiments"]["batch_size"]
-        sizes = sorted(set(exp["batch_sizes"]))
-        if not exp["find_max"]:
-            return sizes, False
-        if self.largest_batch is None:
-            return [b for b in sizes if b <= exp["max_batch"]], True
-        return sorted({b for b in sizes if b <= self.largest_batch} | {self.largest_batch}), False
+    def described(self, name: str) -> str:
+        """The experiment's description, else what its first run changes against the baseline."""
+        exp = self.experiment(name)
+        own = self.experiment_runs(name).own
+        changes = self.runs[own[0]].changes if own else "no change"
+        return exp["description"] or f"{exp.get('label') or name} ({changes}) against the baseline."
 
     def generation(self, group: str, runs: list[str], grid: bool) -> PlannedSamples:
+        """Samples from the best of `runs` at the main sampling setting, and with `grid` the settings grid."""
         gen = self.config["generate"]
         main = sampling_label(gen["main"])
         settings = {main: {"temperatures": [gen["main"]["temperature"]], "top_ps": [gen["main"]["top_p"]],
@@ -251,56 +259,26 @@ class _Planner:
             settings["grid"] = {key: gen["grid"][key] for key in ("temperatures", "top_ps", "seeds")}
         return PlannedSamples(group, tuple(runs), settings, main)
 
-    def sections(self) -> dict[str, PlannedSection]:
-        exps = self.config["experiments"]
-        order = ["tokenizer", "lr_sweep", "batch_size", "generate"]
-        order += [name for name in exps if name not in SPECIAL_EXPERIMENTS]
-        made: dict[str, PlannedSection] = {}
-        # Every experiment's runs are made before the batch-size runs, whatever the report order, so a
-        # run's name never depends on whether the probe has run.
-        planned = {name: self.overrides_and_sweep(name) for name in exps if name != "batch_size"}
-        base_corpus = self.config["baseline"]["corpus"]
-        for number, name in enumerate(order):
-            exp = exps.get(name, {})
-            title = f"{number}. {exp.get('title') or DEFAULT_TITLES.get(name) or exp.get('label') or name}"
-            if name == "tokenizer":
-                made[name] = PlannedSection(name, title, "tokenizer")
-            elif name == "lr_sweep":
-                labels, compare = planned[name]
-                made[name] = PlannedSection(name, title, "lr_sweep", exp.get("description", ""), labels,
-                                            BASELINE_RUN if compare else None)
-            elif name == "batch_size":
-                sizes, pending = self.batch_sizes()
-                labels = {self._add(self.batch_size_run(b)): f"batch={b}" for b in sizes}
-                made[name] = PlannedSection(name, title, "batch_size", exp.get("description", ""), labels,
-                                            BASELINE_RUN if BASELINE_RUN in labels else None,
-                                            pending_probe=pending)
-            elif name == "generate":
-                pool = list(planned["lr_sweep"][0]) + [BASELINE_RUN]
-                pool = list(dict.fromkeys(pool))
-                made[name] = PlannedSection(name, title, "generate", runs=dict.fromkeys(pool, ""),
-                                            generation=self.generation(base_corpus, pool, grid=True))
-            else:
-                labels, compare = planned[name]
-                own = [r for r in labels if r != BASELINE_RUN]
-                kind, generation = exp["report"], None
-                if kind == "corpus":
-                    corpus = exp.get("corpus", base_corpus)
-                    if corpus == base_corpus:
-                        raise _config_error(f"experiments.{name}.corpus",
-                                            f"a 'corpus' section compares another corpus with the baseline's "
-                                            f"({base_corpus!r}); set corpus (and tokenizer)")
-                    generation = self.generation(corpus, own, grid=False)
-                    if compare:
-                        labels[BASELINE_RUN] = f"{base_corpus} baseline"
-                changes = self.runs[own[0]].changes if own else "no change"
-                description = exp["description"] or f"{exp.get('label') or name} ({changes}) against the baseline."
-                made[name] = PlannedSection(name, title, kind, description, labels,
-                                            BASELINE_RUN if compare else None, generation)
-        for section in made.values():
-            if section.kind not in KINDS:
-                raise _config_error(f"experiments.{section.name}.report", f"unknown report kind {section.kind!r}")
-        return made
+
+def _section_kind(config: dict, kinds: dict[str, Kind], name: str) -> Kind:
+    """The kind of an experiment's section: the placed kind of its name, else its `report`."""
+    if name in kinds and kinds[name].place is not None:
+        return kinds[name]
+    report = config["experiments"][name].get("report")
+    per_experiment = [kind for kind, found in kinds.items() if found.place is None]
+    if report not in per_experiment:
+        raise config_error(f"experiments.{name}.report",
+                           f"unknown report kind {report!r} (one of {', '.join(per_experiment)})")
+    return kinds[report]
+
+
+def report_order(config: dict, kinds: dict[str, Kind]) -> dict[str, Kind]:
+    """{section name: its kind} in report order: the placed kinds' sections, then every other
+    experiment's in config order."""
+    placed = dict(sorted(((name, kind) for name, kind in kinds.items() if kind.place is not None),
+                         key=lambda item: item[1].place))
+    others = {name: _section_kind(config, kinds, name) for name in config["experiments"] if name not in placed}
+    return placed | others
 
 
 def _dotted_get(data: dict, dotted: str) -> Any:
@@ -314,9 +292,18 @@ def build_plan(config: dict, largest_batch: int | None = None) -> Plan:
     """Every run and report section of a resolved config (see resolve_config). `largest_batch` is
     the max-batch probe's answer; without it the batch-size section lists the configured sizes up to
     the probe's limit and is marked pending."""
-    planner = _Planner(config, largest_batch)
-    sections = planner.sections()
-    exp = config["experiments"]["batch_size"]
-    probe = ({"max_batch": exp["max_batch"], "cpu_memory_budget_mb": exp["cpu_memory_budget_mb"]}
-             if exp["find_max"] else None)
-    return Plan(planner.runs, sections, probe)
+    # Imported here: the kinds' packages import this module's dataclasses.
+    from tinylm.report import KINDS
+
+    planner = Planner(config, largest_batch, KINDS)
+    order = report_order(config, KINDS)
+    # Every sweep's runs are made first, in config order, before any section's own runs (the batch
+    # sizes): so a run's name never depends on the report order or on whether the probe has run.
+    for name in config["experiments"]:
+        if order[name].sweeps:
+            planner.experiment_runs(name)
+    for number, (name, kind) in enumerate(order.items()):
+        exp = planner.experiment(name)
+        title = f"{number}. {exp.get('title') or kind.title or exp.get('label') or name}"
+        planner.sections[name] = kind.plan(planner, name, title)
+    return Plan(planner.runs, planner.sections, planner.probe)

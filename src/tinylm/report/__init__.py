@@ -1,42 +1,36 @@
 """`tinylm report KIND`: one report section's figures, tables and text, from finished runs.
 
-`tinylm report index` assembles the sections into results/report/README.md. The modules:
-`runs` (loading runs, labels, colours), `analysis` (findings and their sentences), `figures`,
-`tables`, `sections` (one function per kind of section) and `index`. Which sections a report
-has, their titles and runs, is the experiment plan's business (tinylm.pipeline.plan).
+`tinylm report index` assembles the sections into results/report/README.md.
+
+Each kind of section is one package, `tinylm.report.kinds.<kind>` (tokenizer, lr_sweep, batch_size,
+generate, variant, corpus), in two parts:
+
+- its `__init__.py`, light (no pandas, matplotlib or torch): `KIND`, what the section writes
+  (figures, tables) and reads (inputs, runs), where its sections go in the report, and `plan`, how
+  the experiment plan (tinylm.pipeline.plan) makes its section from the config;
+- its `section.py`, heavy: `build(section, inputs)`, the section's findings, text, figures and
+  tables. `Kind.build` imports it only when a section of that kind is built.
+
+`KINDS` (name -> Kind) is discovered from the packages, so adding a kind is adding its package. The
+Snakefile imports tinylm.pipeline.plan and this package to plan and to declare each rule's files
+(`KINDS[kind].figures/.tables/.inputs/.runs`): both stay light because nothing there imports a
+kind's `section`.
+
+Shared by the kinds: `runs` (loading runs, labels, colours), `findings` (what several kinds state
+about single runs), `samples` (generated text), `figures` (saving, loss curves, line styles),
+`tables` (formatters, CSV + Markdown), `section` (the writer: a section's files as one set) and
+`index` with `overview` (README.md, the tables of runs and environments).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 
+from tinylm.report.kinds import Kind, discover
 
-@dataclass(frozen=True)
-class Kind:
-    """What a kind of report section writes besides section.md, and what it reads.
-
-    `figures`: stems written as .png + .svg; `tables`: stems written as .csv + .md (the Snakemake
-    rule declares exactly these files); `inputs`: the file options it needs (tinylm report --OPTION);
-    `runs`: whether it is drawn from runs' curves (otherwise from its JSON inputs alone).
-    """
-
-    figures: tuple[str, ...] = ()
-    tables: tuple[str, ...] = ()
-    inputs: tuple[str, ...] = ()
-    runs: bool = True
-
-
-CURVES = ("loss_vs_step", "loss_vs_tokens", "loss_vs_time")
-# Report section kinds; the plan (tinylm.pipeline.plan) gives every section one of these.
-KINDS: dict[str, Kind] = {
-    "tokenizer": Kind(("compression",), ("tokenizers", "compression"), ("tokenizer_report",), runs=False),
-    "lr_sweep": Kind(("lr_schedule", *CURVES, "final_loss_vs_lr"), ("lr_sweep", "edge_of_stability")),
-    "batch_size": Kind(("memory", *CURVES), ("batch_size",), ("max_batch",)),
-    "generate": Kind((), ("samples", "sampling_settings"), ("generate", "sampling_grid", "train_text"), runs=False),
-    "variant": Kind(("loss_vs_step",), ("final_losses",)),             # the baseline with one thing changed
-    "corpus": Kind(CURVES, ("final_losses", "samples"), ("generate", "train_text")),  # the model on another corpus
-}
+# name -> Kind: every kind of section, read by the plan and by the Snakemake rules (figures, tables,
+# inputs, runs).
+KINDS: dict[str, Kind] = discover()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", help="the section's folder, e.g. results/report/lr_sweep")
     parser.add_argument("--title", help="the section's heading, e.g. '4. No RMSNorm' (default: the folder's name)")
     parser.add_argument("--description", default="",
-                        help="variant sections: the sentence that says what is compared")
+                        help="variant and corpus sections: the sentence that says what is compared; generate: "
+                             "which run the samples come from")
     parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("LABEL", "RUN_DIR"),
                         help="a run to include, named in legends and tables by LABEL (its changed setting, "
                              "e.g. lr=3e-3); repeat for each run")
@@ -54,12 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="every run name of the whole report, in a fixed order: fixes each run's colour "
                              "across sections")
     parser.add_argument("--tokenizer-report", metavar="JSON", help="tokenizer section: tinylm tokenizer-report output")
-    parser.add_argument("--generate", metavar="JSON", help="generate/owt sections: tinylm generate output")
+    parser.add_argument("--generate", metavar="JSON", help="generate/corpus sections: tinylm generate output")
     parser.add_argument("--sampling-grid", metavar="JSON",
                         help="generate section: tinylm generate output over several temperatures and top-ps")
     parser.add_argument("--max-batch", metavar="JSON", help="batch_size section: tinylm max-batch output")
     parser.add_argument("--train-text", metavar="TXT",
-                        help="generate/owt sections: the generating run's training text; the section reports "
+                        help="generate/corpus sections: the generating run's training text; the section reports "
                              "the share of generated words that occur in it")
     parser.add_argument("--sections", nargs="+", default=[], metavar="SECTION_MD",
                         help="index: the section.md files to assemble")
@@ -74,18 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.kind == "index":
         from tinylm.report.index import write_index
-        from tinylm.report.overview import write_overview
 
         if not args.out or not args.sections:
             raise ValueError("tinylm report index: --out and --sections are required")
-        overview = write_overview(Path(args.plan), Path(args.runs_dir), Path(args.out).parent) if args.plan else ""
-        print(write_index(args.sections, args.out, overview))
+        print(write_index(args.sections, args.out, Path(args.plan) if args.plan else None, Path(args.runs_dir)))
         return 0
     if not args.out_dir:
         raise ValueError(f"tinylm report {args.kind}: --out-dir is required")
     from tinylm.files import read_json
     from tinylm.report.runs import find_run, load_runs
-    from tinylm.report.sections import Inputs, build
+    from tinylm.report.section import Inputs, build_section
 
     def option_json(path: str | None, option: str) -> dict | None:
         return None if path is None else read_json(path, option, expect=dict)
@@ -98,5 +91,5 @@ def run(args: argparse.Namespace) -> int:
                     max_batch=option_json(args.max_batch, "--max-batch"),
                     train_text=Path(args.train_text) if args.train_text else None)
     out_dir = Path(args.out_dir)
-    print(build(args.kind, args.title or out_dir.name, args.description, out_dir, inputs))
+    print(build_section(args.kind, args.title or out_dir.name, args.description, out_dir, inputs))
     return 0

@@ -15,7 +15,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, NullFormatter  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from tinylm.files import atomic_path  # noqa: E402
 from tinylm.report.runs import Run  # noqa: E402
@@ -23,7 +22,6 @@ from tinylm.report.runs import Run  # noqa: E402
 DPI = 120
 WIDE = (8.0, 4.0)      # two panels side by side: 960 x 480 px, readable at 100%
 SINGLE = (7.0, 4.0)    # one panel: 840 x 480 px
-TOKENIZER_COLOURS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]  # runs have theirs
 
 plt.rcParams.update({
     "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
@@ -56,11 +54,11 @@ def _spans_decades(values) -> bool:
     return len(values) >= 2 and max(values) / min(values) >= 10
 
 
-def _style(run: Run, baseline: Run | None) -> dict:
+def line_style(run: Run, baseline: Run | None) -> dict:
     return {"color": run.colour, "linestyle": "--" if run is baseline else "-", "linewidth": 1.6}
 
 
-def _finite(run: Run, x: str, y: str):
+def finite_points(run: Run, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
     frame = run.metrics[[x, y]].replace([np.inf, -np.inf], np.nan).dropna()
     return frame[x].to_numpy(float), frame[y].to_numpy(float)
 
@@ -80,7 +78,7 @@ def _set_loss_limits(ax: plt.Axes, values: list[np.ndarray]) -> None:
         ax.set_ylim(low - pad, high + pad)
 
 
-def _x_mark(ax: plt.Axes, run: Run, x: float, y: float) -> None:
+def x_mark(ax: plt.Axes, run: Run, x: float, y: float) -> None:
     """The x that marks where a diverged run stopped."""
     ax.plot([x], [y], marker="x", markersize=9, markeredgewidth=2.2, color=run.colour, zorder=5)
 
@@ -89,7 +87,7 @@ def _mark_divergence(ax: plt.Axes, run: Run, x: float, y: float) -> None:
     """An x where the run stopped; held just inside the top edge when the loss is off the plot."""
     bottom, top = ax.get_ylim()
     inside = top - 0.04 * (top - bottom) if ax.get_yscale() == "linear" else top / 1.04
-    _x_mark(ax, run, x, min(y, inside))
+    x_mark(ax, run, x, min(y, inside))
 
 
 def _set_x(ax: plt.Axes, x: str, log: bool) -> None:
@@ -110,14 +108,14 @@ def loss_curves(runs: list[Run], x: str = "step", baseline: Run | None = None, t
     # A log x axis when the runs' lengths span decades (e.g. batch 1 vs 128 at one token budget).
     log = _spans_decades([r.metrics[x].max() for r in stable])
     for column, ax in (("train_loss", ax_train), ("val_loss", ax_val)):
-        points = {run.name: _finite(run, x, column) for run in runs}
+        points = {run.name: finite_points(run, x, column) for run in runs}
         plotted = {}
         for run in runs:
             xs, ys = points[run.name]
             keep = xs > 0 if log else np.ones_like(xs, dtype=bool)  # a log axis has no 0
             plotted[run.name] = ys[keep]
             ax.plot(xs[keep], ys[keep], label=run.legend if column == "train_loss" else None,
-                    marker="o" if column == "val_loss" else None, markersize=3, **_style(run, baseline))
+                    marker="o" if column == "val_loss" else None, markersize=3, **line_style(run, baseline))
         _set_loss_limits(ax, [plotted[r.name] for r in stable])
         ax.set_ylabel(f"{'train' if column == 'train_loss' else 'validation'} loss {LOSS_UNIT}")
         ax.set_title("Training loss" if column == "train_loss" else "Validation loss (fixed evaluation batches)")
@@ -132,134 +130,3 @@ def loss_curves(runs: list[Run], x: str = "step", baseline: Run | None = None, t
     return fig
 
 
-def lr_schedule(runs: list[Run], title: str = "") -> plt.Figure:
-    """The learning rate each run actually used, per step (log scale: the rates span decades)."""
-    fig, ax = plt.subplots(figsize=SINGLE, layout="constrained")
-    for run in runs:
-        xs, ys = _finite(run, "step", "lr")
-        keep = ys > 0
-        ax.plot(xs[keep], ys[keep], label=run.legend, **_style(run, None))
-        if run.diverged and keep.any():
-            _x_mark(ax, run, xs[keep][-1], ys[keep][-1])
-    ax.set_yscale("log")
-    ax.set_xlabel(X_AXES["step"])
-    ax.set_ylabel("learning rate")
-    ax.set_title(title or "Learning-rate schedule (warm-up, then cosine decay)")
-    ax.legend(loc="best")
-    return fig
-
-
-def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_failing: Run | None) -> plt.Figure:
-    """Final validation loss per learning rate; diverged rates marked by an x at the top, failing
-    rates (diverged or stopped learning) shaded."""
-    fig, ax = plt.subplots(figsize=SINGLE, layout="constrained")
-    stable = sorted((r for r in runs if r.summary.final_val_loss is not None), key=lambda r: r.lr)
-    if stable:
-        ax.plot([r.lr for r in stable], [r.summary.final_val_loss for r in stable], color="0.6",
-                linewidth=1, zorder=1)
-    for run in stable:
-        ax.plot([run.lr], [run.summary.final_val_loss], marker="o", markersize=8, linestyle="none",
-                color=run.colour, label=run.legend, zorder=3)
-    top_edge = blended_transform_factory(ax.transData, ax.transAxes)
-    for run in runs:
-        if run.summary.final_val_loss is None:
-            ax.plot([run.lr], [0.93], transform=top_edge, marker="x", markersize=11, markeredgewidth=2.5,
-                    linestyle="none", color=run.colour, label=run.legend, zorder=3)
-    if smallest_failing is not None:
-        ax.axvspan(smallest_failing.lr, ax.get_xlim()[1] * 10, color="#d62728", alpha=0.07, zorder=0)
-        ax.annotate("fails →", xy=(smallest_failing.lr, 0.99), xycoords=top_edge, fontsize=8,
-                    color="#d62728", xytext=(-6, 0), textcoords="offset points", ha="right", va="top")
-    if best is not None:
-        ax.annotate(f"best: {best.label}", xy=(best.lr, best.summary.final_val_loss), xytext=(0, -16),
-                    textcoords="offset points", ha="center", fontsize=8)
-    rates = [r.lr for r in runs]
-    ax.set_xscale("log")
-    ax.set_xlim(min(rates) / 1.6, max(rates) * 1.6)
-    if stable:
-        values = [r.summary.final_val_loss for r in stable]
-        pad = 0.15 * (max(values) - min(values)) or 0.1
-        ax.set_ylim(min(values) - 2 * pad, max(values) + 3 * pad)  # room for the x marks on top
-    ax.set_xlabel("peak learning rate (log scale)")
-    ax.set_ylabel(f"final validation loss {LOSS_UNIT}")
-    ax.set_title("Final validation loss against learning rate")
-    fig.legend(loc="outside lower center", ncol=min(len(runs), 5), frameon=False)
-    return fig
-
-
-def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
-    """Peak memory (MiB and % of device memory) and throughput per batch size."""
-    fig, (ax_mem, ax_speed) = plt.subplots(1, 2, figsize=WIDE, layout="constrained")
-    ordered = sorted(runs, key=lambda r: r.batch_size)
-    total = (probe or {}).get("total_memory") or next(
-        (r.summary.mem_total_bytes for r in ordered if r.summary.mem_total_bytes), None)
-    mib = 2.0 ** 20
-    if probe and probe.get("tried"):
-        tried = sorted(probe["tried"], key=lambda t: t["batch"])
-        fits = [t for t in tried if t.get("fits")]
-        too_big = [t for t in tried if not t.get("fits") and t.get("peak_bytes")]
-        ax_mem.plot([t["batch"] for t in fits], [t["peak_bytes"] / mib for t in fits], color="0.5",
-                    marker="s", markersize=4, linewidth=1, label="max-batch probe (one step): fits")
-        if too_big:
-            ax_mem.plot([t["batch"] for t in too_big], [t["peak_bytes"] / mib for t in too_big],
-                        color="0.5", marker="x", markersize=7, linestyle="none",
-                        label="max-batch probe (one step): too large")
-        budget = probe.get("memory_budget_bytes")
-        if budget:  # a line when it fits the scale of the measurements, else only its value
-            shown = [t["peak_bytes"] for t in tried if t.get("peak_bytes")] + [
-                r.summary.peak_mem_bytes or 0 for r in ordered]
-            on_scale = budget <= 3 * max(shown, default=0)
-            ax_mem.axhline(budget / mib if on_scale else np.nan, color="#d62728", linestyle=":", linewidth=1,
-                           label=f"memory budget ({budget / mib:,.0f} MiB{'' if on_scale else ', off the scale'})")
-    labelled = False
-    for run in ordered:  # the x axis names the batch, so one legend entry covers every run
-        peak = run.summary.peak_mem_bytes
-        if peak is not None:
-            ax_mem.plot([run.batch_size], [peak / mib], marker="o", markersize=7, linestyle="none",
-                        color=run.colour, label=None if labelled else "training run (peak)")
-            labelled = True
-        speed = run.summary.tokens_per_s
-        if speed is not None:
-            ax_speed.bar(str(run.batch_size), speed, color=run.colour, label=run.legend)
-    ax_mem.set_xscale("log", base=2)
-    ax_mem.set_xlabel("batch size (sequences, log scale)")
-    ax_mem.set_ylabel("peak memory (MiB)")
-    ax_mem.set_title("Memory per batch size")
-    if total:
-        percent = ax_mem.secondary_yaxis("right", functions=(lambda m: m * mib / total * 100,
-                                                            lambda p: p / 100 * total / mib))
-        percent.set_ylabel("% of device memory")
-    ax_mem.legend(loc="best")
-    ax_speed.set_xlabel("batch size (sequences)")
-    ax_speed.set_ylabel("throughput (tokens/s)")
-    ax_speed.set_title("Training throughput")
-    return fig
-
-
-def _grouped_bars(ax: plt.Axes, frame, value: str, scale: float = 1.0) -> None:
-    """One bar per (corpus, tokenizer) pair, grouped by corpus."""
-    corpora = list(dict.fromkeys(frame["corpus"]))
-    tokenizers = list(dict.fromkeys(frame["tokenizer"]))
-    width = 0.8 / max(len(tokenizers), 1)
-    for i, name in enumerate(tokenizers):
-        part = frame[frame["tokenizer"] == name].set_index("corpus")[value]
-        heights = [float(part.get(c, np.nan)) * scale for c in corpora]
-        bars = ax.bar(np.arange(len(corpora)) + (i - (len(tokenizers) - 1) / 2) * width, heights, width,
-                      label=str(name), color=TOKENIZER_COLOURS[i % len(TOKENIZER_COLOURS)])
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
-    ax.set_xticks(np.arange(len(corpora)), corpora)
-    ax.set_xlabel("corpus")
-    ax.margins(y=0.12)
-
-
-def tokenizer_bars(per_corpus) -> plt.Figure:
-    """Compression (bytes/token) and encoding throughput (MB/s) per corpus, one bar per tokenizer."""
-    fig, (ax_ratio, ax_speed) = plt.subplots(1, 2, figsize=WIDE, layout="constrained")
-    _grouped_bars(ax_ratio, per_corpus, "bytes_per_token")
-    ax_ratio.set_ylabel("compression (bytes/token, higher is better)")
-    ax_ratio.set_title("Compression ratio")
-    _grouped_bars(ax_speed, per_corpus.dropna(subset=["bytes_per_s"]), "bytes_per_s", scale=1e-6)
-    ax_speed.set_ylabel("encoding throughput (MB/s, one process)")
-    ax_speed.set_title("Encoding throughput")
-    handles, labels = ax_ratio.get_legend_handles_labels()
-    fig.legend(handles, labels, title="tokenizer", loc="outside lower center", ncol=len(labels), frameon=False)
-    return fig

@@ -1,4 +1,5 @@
-"""The report index: every section's `section.md`, in report order, in one `README.md`."""
+"""The report index: every section's `section.md`, in report order, in one `README.md`, with the
+tables of runs and environments beside it (tinylm.report.overview), written as one set."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,8 @@ import re
 from pathlib import Path
 
 from tinylm.files import read_text, require_file, write_text_atomic
+from tinylm.report.file_set import file_set
+from tinylm.report.overview import write_overview
 
 # ![alt](target) and [text](target); the target is rewritten when it is a relative path.
 _LINK = re.compile(r"(!?\[[^\]]*\])\(([^)\s]+)\)")
@@ -32,11 +35,21 @@ def _title(path: Path) -> str:
     return first[3:].strip()
 
 
-def write_index(section_files: list[str | Path], out: str | Path, overview: str = "",
-                title: str = "tinylm experiment report") -> Path:
-    """Assemble README.md from section.md files (each in its section's folder), in the order given,
-    then the `overview` Markdown (the tables of runs and environments, linked from out's folder)."""
+def write_index(section_files: list[str | Path], out: str | Path, plan: Path | None = None,
+                runs_dir: Path = Path("results/runs"), title: str = "tinylm experiment report") -> Path:
+    """Assemble `out` (README.md) from section.md files (each in its section's folder), in the order
+    given; with the pipeline's `plan` (plan.json), the tables of runs (from their folders in
+    `runs_dir`) and environments too, beside it. All of them are written, or none is."""
     out = Path(out)
+    with file_set(out.parent) as staging:
+        overview = write_overview(plan, runs_dir, staging) if plan else ""
+        write_text_atomic(staging / out.name, index_markdown(section_files, out, overview, title))
+    return out
+
+
+def index_markdown(section_files: list[str | Path], out: Path, overview: str, title: str) -> str:
+    """README.md's text: a list of contents, then every section with its links rewritten to start
+    from `out`'s folder, then the `overview` Markdown (the tables of runs and environments)."""
     sections = []
     for path in map(Path, section_files):
         require_file(path, "report section")
@@ -51,5 +64,4 @@ def write_index(section_files: list[str | Path], out: str | Path, overview: str 
         lines.append(_relink(read_text(path, "report section"), prefix).rstrip() + "\n")
     if overview:
         lines.append(overview.rstrip() + "\n")
-    write_text_atomic(out, "\n".join(lines))
-    return out
+    return "\n".join(lines)
