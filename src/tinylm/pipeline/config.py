@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tinylm.files import file_error, first_line, read_text
+from tinylm.files import file_error, read_text, yaml_problem
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIGFILE = "config/config.yaml"
@@ -28,14 +28,27 @@ def deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def typed(value: Any) -> Any:
-    """`--config key={a: 3}` gives nested values as text; read them as the YAML config file would."""
+def override_value(text: str, key: str) -> Any:
+    """The `--config` value `text` of `key` read as YAML. Text that is not YAML stays text, as
+    Snakemake keeps it, unless it opens a mapping or a list: that one was left unclosed, a
+    ValueError naming the key."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        if text.lstrip().startswith(("{", "[")):
+            raise ValueError(f"--config {key}: {text!r} is not valid YAML ({yaml_problem(error)})") from None
+        return text
+
+
+def typed(value: Any, key: str = "") -> Any:
+    """`--config key={a: 3}` gives nested values as text; read them as the YAML config file would.
+    `key` is where `value` sits, for errors."""
     if isinstance(value, dict):
-        return {k: typed(v) for k, v in value.items()}
+        return {k: typed(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [typed(v) for v in value]
+        return [typed(v, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, str):
-        parsed = yaml.safe_load(value) if value.strip() else value
+        parsed = override_value(value, key) if value.strip() else value
         return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
     return value
 
@@ -72,7 +85,7 @@ def read_config_file(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise file_error("config file", path, f"is not valid YAML ({first_line(error)})") from None
+        raise file_error("config file", path, f"is not valid YAML ({yaml_problem(error)})") from None
     if not isinstance(data, dict):
         raise file_error("config file", path, "is not a mapping of config keys")
     return data
@@ -93,5 +106,5 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--config {pair!r}: expected KEY=VALUE")
-        overrides = deep_merge(overrides, {key: typed(yaml.safe_load(value) if value.strip() else value)})
+        overrides = deep_merge(overrides, {key: typed(override_value(value, key) if value.strip() else value, key)})
     return overrides
