@@ -28,10 +28,9 @@ def deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def override_value(text: str, key: str) -> Any:
-    """The `--config` value `text` of `key` read as YAML. Text that is not YAML stays text, as
-    Snakemake keeps it, unless it opens a mapping or a list: that one was left unclosed, a
-    ValueError naming the key."""
+def read_override(key: str, text: str) -> Any:
+    """A `--config` value read as YAML. Text that is not YAML stays text, as Snakemake keeps it,
+    unless it opens a mapping or a list: that one was left unclosed, a ValueError naming the key."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -40,15 +39,18 @@ def override_value(text: str, key: str) -> Any:
         return text
 
 
-def typed(value: Any, key: str = "") -> Any:
+def typed(value: Any) -> Any:
     """`--config key={a: 3}` gives nested values as text; read them as the YAML config file would.
-    `key` is where `value` sits, for errors."""
+    Text that is not YAML stays text."""
     if isinstance(value, dict):
-        return {k: typed(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        return {k: typed(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [typed(v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, str):
-        parsed = override_value(value, key) if value.strip() else value
+        return [typed(v) for v in value]
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
         return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
     return value
 
@@ -97,7 +99,11 @@ def resolve_config(configfiles: list[str | Path], overrides: dict | None = None)
     data: dict = {}
     for path in configfiles:
         data = deep_merge(data, read_config_file(path))
-    return validate_config(deep_merge(data, typed(overrides or {})))
+    overrides = overrides or {}
+    for key, value in overrides.items():
+        if isinstance(value, str):  # Snakemake passes a value it could not read on as text
+            read_override(key, value)
+    return validate_config(deep_merge(data, typed(overrides)))
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -106,5 +112,5 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--config {pair!r}: expected KEY=VALUE")
-        overrides = deep_merge(overrides, {key: typed(override_value(value, key) if value.strip() else value, key)})
+        overrides = deep_merge(overrides, {key: typed(read_override(key, value) if value.strip() else value)})
     return overrides
