@@ -128,6 +128,18 @@ def test_overrides_merge_key_by_key_and_typos_are_named():
         parse_overrides(["no-equals-sign"])
 
 
+def test_an_unclosed_override_is_named_and_other_text_stays_text():
+    with pytest.raises(ValueError, match=r"^--config baseline: '\{training: \{max_steps: 10' is not valid YAML "
+                                         r"\(expected ',' or '\}', but got '<stream end>' at line 1 column 26\)$"):
+        parse_overrides(["baseline={training: {max_steps: 10"])
+    # As the Snakefile gets it: Snakemake keeps a value it cannot read as YAML as text.
+    with pytest.raises(ValueError, match=r"^--config baseline: '\{training: \{max_steps: 10' is not valid YAML"):
+        resolve_config([REPO / "config/test.yaml"], {"baseline": "{training: {max_steps: 10"})
+    assert parse_overrides(["mirror=a: b: c"]) == {"mirror": "a: b: c"}  # not YAML, not a mapping: text
+    # Nested text reaches us only from a value Snakemake could read: it was quoted there, so it is text.
+    assert parse_overrides(["baseline={data: {tokenizer: '[tok'}}"]) == {"baseline": {"data": {"tokenizer": "[tok"}}}
+
+
 # ---- the planner -----------------------------------------------------------------------------
 
 def small_config(**experiments) -> dict:

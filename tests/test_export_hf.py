@@ -1,4 +1,6 @@
-"""`tinylm export-hf`: the folder loads in transformers offline and computes what our model computes."""
+"""`tinylm export-hf`: the folder loads in transformers offline and computes what our model computes,
+says where it came from, and goes only where it replaces nothing of someone else's."""
+import dataclasses
 import json
 import os
 
@@ -9,18 +11,22 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: loading must
 transformers = pytest.importorskip("transformers", reason="export-hf needs the `hf` extra (transformers)")
 pytest.importorskip("safetensors", reason="export-hf needs the `hf` extra (safetensors)")
 pytest.importorskip("tokenizers", reason="export-hf needs the `hf` extra (tokenizers)")
-
+import yaml  # noqa: E402
+from huggingface_hub import ModelCard  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 from tiny_run import one_thread, train, write_config, write_summary  # noqa: E402
 
 from tinylm.checkpoint import load_model, save_model  # noqa: E402
 from tinylm.cli import main  # noqa: E402
 from tinylm.config import ModelConfig, RunConfig  # noqa: E402
-from tinylm.inference.export_hf import check_exportable, pairs_to_halves  # noqa: E402
+from tinylm.inference.export_hf import MARKER, check_exportable, pairs_to_halves  # noqa: E402
 from tinylm.inference.generate import END_OF_TEXT, generate  # noqa: E402
 from tinylm.nn import RotaryPositionalEmbedding, build_model  # noqa: E402
 from tinylm.tokenizer import Tokenizer, train_bpe  # noqa: E402
+from tinylm.training.outputs import RunFolder  # noqa: E402
+from tinylm.training.summary import Summary  # noqa: E402
 
 # Context 64 so that a prompt and 50 greedy tokens fit without the window sliding.
 SHAPE = dict(vocab_size=320, context_length=64, d_model=32, num_layers=2, num_heads=4, d_ff=96)
@@ -86,9 +92,17 @@ def trained_run(tmp_path_factory, tokenizer_dir):
     return directory / "run"
 
 
-def export(run_dir, out):
-    assert main(["export-hf", "--run-dir", str(run_dir), "--out", str(out)]) == 0
+def export(run_dir, out, *options):
+    assert main(["export-hf", "--run-dir", str(run_dir), "--out", str(out), *options]) == 0
     return out
+
+
+def refused(capsys, run_dir, out, *options) -> str:
+    """The one-line error of an export that must not happen."""
+    assert main(["export-hf", "--run-dir", str(run_dir), "--out", str(out), *options]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("tinylm export-hf: error: --out "), error
+    return error
 
 
 def load_hf(out):
@@ -112,8 +126,8 @@ def test_pair_rotation_equals_half_rotation_of_permuted_rows():
 
 def test_exported_files_and_config(random_run, tmp_path):
     out = export(random_run, tmp_path / "hf")
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert {p.name for p in out.iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
+                                               "tokenizer.json", "tokenizer_config.json", "README.md", MARKER}
     config = json.loads((out / "config.json").read_text())
     model, run_config = load_model(random_run / "model.pt")
     eot_id = Tokenizer.from_dir(run_config.data.tokenizer_dir).special_ids[END_OF_TEXT]
@@ -217,3 +231,91 @@ def test_missing_run_dir_or_model_is_a_clear_error(tmp_path, capsys):
     assert main(["export-hf", "--run-dir", str(run_dir), "--out", str(tmp_path / "hf")]) == 2
     assert "model.pt" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+# ---- where it came from ----------------------------------------------------------------------
+
+def card_header(card: str) -> dict:
+    """The YAML between the `---` lines that open a Hugging Face model card."""
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n", 2)[1])
+
+
+def test_the_card_and_the_weights_say_where_the_model_came_from(trained_run, tmp_path):
+    out = export(trained_run, tmp_path / "hf")
+    load_hf(out)  # the card and the marker do not disturb loading
+    summary = Summary.read(RunFolder(trained_run).summary)
+    _, config = load_model(trained_run / "model.pt")
+
+    card = (out / "README.md").read_text()
+    header = card_header(card)
+    assert header["library_name"] == "transformers" and header["pipeline_tag"] == "text-generation"
+    assert "tinylm" in header["tags"] and header["model_name"] == summary.name
+    hub = ModelCard.load(out / "README.md").data  # as the Hub's own library reads it
+    assert (hub.library_name, hub.pipeline_tag, hub.tags) == ("transformers", "text-generation", header["tags"])
+    provenance = summary.provenance
+    for shown in (f"`{summary.name}` (`{trained_run}`)", f"{summary.final_val_loss:.4f} nats/token",
+                  f"{summary.final_train_loss:.4f} nats/token", f"{summary.steps:,} steps", config.data.train_tokens,
+                  config.data.valid_tokens, config.data.tokenizer_dir, provenance.torch_version,
+                  provenance.device_name, provenance.lock or "| lock | n/a |",
+                  provenance.git_commit or "| git commit | n/a |", json.dumps(config.to_dict(), indent=2)):
+        assert shown in card, shown
+
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        metadata = weights.metadata()
+    assert metadata["format"] == "pt"  # what transformers checks
+    assert json.loads(metadata["tinylm.provenance"]) == dataclasses.asdict(provenance)
+    assert RunConfig.from_dict(json.loads(metadata["tinylm.config"])) == config
+    run = json.loads(metadata["tinylm.run"])
+    assert (run["name"], run["run_dir"], run["status"], run["steps"], run["tokens"]) == (
+        summary.name, str(trained_run), summary.status, summary.steps, summary.tokens)
+    assert (run["final_train_loss"], run["final_val_loss"], run["best_val_loss"]) == (
+        summary.final_train_loss, summary.final_val_loss, summary.best_val_loss)
+
+
+# ---- which folders it writes into ------------------------------------------------------------
+
+def test_an_earlier_export_is_replaced_and_nothing_else(random_run, tokenizer_dir, tmp_path, capsys):
+    out = export(random_run, tmp_path / "hf")
+    (out / "notes.txt").write_text("mine")
+    other = save_run(tmp_path / "other", tokenizer_dir, seed=1)
+    export(other, out)  # over an earlier export: recognised by its marker
+    assert json.loads((out / MARKER).read_text())["run_dir"] == str(other)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert f"`{other}`" in (out / "README.md").read_text()
+
+    interrupted = tmp_path / "interrupted"  # the marker is written first, so this is ours too
+    interrupted.mkdir()
+    (interrupted / MARKER).write_text("{}")
+    (interrupted / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]')
+    export(random_run, interrupted)
+    load_hf(interrupted)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export(random_run, empty)
+
+
+def test_a_folder_of_other_files_is_refused_unless_forced(random_run, tmp_path, capsys):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    files = {"config.json": '{"model_type": "bert"}', "README.md": "# Another project\n"}
+    for name, text in files.items():
+        (theirs / name).write_text(text)
+    error = refused(capsys, random_run, theirs)
+    assert f"--out '{theirs}' holds files that are not a tinylm export (README.md, config.json)" in error
+    assert "--force" in error
+    assert {p.name: p.read_text() for p in theirs.iterdir()} == files  # untouched, nothing added
+
+    export(random_run, theirs, "--force")
+    assert json.loads((theirs / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert (theirs / MARKER).is_file()
+
+
+def test_an_out_that_is_or_is_under_a_file_is_refused(random_run, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    assert refused(capsys, random_run, blocker) == \
+        f"tinylm export-hf: error: --out '{blocker}' is a file, not a folder\n"
+    assert refused(capsys, random_run, blocker / "hf", "--force") == \
+        f"tinylm export-hf: error: --out '{blocker / 'hf'}': '{blocker}' is a file, not a folder\n"
+    assert blocker.read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["a-file"]

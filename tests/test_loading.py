@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +18,13 @@ from tinylm.checkpoint import load_checkpoint, load_model, load_training_state, 
 from tinylm.cli import main
 from tinylm.config import ModelConfig, RunConfig
 from tinylm.data.tokens import load_tokens
-from tinylm.files import read_json
+from tinylm.files import os_error_text, read_json
 from tinylm.nn import build_model
 from tinylm.optim import AdamW
 from tinylm.report.runs import load_runs
 from tinylm.tokenizer import Tokenizer
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(vocab_size=300, context_length=8, d_model=16, num_layers=1, num_heads=2, d_ff=32)
 UNSAFE_ADVICE = ("Traceback", "weights_only", "allow_pickle", "trusted source", "unsafe")
 
@@ -310,3 +312,54 @@ def test_bad_tokenizer_files(tmp_path, capsys, case):
     assert phrase in err
     assert not (tmp_path / "ids.npy").exists()
 
+
+
+# ---- output folders, config values and other failed system calls ----------------------------
+
+@pytest.mark.parametrize("option, under", [("--out-dir", False), ("--checkpoint-dir", False),
+                                           ("--out-dir", True), ("--checkpoint-dir", True)])
+def test_an_output_folder_that_is_or_is_under_a_file_is_named_in_the_option(tmp_path, capsys, option, under):
+    config = write_config(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine\n")
+    folder = blocker / "run" if under else blocker
+    folders = {"--out-dir": tmp_path / "out", "--checkpoint-dir": tmp_path / "ckpt", option: folder}
+    err = cli_error(capsys, ["train", "--config", str(config), *(str(a) for pair in folders.items() for a in pair)],
+                    blocker)
+    problem = f": '{blocker}' is a file, not a folder" if under else " is a file, not a folder"
+    assert f"tinylm train: error: {option} '{folder}'{problem}\n" == err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ckpt").exists()  # neither folder was made
+    assert blocker.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("{training: {max_steps: 10", "expected ',' or '}', but got '<stream end>' at line 1 column 26"),
+    ("[a, b", "expected ',' or ']', but got '<stream end>' at line 1 column 6"),
+])
+def test_an_unclosed_config_value_is_named_with_its_key(capsys, value, problem):
+    err = cli_error(capsys, ["plan", "--configfile", str(REPO / "config/test.yaml"), "--config", f"baseline={value}"],
+                    "--config baseline")
+    assert err == f"tinylm plan: error: --config baseline: {value!r} is not valid YAML ({problem})\n"
+
+
+def test_a_config_file_that_is_not_yaml_is_named_with_the_place(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("baseline:\n  training: {max_steps: 10\n")
+    err = cli_error(capsys, ["plan", "--configfile", str(path)], path)
+    assert "is not valid YAML (expected ',' or '}', but got '<stream end>' at line 3 column 1)" in err
+
+
+def test_a_failed_system_call_names_the_file_at_fault(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OSError) as info:
+        (blocker / "sub").mkdir(parents=True)
+    assert os_error_text(info.value) == f"'{blocker / 'sub'}': '{blocker}' is a file, not a folder"
+    with pytest.raises(OSError) as info:
+        blocker.mkdir()
+    assert os_error_text(info.value) == f"'{blocker}' is a file, not a folder"
+    with pytest.raises(OSError) as info:
+        (tmp_path / "missing" / "x.json").read_text()
+    assert os_error_text(info.value) == f"'{tmp_path / 'missing' / 'x.json'}': no such file or directory"
+    assert os_error_text(FileExistsError("checkpoint directory 'c' is in use by pid 7")) == \
+        "checkpoint directory 'c' is in use by pid 7"

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from tinylm.files import one_line, os_error_text
+
 # name -> (module, one-line help). Keep in pipeline order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("tinylm.pipeline.plan_command", "print the runs a pipeline config would train, before any of them"),
@@ -45,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as error:
-        # Bad input: a clear one-line message naming the culprit, no traceback.
-        print(f"tinylm {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        # Bad input, or a file that cannot be written: one line naming the culprit, no traceback.
+        text = os_error_text(error) if isinstance(error, OSError) else one_line(str(error))
+        print(f"tinylm {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

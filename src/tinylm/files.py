@@ -10,13 +10,16 @@ so a file that would run code when loaded is refused before anything in it runs.
 
 Writing: a result appears under its final name only once it is complete (a temporary name, then a
 rename), so an interrupted job never leaves a half-written file that a later run (or Snakemake)
-would take as done.
+would take as done. An output folder can be checked before anything is written (`check_folder`),
+so a command refuses a bad one naming its option, and `os_error_text` words any other failed
+system call as `'<path>': <what is wrong>`.
 
 numpy and torch are imported by the functions that need them, so importing this module stays cheap.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -44,6 +47,20 @@ def first_line(error: BaseException, limit: int = 200) -> str:
     lines = str(error).strip().splitlines()
     line = lines[0].strip() if lines else type(error).__name__
     return line if len(line) <= limit else line[:limit] + "..."
+
+
+def one_line(text: str) -> str:
+    """`text` with its lines joined: an error message on one terminal line, however it was written."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def yaml_problem(error: Exception) -> str:
+    """What a PyYAML error says is wrong, and where, in one line (PyYAML spreads it over several,
+    with the text and a caret)."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if not problem:
+        return first_line(error)
+    return problem if mark is None else f"{problem} at line {mark.line + 1} column {mark.column + 1}"
 
 
 def require_file(path: str | os.PathLike, what: str, hint: str = "") -> Path:
@@ -161,6 +178,48 @@ def load_torch(src: str | os.PathLike | IO[bytes], what: str = "checkpoint",
 
 
 # ---- writing -------------------------------------------------------------------------------
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file that keeps `path` from being a folder: `path` itself or its nearest existing
+    ancestor, when that is not a folder; None when `path` is a folder or could be made one."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _not_a_folder(path: Path, blocker: Path) -> str:
+    """The end of a message about `path` when `blocker` keeps it from being a folder."""
+    return " is a file, not a folder" if blocker == path else f": {str(blocker)!r} is a file, not a folder"
+
+
+def check_folder(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path when it is a folder or could be made one; otherwise NotADirectoryError naming
+    `what` (an option, say) and the file in the way. Creates nothing, so a command can check all its
+    output folders before it writes to any."""
+    path = Path(path)
+    blocker = file_in_the_way(path)
+    if blocker is not None:
+        raise NotADirectoryError(f"{what} {str(path)!r}{_not_a_folder(path, blocker)}")
+    return path
+
+
+def os_error_text(error: OSError) -> str:
+    """One line for an OSError: ours as written; a failed system call's as `'<path>': <what is
+    wrong>`, naming the file in the way when a folder could not be made (errno's own words for that
+    name the path it tried, not the file that stopped it)."""
+    if error.errno is None or error.filename is None:
+        return one_line(str(error)) or type(error).__name__
+    path = os.fsdecode(error.filename)
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = file_in_the_way(path)
+        if blocker is not None:
+            return f"{path!r}{_not_a_folder(Path(path), blocker)}"
+    where = path if error.filename2 is None else f"{path} -> {os.fsdecode(error.filename2)}"
+    reason = error.strerror or type(error).__name__
+    return f"{where!r}: {reason[:1].lower()}{reason[1:]}"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

@@ -7,8 +7,21 @@ diverge and has the lowest final validation loss (summary.json).
 
 The folder loads offline with `AutoModelForCausalLM.from_pretrained(DIR)` and
 `AutoTokenizer.from_pretrained(DIR)`: config.json, generation_config.json, model.safetensors,
-tokenizer.json and tokenizer_config.json. Our default architecture (pre-norm RMSNorm, RoPE, SwiGLU,
-untied head, no biases) is exactly Llama's, except for two layouts:
+tokenizer.json and tokenizer_config.json, with a model card (README.md: the Hugging Face metadata
+header, then the source run, its results, data, provenance and config) and tinylm-export.json.
+
+Where it came from: the card shows, and model.safetensors' metadata carries as JSON strings
+(`tinylm.run`, `tinylm.config`, `tinylm.provenance`), the run (name, folder, status, steps, tokens,
+final losses), its config as trained (model.pt's) and the provenance its summary.json recorded (git
+commit, lock, versions, device, and the host and command too: read the card before publishing it).
+
+Which folders it writes into: a new or empty one, or an earlier export, recognised by the
+tinylm-export.json it holds (written before anything else, so an interrupted export is recognised
+too); our files there are replaced, any others left alone. Anything else is refused, naming the
+folder, unless --force (then our files replace theirs).
+
+Our default architecture (pre-norm RMSNorm, RoPE, SwiGLU, untied head, no biases) is exactly
+Llama's, except for two layouts:
 - our RoPE rotates adjacent pairs (x[2k], x[2k+1]) of each head, Llama rotates halves
   (x[k], x[k + d_head/2]) by the same angle. Reordering the rows of the q and k projections of each
   head from (pair, member) to (member, pair) turns one into the other; q.k is unchanged because q
@@ -24,14 +37,21 @@ never trained on; generation_config.json therefore stops `generate` at the conte
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
-from tinylm.files import atomic_path, write_json_atomic
+import tinylm
+from tinylm.config import RunConfig
+from tinylm.files import atomic_path, check_folder, write_json_atomic, write_text_atomic
 from tinylm.inference.generate import END_OF_TEXT, choose_run
+from tinylm.training.summary import Summary
 
 # What LlamaForCausalLM can express, per ModelConfig field.
 LLAMA_VARIANT = {"norm": "pre", "position": "rope", "ffn": "swiglu"}
@@ -55,6 +75,12 @@ _TOP_KEYS = {
 }
 _LAYER_KEY = re.compile(r"layers\.(\d+)\.(.+)")
 _ROTATED = ("attn.q_proj.weight", "attn.k_proj.weight")
+
+# What an export writes; MARKER's presence is how a folder is recognised as an earlier export.
+MARKER = "tinylm-export.json"
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "README.md")
+CARD_TAGS = ["tinylm", "llama", "text-generation", "from-scratch"]
 
 
 def check_exportable(model_config, run: str) -> None:
@@ -140,16 +166,105 @@ def tokenizer_config(eot: str | None, context_length: int) -> dict:
             "model_input_names": ["input_ids", "attention_mask"]}
 
 
-def export(run_dirs: list[str], out: str | os.PathLike) -> str:
-    """Write the transformers folder of the best of `run_dirs` into `out` (created; our files there
-    are replaced); returns the run directory exported."""
+# ---- the output folder, and where the export came from --------------------------------------
+
+def check_out_folder(out: Path, force: bool = False) -> None:
+    """Refuse, in one line naming the folder, one that holds files but not an earlier export (unless
+    `force`): they may be someone's own, and config.json or README.md would be replaced."""
+    check_folder(out, "--out")
+    if force or not out.is_dir() or (out / MARKER).is_file():
+        return
+    found = sorted(entry.name for entry in out.iterdir())
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise FileExistsError(f"--out {str(out)!r} holds files that are not a tinylm export ({shown}); "
+                              "name a new or empty folder, or pass --force to write over them")
+
+
+def source_record(run_dir: str, config: RunConfig, summary: Summary) -> dict[str, dict[str, Any]]:
+    """What an export came from: the run and its results, its config and its provenance. The model
+    card shows it and the weights carry it, so that the two cannot disagree."""
+    fields = ("name", "status", "steps", "tokens", "params", "final_train_loss", "final_val_loss",
+              "final_val_tokens", "best_val_loss")
+    run = {"run_dir": str(run_dir), **{name: getattr(summary, name) for name in fields}}
+    return {"run": run, "config": config.to_dict(), "provenance": dataclasses.asdict(summary.provenance)}
+
+
+def safetensors_metadata(record: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The record as safetensors metadata, whose values must be strings (so JSON), beside the
+    "format" transformers checks."""
+    return {"format": "pt", **{f"tinylm.{part}": json.dumps(value, sort_keys=True) for part, value in record.items()}}
+
+
+def _cell(value: Any) -> str:
+    """A markdown table cell: unknown values say so, and a `|` does not end the cell."""
+    return "n/a" if value is None else str(value).replace("|", "\\|")
+
+
+def _loss(value: float | None) -> str:
+    return "n/a (not finite)" if value is None else f"{value:.4f} nats/token"
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    return "\n".join(["| | |", "|---|---|", *(f"| {name} | {_cell(value)} |" for name, value in rows)])
+
+
+def model_card(record: dict[str, dict[str, Any]], context_length: int) -> str:
+    """README.md: the Hub's metadata header (YAML between `---` lines), then the record for people."""
+    run, config, prov = record["run"], record["config"], record["provenance"]
+    header = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": CARD_TAGS,
+              "model_name": run["name"]}
+    dirty = {True: " (with uncommitted changes)", False: "", None: ""}[prov["git_dirty"]]
+    commit = None if prov["git_commit"] is None else f"`{prov['git_commit']}`{dirty}"
+    data = config["data"]
+    sections = [
+        f"---\n{yaml.safe_dump(header, sort_keys=False)}---",
+        f"# {run['name']}",
+        f"A Transformer language model of {run['params']:,} parameters, trained from scratch with tinylm and "
+        "exported by `tinylm export-hf` as a Hugging Face `LlamaForCausalLM`, with its byte-level BPE tokenizer.",
+        "## Source run",
+        _table([("run", f"`{run['name']}` (`{run['run_dir']}`)"),
+                ("status", f"{run['status']} after {run['steps']:,} steps ({run['tokens']:,} training tokens)"),
+                ("final training loss", _loss(run["final_train_loss"])),
+                ("final validation loss", f"{_loss(run['final_val_loss'])}, on {run['final_val_tokens']:,} tokens"),
+                ("best validation loss", _loss(run["best_val_loss"]))]),
+        "## Data",
+        _table([("training tokens", f"`{data['train_tokens']}`"), ("validation tokens", f"`{data['valid_tokens']}`"),
+                ("tokenizer", f"`{data['tokenizer_dir']}`")]),
+        "## Provenance",
+        _table([("git commit", commit), ("lock", prov["lock"]), ("tinylm", prov["tinylm_version"]),
+                ("PyTorch", prov["torch_version"]), ("Python", prov["python_version"]),
+                ("device", prov["device_name"]), ("CUDA", prov["cuda_version"]), ("host", prov["hostname"]),
+                ("platform", prov["platform"]), ("started", prov["started_at"]),
+                ("command", f"`{prov['command']}`")]),
+        "## Config",
+        f"The run config, as `tinylm train --config` reads it:\n\n```json\n{json.dumps(config, indent=2)}\n```",
+        "## Use",
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")\n```\n\n'
+        f"`generate` stops at the context length, {context_length} tokens, which the model never trained past.",
+        "## Files",
+        "model.safetensors carries the record above in its metadata (`tinylm.run`, `tinylm.config`, "
+        f"`tinylm.provenance`, as JSON). {MARKER} marks this folder as a tinylm export: a later "
+        "`tinylm export-hf --out` naming it replaces these files.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+# ---- the export ------------------------------------------------------------------------------
+
+def export(run_dirs: list[str], out: str | os.PathLike, force: bool = False) -> str:
+    """Write the transformers folder of the best of `run_dirs` into `out` (a new or empty folder, an
+    earlier export, or with `force` any folder); returns the run directory exported."""
     import safetensors.torch
 
     from tinylm.checkpoint import load_model, model_state_dict
     from tinylm.tokenizer import Tokenizer
 
-    run_dir, _, _ = choose_run(run_dirs)
     out = Path(out)
+    check_out_folder(out, force)
+    run_dir, summary, _ = choose_run(run_dirs)
     model, config = load_model(Path(run_dir) / "model.pt", "cpu")
     run = f"run {run_dir!r}"
     check_exportable(config.model, run)
@@ -178,15 +293,20 @@ def export(run_dirs: list[str], out: str | os.PathLike) -> str:
     generation = {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id,
                   "max_length": m.context_length}
     weights = llama_state_dict({k: v.float() for k, v in model_state_dict(model).items()}, m.num_heads)
+    record = source_record(run_dir, config, summary)
 
-    # Each file appears under its name only once complete, so an interrupted export leaves none half-written.
+    # The marker first, so that an export interrupted after it is still recognised as ours; each
+    # file appears under its name only once complete, so an interrupted export leaves none half-written.
+    write_json_atomic(out / MARKER, {"exported_by": "tinylm export-hf", "tinylm_version": tinylm.__version__,
+                                     "run_dir": str(run_dir), "files": list(EXPORT_FILES)})
     write_json_atomic(out / "config.json", llama)
     write_json_atomic(out / "generation_config.json", generation)
     with atomic_path(out / "model.safetensors") as tmp:  # save_file would make it owner-only (0600)
-        tmp.write_bytes(safetensors.torch.save(weights, metadata={"format": "pt"}))
+        tmp.write_bytes(safetensors.torch.save(weights, metadata=safetensors_metadata(record)))
     with atomic_path(out / "tokenizer.json") as tmp:
         hf_tokenizer(tokenizer).save(str(tmp))
     write_json_atomic(out / "tokenizer_config.json", tokenizer_config(eot, m.context_length))
+    write_text_atomic(out / "README.md", model_card(record, m.context_length))
     return run_dir
 
 
@@ -196,10 +316,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", nargs="+", required=True,
                         help="finished run directories (summary.json, model.pt; the config names the "
                              "tokenizer); the best non-diverged one is exported")
-    parser.add_argument("--out", required=True, help="folder to write the transformers model into")
+    parser.add_argument("--out", required=True,
+                        help="folder to write the transformers model into: new, empty, or an earlier export")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it holds other files (ours replace those of the same name)")
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = export(args.run_dir, args.out)
+    run_dir = export(args.run_dir, args.out, args.force)
     print(f"exported {run_dir} as LlamaForCausalLM to {args.out}")
     return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from tinylm.files import file_error, first_line, read_text
+from tinylm.files import file_error, read_text, yaml_problem
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIGFILE = "config/config.yaml"
@@ -28,14 +28,29 @@ def deep_merge(base: dict, update: dict) -> dict:
     return merged
 
 
+def read_override(key: str, text: str) -> Any:
+    """A `--config` value read as YAML. Text that is not YAML stays text, as Snakemake keeps it,
+    unless it opens a mapping or a list: that one was left unclosed, a ValueError naming the key."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        if text.lstrip().startswith(("{", "[")):
+            raise ValueError(f"--config {key}: {text!r} is not valid YAML ({yaml_problem(error)})") from None
+        return text
+
+
 def typed(value: Any) -> Any:
-    """`--config key={a: 3}` gives nested values as text; read them as the YAML config file would."""
+    """`--config key={a: 3}` gives nested values as text; read them as the YAML config file would.
+    Text that is not YAML stays text."""
     if isinstance(value, dict):
         return {k: typed(v) for k, v in value.items()}
     if isinstance(value, list):
         return [typed(v) for v in value]
-    if isinstance(value, str):
-        parsed = yaml.safe_load(value) if value.strip() else value
+    if isinstance(value, str) and value.strip():
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
         return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
     return value
 
@@ -72,7 +87,7 @@ def read_config_file(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise file_error("config file", path, f"is not valid YAML ({first_line(error)})") from None
+        raise file_error("config file", path, f"is not valid YAML ({yaml_problem(error)})") from None
     if not isinstance(data, dict):
         raise file_error("config file", path, "is not a mapping of config keys")
     return data
@@ -84,7 +99,11 @@ def resolve_config(configfiles: list[str | Path], overrides: dict | None = None)
     data: dict = {}
     for path in configfiles:
         data = deep_merge(data, read_config_file(path))
-    return validate_config(deep_merge(data, typed(overrides or {})))
+    overrides = overrides or {}
+    for key, value in overrides.items():
+        if isinstance(value, str):  # Snakemake passes a value it could not read on as text
+            read_override(key, value)
+    return validate_config(deep_merge(data, typed(overrides)))
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -93,5 +112,5 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--config {pair!r}: expected KEY=VALUE")
-        overrides = deep_merge(overrides, {key: typed(yaml.safe_load(value) if value.strip() else value)})
+        overrides = deep_merge(overrides, {key: typed(read_override(key, value) if value.strip() else value)})
     return overrides

@@ -38,6 +38,7 @@ from tinylm.data.tokens import (
     sequential_windows,
     validation_starts,
 )
+from tinylm.files import check_folder
 from tinylm.nn import build_model, parameter_count
 from tinylm.nn.functional import cross_entropy
 from tinylm.optim import AdamW, cosine_lr
@@ -66,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Both folders are checked before either is made, so a bad one leaves nothing behind.
+    check_folder(args.out_dir, "--out-dir")
+    if args.checkpoint_dir:
+        check_folder(args.checkpoint_dir, "--checkpoint-dir")
     config = RunConfig.load(args.config)
     checkpoint_dir = args.checkpoint_dir or args.out_dir
     if is_worker():  # under torchrun, which holds the launcher's lock: this process dies with it
