@@ -51,7 +51,7 @@ import tinylm
 from tinylm.config import RunConfig
 from tinylm.files import atomic_path, check_folder, write_json_atomic, write_text_atomic
 from tinylm.inference.generate import END_OF_TEXT, choose_run
-from tinylm.training.summary import Summary
+from tinylm.training.summary import SUMMARY, Summary
 
 # What LlamaForCausalLM can express, per ModelConfig field.
 LLAMA_VARIANT = {"norm": "pre", "position": "rope", "ffn": "swiglu"}
@@ -184,8 +184,8 @@ def check_out_folder(out: Path, force: bool = False) -> None:
 def source_record(run_dir: str, config: RunConfig, summary: Summary) -> dict[str, dict[str, Any]]:
     """What an export came from: the run and its results, its config and its provenance. The model
     card shows it and the weights carry it, so that the two cannot disagree."""
-    fields = ("name", "status", "steps", "tokens", "params", "final_train_loss", "final_val_loss",
-              "final_val_tokens", "best_val_loss")
+    fields = (SUMMARY.name, SUMMARY.status, SUMMARY.steps, SUMMARY.tokens, SUMMARY.params, SUMMARY.final_train_loss,
+              SUMMARY.final_val_loss, SUMMARY.final_val_tokens, SUMMARY.best_val_loss)
     run = {"run_dir": str(run_dir), **{name: getattr(summary, name) for name in fields}}
     return {"run": run, "config": config.to_dict(), "provenance": dataclasses.asdict(summary.provenance)}
 
@@ -213,21 +213,23 @@ def model_card(record: dict[str, dict[str, Any]], context_length: int) -> str:
     """README.md: the Hub's metadata header (YAML between `---` lines), then the record for people."""
     run, config, prov = record["run"], record["config"], record["provenance"]
     header = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": CARD_TAGS,
-              "model_name": run["name"]}
+              "model_name": run[SUMMARY.name]}
     dirty = {True: " (with uncommitted changes)", False: "", None: ""}[prov["git_dirty"]]
     commit = None if prov["git_commit"] is None else f"`{prov['git_commit']}`{dirty}"
     data = config["data"]
     sections = [
         f"---\n{yaml.safe_dump(header, sort_keys=False)}---",
-        f"# {run['name']}",
-        f"A Transformer language model of {run['params']:,} parameters, trained from scratch with tinylm and "
+        f"# {run[SUMMARY.name]}",
+        f"A Transformer language model of {run[SUMMARY.params]:,} parameters, trained from scratch with tinylm and "
         "exported by `tinylm export-hf` as a Hugging Face `LlamaForCausalLM`, with its byte-level BPE tokenizer.",
         "## Source run",
-        _table([("run", f"`{run['name']}` (`{run['run_dir']}`)"),
-                ("status", f"{run['status']} after {run['steps']:,} steps ({run['tokens']:,} training tokens)"),
-                ("final training loss", _loss(run["final_train_loss"])),
-                ("final validation loss", f"{_loss(run['final_val_loss'])}, on {run['final_val_tokens']:,} tokens"),
-                ("best validation loss", _loss(run["best_val_loss"]))]),
+        _table([("run", f"`{run[SUMMARY.name]}` (`{run['run_dir']}`)"),
+                ("status", f"{run[SUMMARY.status]} after {run[SUMMARY.steps]:,} steps "
+                           f"({run[SUMMARY.tokens]:,} training tokens)"),
+                ("final training loss", _loss(run[SUMMARY.final_train_loss])),
+                ("final validation loss",
+                 f"{_loss(run[SUMMARY.final_val_loss])}, on {run[SUMMARY.final_val_tokens]:,} tokens"),
+                ("best validation loss", _loss(run[SUMMARY.best_val_loss]))]),
         "## Data",
         _table([("training tokens", f"`{data['train_tokens']}`"), ("validation tokens", f"`{data['valid_tokens']}`"),
                 ("tokenizer", f"`{data['tokenizer_dir']}`")]),
