@@ -7,9 +7,9 @@
 #   tinylm plan --configfile config/reference.yaml # the runs it would train, before any of them
 #
 # Local settings come from profiles/default (loaded automatically); see config/README.md.
+# Functions live in workflow/rules/common.smk; the other rule files hold rules.
 import os
 import re
-import shlex
 
 from snakemake.utils import min_version
 from tinylm.pipeline.config import DEFAULT_CONFIGFILE, resolve_config
@@ -22,6 +22,11 @@ _configfiles = workflow.config_settings.configfiles or [os.path.join(workflow.ba
 _resolved = resolve_config(_configfiles, dict(workflow.config_settings.config))
 config.clear()
 config.update(_resolved)
+
+# Rules call `tinylm ...`, found on PATH (common.smk puts the running Python's bin folder first);
+# declared, so that executors pass it on to their jobs.
+envvars:
+    "PATH",
 
 
 include: "workflow/rules/common.smk"
@@ -37,13 +42,6 @@ wildcard_constraints:
     corpus="|".join(map(re.escape, config["corpora"])),
     tok="|".join(map(re.escape, config["tokenizers"])),
     split="train|valid",
-
-
-def section_target(name):
-    """The section's report page, plus the evaluation of every run it shows."""
-    def inputs(wildcards):
-        return [f"{section_dir(name)}/section.md"] + section_run_files(name, kinds=("eval",))
-    return inputs
 
 
 rule all:

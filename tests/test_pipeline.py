@@ -151,6 +151,14 @@ def test_immediate_rerun_schedules_nothing(full_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
+def test_a_new_mirror_or_retry_count_refetches_nothing(full_run, tmp_path):
+    """Where a download comes from is no part of its content (data.smk)."""
+    workdir, copy = full_run
+    result = snakemake(workdir, "--dry-run", "--config", "download={retries: 2}", f"mirror={tmp_path}", repo=copy)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
 def dry_run_with(full_run, change: str) -> tuple[str, dict[str, int]]:
     """The printed dry run of the finished test pipeline with one `--config` change."""
     workdir, copy = full_run
