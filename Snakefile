@@ -3,7 +3,8 @@
 #   snakemake                                      # everything (target `all`), config/config.yaml
 #   snakemake lr_sweep                             # one report section and only what it needs
 #   snakemake export                               # the sampled models as Hugging Face folders
-#   snakemake --configfile config/reference.yaml   # that config alone (nothing else is read)
+#   snakemake --configfile config/reference.yaml   # that config alone (nothing else is read), into
+#                                                  # results/reference/ (config/config.yaml: results/)
 #   tinylm plan --configfile config/reference.yaml # the runs it would train, before any of them
 #
 # Local settings come from profiles/default (loaded automatically); see config/README.md.

@@ -78,6 +78,7 @@ def test_a_dry_run_resolves_exactly_the_named_file_and_overrides(tmp_path):
                 if line.startswith("Shell command: tinylm ")]
     downloads = {re.search(r"--out \S+/downloads/(\S+)\.txt", c)[1]: c for c in commands
                  if c.startswith("tinylm download")}
+    assert all(" --out results/lean/downloads/" in c for c in downloads.values())  # named after the file
     assert "--max-bytes" not in downloads["tinystories/valid"]
     assert "--max-bytes 300000" in downloads["tinystories/train"]
     vocab = {re.search(r"--out-dir \S+/tokenizers/(\w+)", c)[1]: re.search(r"--vocab-size (\d+)", c)[1]

@@ -23,7 +23,7 @@ from pathlib import Path
 import tinylm.report
 from tinylm.config import RUN_NAME_PATTERN
 from tinylm.files import read_json
-from tinylm.pipeline.paths import RESULTS, tokenizer_dir, tokens_path
+from tinylm.pipeline import paths
 from tinylm.pipeline.plan import BASELINE_RUN, build_plan
 from tinylm.report import KINDS
 from tinylm.training.outputs import FILES, RunFolder
@@ -31,6 +31,9 @@ from tinylm.training.outputs import FILES, RunFolder
 # Rules call `tinylm ...`: make that the CLI of the Python running Snakemake, venv activated or not.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
+# This config's results folder: results/ for config/config.yaml, results/<name>/ for config/<name>.yaml
+# (config key `results_dir`), so that switching configs overwrites nothing.
+RESULTS = config["results_dir"]
 REPORT_INDEX = f"{RESULTS}/report/README.md"
 TOKENIZER_REPORT = {"json": f"{RESULTS}/tokenizers/report.json", "md": f"{RESULTS}/tokenizers/report.md"}
 MAX_BATCH_JSON = f"{RESULTS}/max_batch/batch_size.json"
@@ -41,6 +44,14 @@ REPORT_CODE = sorted(str(path) for path in Path(tinylm.report.__file__).parent.g
 
 
 # ---- paths -------------------------------------------------------------------------------------
+
+def tokenizer_dir(tok):
+    return paths.tokenizer_dir(RESULTS, tok)
+
+
+def tokens_path(tok, corpus, split):
+    return paths.tokens_path(RESULTS, tok, corpus, split)
+
 
 def log_path(rule_name, name):
     return f"{RESULTS}/logs/{rule_name}/{name}.log"

@@ -1,6 +1,6 @@
 # Report rules: one per section of the plan (`report_<section>`), writing
-# results/report/<section>/section.md plus the figures (PNG + SVG) and tables (CSV + Markdown) of
-# its kind (tinylm.report.KINDS), and `report_index` assembling results/report/README.md.
+# <results>/report/<section>/section.md plus the figures (PNG + SVG) and tables (CSV + Markdown) of
+# its kind (tinylm.report.KINDS), and `report_index` assembling <results>/report/README.md.
 #
 # Caching: a section depends on its runs' metrics, summary and config files (never model.pt) and on
 # the report code itself, so editing plotting code redraws every section without retraining, and

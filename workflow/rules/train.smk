@@ -1,6 +1,6 @@
 # Per-run configs, training, evaluation, the max-batch probe and text generation.
 #
-# Caching: `results/configs/<run>.json` is rewritten only when that run's config changes (the
+# Caching: `<results>/configs/<run>.json` is rewritten only when that run's config changes (the
 # `params` trigger sees the new dict), so only that run's training and its downstream rerun.
 # Checkpoints live outside the declared outputs, so a killed training job resumes.
 from tinylm.config import RunConfig

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from tinylm.files import file_error, first_line, read_text
+from tinylm.pipeline.paths import check_results_dir, results_dir_for
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIGFILE = "config/config.yaml"
@@ -80,11 +81,14 @@ def read_config_file(path: str | Path) -> dict:
 
 def resolve_config(configfiles: list[str | Path], overrides: dict | None = None) -> dict:
     """What a run means: the named config files merged in order, then `overrides` (--config), then
-    the schema's defaults. No other file is read."""
-    data: dict = {}
+    the schema's defaults. No other file is read. `results_dir`, unless given, follows the files'
+    names (tinylm.pipeline.paths.results_dir_for)."""
+    data: dict = {"results_dir": results_dir_for(configfiles)}
     for path in configfiles:
         data = deep_merge(data, read_config_file(path))
-    return validate_config(deep_merge(data, typed(overrides or {})))
+    config = validate_config(deep_merge(data, typed(overrides or {})))
+    check_results_dir(config["results_dir"])
+    return config
 
 
 def parse_overrides(pairs: list[str]) -> dict:
