@@ -13,9 +13,11 @@ TORCH_SPEC ?= $(TORCH_LOCKED)
 CONFIG ?= config/config.yaml
 CORES ?= all
 SNAKEMAKE_ARGS ?=
-# `make run` shows a progress summary; Snakemake's full output goes here. CONFIG may name several
-# files (later ones amend earlier ones); it comes last, so that SNAKEMAKE_ARGS may hold targets.
-SNAKEMAKE_LOG ?= results/logs/snakemake.log
+# `make run` shows a progress summary; Snakemake's full output goes to SNAKEMAKE_LOG, by default
+# logs/snakemake.log in the config's results folder (results/ for config/config.yaml, results/<name>/
+# for config/<name>.yaml; config/README.md). CONFIG may name several files (later ones amend earlier
+# ones); it comes last, so that SNAKEMAKE_ARGS may hold targets.
+SNAKEMAKE_LOG ?=
 PYTEST_ARGS ?=
 
 # The lock: exact versions, with hashes, of every dependency but torch. run-lock.txt holds the
@@ -69,9 +71,11 @@ $(VENV)/.test-deps: $(TEST_LOCK) $(VENV)/.run-deps
 	$(PIP_CHECK)
 	touch $@
 
+# The results folder is the config's: tinylm.pipeline.paths reads it from the same arguments.
 run: $(VENV)/.run-deps
-	$(BIN)/python -m tinylm.pipeline.quiet --log $(SNAKEMAKE_LOG) --report results/report/README.md -- \
-		--cores $(CORES) $(SNAKEMAKE_ARGS) --configfile $(CONFIG)
+	results="$$($(BIN)/python -m tinylm.pipeline.paths $(SNAKEMAKE_ARGS) --configfile $(CONFIG))" && \
+	$(BIN)/python -m tinylm.pipeline.quiet --log "$(or $(SNAKEMAKE_LOG),$$results/logs/snakemake.log)" \
+		--report "$$results/report/README.md" -- --cores $(CORES) $(SNAKEMAKE_ARGS) --configfile $(CONFIG)
 
 # The linter first: it takes seconds, and a failing one fails the test command.
 test: $(VENV)/.test-deps

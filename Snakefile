@@ -3,17 +3,20 @@
 #   snakemake                                      # everything (target `all`), config/config.yaml
 #   snakemake lr_sweep                             # one report section and only what it needs
 #   snakemake export                               # the sampled models as Hugging Face folders
-#   snakemake --configfile config/reference.yaml   # that config alone (nothing else is read)
+#   snakemake --configfile config/reference.yaml   # that config alone (nothing else is read), into
+#                                                  # results/reference/ (config/config.yaml: results/)
 #   tinylm plan --configfile config/reference.yaml # the runs it would train, before any of them
 #
 # Local settings come from profiles/default (loaded automatically); see config/README.md.
+# Functions live in workflow/rules/common.smk; the other rule files hold rules.
 import os
 import re
-import shlex
 
 from snakemake.utils import min_version
 from tinylm.pipeline.config import DEFAULT_CONFIGFILE, resolve_config
 
+# The upper bound is pyproject.toml's: `workflow.config_settings` below is semi-internal, and
+# tests/test_snakemake.py checks it for the versions the lock installs.
 min_version("9.0")
 
 # A config means exactly what it says: the --configfile files (else the default), then --config,
@@ -22,6 +25,11 @@ _configfiles = workflow.config_settings.configfiles or [os.path.join(workflow.ba
 _resolved = resolve_config(_configfiles, dict(workflow.config_settings.config))
 config.clear()
 config.update(_resolved)
+
+# Rules call `tinylm ...`, found on PATH (common.smk puts the running Python's bin folder first);
+# declared, so that executors pass it on to their jobs.
+envvars:
+    "PATH",
 
 
 include: "workflow/rules/common.smk"
@@ -37,13 +45,6 @@ wildcard_constraints:
     corpus="|".join(map(re.escape, config["corpora"])),
     tok="|".join(map(re.escape, config["tokenizers"])),
     split="train|valid",
-
-
-def section_target(name):
-    """The section's report page, plus the evaluation of every run it shows."""
-    def inputs(wildcards):
-        return [f"{section_dir(name)}/section.md"] + section_run_files(name, kinds=("eval",))
-    return inputs
 
 
 rule all:

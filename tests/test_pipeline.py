@@ -27,6 +27,8 @@ SECTIONS = ["tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "po
 PROVENANCE_KEYS = {"git_commit", "git_dirty", "tinylm_version", "torch_version", "python_version", "device_name",
                    "hostname", "started_at"}
 RUN_FILES = ["metrics.jsonl", "summary.json", "config.json", "model.pt", "eval.json"]
+# Each config's results folder (config/README.md): results/<its name>/, results/ for config/config.yaml.
+TEST_RESULTS = "results/test"
 
 
 def snakemake(workdir: Path, *args: str, configfile: str = "config/test.yaml", check: bool = True,
@@ -113,7 +115,7 @@ def full_run(tmp_path_factory):
 @pytest.mark.slow
 def test_full_run_produces_every_section(full_run):
     workdir, _ = full_run
-    results = workdir / "results"
+    results = workdir / TEST_RESULTS
     for section in SECTIONS:
         page = results / "report" / section / "section.md"
         assert page.is_file() and page.stat().st_size > 0, page
@@ -151,6 +153,41 @@ def test_immediate_rerun_schedules_nothing(full_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
+def test_a_new_mirror_or_retry_count_refetches_nothing(full_run, tmp_path):
+    """Where a download comes from is no part of its content (data.smk)."""
+    workdir, copy = full_run
+    result = snakemake(workdir, "--dry-run", "--config", "download={retries: 2}", f"mirror={tmp_path}", repo=copy)
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_second_config_in_the_same_directory_loses_nothing(full_run, tmp_path):
+    """Another config run where the test config ran writes its own folder: every file of the test
+    config's results stays byte for byte, and neither config has anything left to do. The second
+    config is the test config with longer runs, in a file config/config.yaml (the default's name), so
+    its results are results/ itself, around the first's results/test/."""
+    workdir = tmp_path / "work"
+    shutil.copytree(full_run[0], workdir, symlinks=True)  # file times kept: the same up-to-date outputs
+    copy = full_run[1]
+    before = {path: path.read_bytes() for path in (workdir / "results").rglob("*") if path.is_file()}
+    second = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    second["baseline"]["training"]["max_steps"] = 12
+    configfile = tmp_path / "config" / "config.yaml"
+    configfile.parent.mkdir()
+    configfile.write_text(yaml.safe_dump(second))
+
+    snakemake(workdir, configfile=str(configfile), repo=copy)
+    changed = [str(path.relative_to(workdir)) for path, data in before.items()
+               if not path.is_file() or path.read_bytes() != data]
+    assert not changed, changed
+    assert json.loads((workdir / "results" / "runs" / "baseline" / "summary.json").read_text())["steps"] == 12
+    assert (workdir / "results" / "report" / "README.md").stat().st_size > 0
+    for config in ("config/test.yaml", str(configfile)):
+        result = snakemake(workdir, "--dry-run", configfile=config, repo=copy)
+        assert "Nothing to be done" in result.stdout + result.stderr, (config, result.stdout[-3000:])
+
+
 def dry_run_with(full_run, change: str) -> tuple[str, dict[str, int]]:
     """The printed dry run of the finished test pipeline with one `--config` change."""
     workdir, copy = full_run
@@ -170,7 +207,7 @@ def test_changing_one_runs_lr_retrains_only_that_run(full_run):
 @pytest.mark.slow
 def test_changing_the_vocabulary_retrains_everything_downstream(full_run):
     output, counts = dry_run_with(full_run, "tokenizers={tinystories: {vocab_size: 301}}")
-    runs = [p.name for p in (full_run[0] / "results" / "runs").iterdir()]
+    runs = [p.name for p in (full_run[0] / TEST_RESULTS / "runs").iterdir()]
     # Batch-size runs are scheduled once the re-run probe (a checkpoint) reports the largest batch.
     assert scheduled(output, "train") == sorted(r for r in runs if r != "owt" and not r.startswith("batch_size"))
     assert counts["max_batch"] == 1
@@ -223,7 +260,7 @@ def test_reference_dag_runs_on_cpu_with_size_overrides(tmp_path, sample_data):
     workdir = tmp_path / "work"
     overrides = [*REFERENCE_ON_CPU, f"mirror={mirror}"]
     snakemake(workdir, "--config", *overrides, configfile="config/reference.yaml")
-    results = workdir / "results"
+    results = workdir / "results" / "reference"
     config = resolve_config([REPO / "config/reference.yaml"], parse_overrides(overrides))
     probe = json.loads((results / "max_batch" / "batch_size.json").read_text())
     plan = build_plan(config, largest_batch=probe["largest_batch"])

@@ -126,7 +126,8 @@ def test_pipeline_on_slurm_equals_local_run(cluster, plugin_env, tmp_path):
     command = snakemake_command(slurm_dir, config, "--profile", str(profile), "--slurm-keep-successful-logs",
                                 "--slurm-init-seconds-before-status-checks", "2", *TARGETS)
     with open(slurm_dir / "snakemake.out", "w") as out:
-        snakemake = subprocess.Popen(command, env={**plugin_env, **cluster.env}, stdout=out, stderr=subprocess.STDOUT)
+        # plugin_env last: cluster.env copies os.environ, whose own PYTHONPATH would drop the plugin's.
+        snakemake = subprocess.Popen(command, env={**cluster.env, **plugin_env}, stdout=out, stderr=subprocess.STDOUT)
         try:
             preempted = _requeue_baseline_training(cluster, snakemake, slurm_dir)
             snakemake.wait(TIMEOUT_S)

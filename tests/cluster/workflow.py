@@ -27,9 +27,10 @@ VOLATILE_KEY = re.compile(r"time|_per_s|mem|provenance")  # provenance: when, wh
 
 
 def write_config(path: Path, training: dict | None = None, optimizer: dict | None = None) -> Path:
-    """config/test.yaml with the baseline run's settings updated. Its corpora stay the embedded
-    samples: relative sources are relative to the repository, whose Snakefile runs."""
-    config = yaml.safe_load(TEST_CONFIG.read_text())
+    """config/test.yaml with the baseline run's settings updated, writing results/ of the working
+    directory (which holds this config alone). Its corpora stay the embedded samples: relative
+    sources are relative to the repository, whose Snakefile runs."""
+    config = {"results_dir": "results", **yaml.safe_load(TEST_CONFIG.read_text())}
     baseline = copy.deepcopy(config["baseline"])
     baseline.setdefault("training", {}).update(training or {})
     baseline.setdefault("optimizer", {}).update(optimizer or {})

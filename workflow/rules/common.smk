@@ -1,4 +1,5 @@
-"""Paths, and the glue between the experiment plan (tinylm.pipeline.plan) and the rule files.
+"""Paths, the glue between the experiment plan (tinylm.pipeline.plan) and the rules, and every
+function the rule files call (they hold rules only).
 
     PLAN                  the plan known before the max-batch probe: PLAN.runs, PLAN.sections
     full_plan()           the plan with the probe's batch sizes (reads the max-batch checkpoint, so
@@ -8,30 +9,49 @@
     section(name)         one report section (tinylm.pipeline.plan.PlannedSection), the probe's answer
                           included for batch_size
     GENERATIONS           {group: PlannedSamples}: the text samples each section draws
+
+Folders handed to a command are derived inside the rule from its own input or output files (as
+`params` functions of `input`/`output`), so that they follow the files wherever an executor puts them.
 """
-import re
 import os
+import re
+import shlex
 import sys
 from functools import lru_cache
 from pathlib import Path
 
+import tinylm.report
 from tinylm.config import RUN_NAME_PATTERN
 from tinylm.files import read_json
-from tinylm.pipeline.paths import RESULTS, tokenizer_dir, tokens_path
+from tinylm.pipeline import paths
 from tinylm.pipeline.plan import BASELINE_RUN, build_plan
+from tinylm.report import KINDS
 from tinylm.training.outputs import FILES, RunFolder
 
 # Rules call `tinylm ...`: make that the CLI of the Python running Snakemake, venv activated or not.
 os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
+# This config's results folder: results/ for config/config.yaml, results/<name>/ for config/<name>.yaml
+# (config key `results_dir`), so that switching configs overwrites nothing.
+RESULTS = config["results_dir"]
 REPORT_INDEX = f"{RESULTS}/report/README.md"
 TOKENIZER_REPORT = {"json": f"{RESULTS}/tokenizers/report.json", "md": f"{RESULTS}/tokenizers/report.md"}
 MAX_BATCH_JSON = f"{RESULTS}/max_batch/batch_size.json"
 PLAN_JSON = f"{RESULTS}/plan.json"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens.json", "stats.json")
+# A section depends on the report code itself: editing plotting code redraws without retraining.
+REPORT_CODE = sorted(str(path) for path in Path(tinylm.report.__file__).parent.rglob("*.py"))
 
 
 # ---- paths -------------------------------------------------------------------------------------
+
+def tokenizer_dir(tok):
+    return paths.tokenizer_dir(RESULTS, tok)
+
+
+def tokens_path(tok, corpus, split):
+    return paths.tokens_path(RESULTS, tok, corpus, split)
+
 
 def log_path(rule_name, name):
     return f"{RESULTS}/logs/{rule_name}/{name}.log"
@@ -81,6 +101,11 @@ def resolve_source(source):
     return os.path.normpath(os.path.join(workflow.basedir, os.path.expanduser(source)))
 
 
+def folders(files):
+    """The folders of `files`, each once, in order: the run folders of a list of run files."""
+    return list(dict.fromkeys(os.path.dirname(f) for f in files))
+
+
 # ---- the plan ----------------------------------------------------------------------------------
 
 PLAN = build_plan(config)
@@ -125,3 +150,124 @@ def section(name):
 
 def section_run_files(name, kinds=("metrics", "summary", "config")):
     return [run_files(run)[kind] for run in section(name).runs for kind in kinds]
+
+
+def section_target(name):
+    """The section's report page, plus the evaluation of every run it shows."""
+    def inputs(wildcards):
+        return [f"{section_dir(name)}/section.md"] + section_run_files(name, kinds=("eval",))
+    return inputs
+
+
+# ---- data (data.smk) ---------------------------------------------------------------------------
+
+def download_source(wildcards):
+    """What the file is: its source, checksum and size cap."""
+    spec = config["corpora"][wildcards.corpus][wildcards.split]
+    args = [resolve_source(spec["source"])]
+    if spec.get("sha256"):
+        args += ["--sha256", spec["sha256"]]
+    if spec.get("max_bytes"):
+        args += ["--max-bytes", str(spec["max_bytes"])]
+    return shlex.join(args)
+
+
+def download_fetch_options(wildcards, output):
+    """Where and how the file is fetched: the cache, retries and mirror. A function of `output`, which
+    the `params` rerun trigger leaves out (as derived from a file): a new mirror refetches nothing."""
+    args = ["--cache-dir", config["download"]["cache_dir"], "--retries", str(config["download"]["retries"])]
+    if config.get("mirror"):
+        args += ["--mirror", resolve_source(config["mirror"])]
+    return shlex.join(args)
+
+
+# ---- training (train.smk) ----------------------------------------------------------------------
+
+def train_resources(key):
+    """A `resources` callable: the run's resources from the plan (config `resources.train`, the
+    experiment's `resources` over it, GPUs multiplied by `training.devices`)."""
+    return lambda wildcards: planned_run(wildcards.run).resources[key]
+
+
+def generation_inputs(wildcards):
+    """{summaries, models} of the runs a generation group samples from, in the plan's order."""
+    runs = GENERATIONS[wildcards.group].runs
+    return {"summaries": [run_files(run)["summary"] for run in runs], "models": [run_files(run)["model"] for run in runs]}
+
+
+def sampling_options(wildcards):
+    settings = GENERATIONS[wildcards.group].settings[wildcards.setting]
+    return " ".join(f"--{option} " + " ".join(str(v) for v in settings[key])
+                    for option, key in (("temperature", "temperatures"), ("top-p", "top_ps"), ("seeds", "seeds")))
+
+
+# ---- report (report.smk) -----------------------------------------------------------------------
+
+def report_outputs(name):
+    """Every file `tinylm report` writes for the section, its page first; PNGs and CSVs also go into
+    the HTML report."""
+    planned, folder = PLAN.sections[name], section_dir(name)
+    # A caption of the section's own, else its kind's (an ablation added to the config has none).
+    own = Path(workflow.basedir, "workflow/report", f"{name}.rst").is_file()
+    caption = f"../report/{name if own else planned.kind}.rst"
+    def entry(path, subcategory, labels):
+        return report(path, caption=caption, category=planned.title, subcategory=subcategory, labels=labels)
+    files = [entry(f"{folder}/section.md", "Text", {"file": "section.md", "kind": "text"})]
+    for stem in KINDS[planned.kind].figures:
+        files += [entry(f"{folder}/{stem}.png", "Figures", {"file": stem, "kind": "figure"}), f"{folder}/{stem}.svg"]
+    for stem in KINDS[planned.kind].tables:
+        files += [entry(f"{folder}/{stem}.csv", "Tables", {"file": stem, "kind": "table"}), f"{folder}/{stem}.md"]
+    return files
+
+
+def file_inputs(name):
+    """{tinylm report option: input file} of the section's kind."""
+    planned = PLAN.sections[name]
+    files = {"tokenizer_report": TOKENIZER_REPORT["json"], "max_batch": MAX_BATCH_JSON}
+    if planned.generation:
+        files["generate"] = generate_output(planned.generation.group, planned.generation.main)
+        files["sampling_grid"] = generate_output(planned.generation.group, "grid")
+        # The text the sampled runs trained on: which generated words are real words of it.
+        files["train_text"] = download_path(planned.generation.group, "train")
+    return {option: files[option] for option in KINDS[planned.kind].inputs}
+
+
+def report_inputs(name):
+    def inputs(wildcards):
+        runs = section_run_files(name) if KINDS[PLAN.sections[name].kind].runs else []
+        return {"code": REPORT_CODE, "runs": runs, **file_inputs(name)}
+    return inputs
+
+
+def report_arguments(name):
+    """The section's `tinylm report` options: title, its runs by label, baseline, colours, JSON inputs."""
+    def arguments(wildcards, input):
+        planned = section(name)
+        args = ["--title", planned.title, "--description", planned.description]
+        if KINDS[planned.kind].runs:
+            # input.runs holds each run's files together, in the section's order.
+            for (run, label), folder in zip(planned.runs.items(), folders(input.runs), strict=True):
+                args += ["--run", label, folder]
+            if planned.baseline:
+                args += ["--baseline", planned.runs[planned.baseline]]
+            args += ["--colour-order", *COLOUR_ORDER]
+        for option in file_inputs(name):
+            args += [f"--{option.replace('_', '-')}", input[option]]
+        return shlex.join(args)
+    return arguments
+
+
+def all_summaries(wildcards):
+    return sorted({f for name in PLAN.sections for f in section_run_files(name, kinds=("summary",))})
+
+
+# ---- export (export.smk) -----------------------------------------------------------------------
+
+def export_inputs(wildcards):
+    """The sampled runs' summary, model and config files (summaries in the plan's order), and their
+    tokenizers."""
+    runs = GENERATIONS[wildcards.group].runs
+    files = {"summaries": [run_files(run)["summary"] for run in runs],
+             "runs": [run_files(run)[kind] for run in runs for kind in ("model", "config")]}
+    files["tokenizers"] = sorted({f for run in runs for f in tokenizer_files(planned_run(run).tokenizer)})
+    return files

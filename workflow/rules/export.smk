@@ -3,19 +3,13 @@
 # with its tokenizer, loadable offline with AutoModelForCausalLM / AutoTokenizer.from_pretrained.
 
 
-def export_inputs(wildcards):
-    runs = GENERATIONS[wildcards.group].runs
-    files = [run_files(run)[kind] for run in runs for kind in ("summary", "model", "config")]
-    return files + sorted({f for run in runs for f in tokenizer_files(planned_run(run).tokenizer)})
-
-
 rule export_hf:
     input:
-        export_inputs,
+        unpack(export_inputs),
     output:
         directory(export_dir("{group}")),
     params:
-        run_dirs=lambda w: " ".join(run_dir(run) for run in GENERATIONS[w.group].runs),
+        run_dirs=lambda w, input: shlex.join(folders(input.summaries)),
     wildcard_constraints:
         group="|".join(map(re.escape, GENERATIONS)),
     log:

@@ -17,7 +17,7 @@ rule train_bpe:
         vocab_size=lambda w: config["tokenizers"][w.tok]["vocab_size"],
         special=lambda w: " ".join(f"--special-token {shlex.quote(t)}"
                                    for t in config["tokenizers"][w.tok]["special_tokens"]),
-        out_dir=lambda w: tokenizer_dir(w.tok),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
     priority: 1
     threads: config["threads"]["tokenizer"]
     log:
@@ -34,7 +34,7 @@ rule tokenize:
     output:
         tokens_path("{tok}", "{corpus}", "{split}"),
     params:
-        tokenizer_dir=lambda w: tokenizer_dir(w.tok),
+        tokenizer_dir=lambda w, input: os.path.dirname(input.tokenizer[0]),
     priority: 1
     threads: config["threads"]["tokenizer"]
     log:
@@ -52,9 +52,11 @@ rule tokenizer_report:
         json=TOKENIZER_REPORT["json"],
         md=TOKENIZER_REPORT["md"],
     params:
-        tokenizers=" ".join(f"--tokenizer {tok}={tokenizer_dir(tok)}" for tok in config["tokenizers"]),
-        corpora=" ".join(f"--corpus {corpus}={download_path(corpus, 'valid')}"
-                         for corpus in REPORT_CORPORA),
+        # NAME=PATH pairs, the paths taken from the inputs, in the same order as the names.
+        tokenizers=lambda w, input: " ".join(f"--tokenizer {tok}={folder}" for tok, folder
+                                             in zip(config["tokenizers"], folders(input.tokenizers), strict=True)),
+        corpora=lambda w, input: " ".join(f"--corpus {corpus}={path}" for corpus, path
+                                          in zip(REPORT_CORPORA, input.corpora, strict=True)),
     log:
         log_path("tokenizer_report", "report"),
     shell:

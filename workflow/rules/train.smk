@@ -1,6 +1,6 @@
 # Per-run configs, training, evaluation, the max-batch probe and text generation.
 #
-# Caching: `results/configs/<run>.json` is rewritten only when that run's config changes (the
+# Caching: `<results>/configs/<run>.json` is rewritten only when that run's config changes (the
 # `params` trigger sees the new dict), so only that run's training and its downstream rerun.
 # Checkpoints live outside the declared outputs, so a killed training job resumes.
 from tinylm.config import RunConfig
@@ -22,12 +22,6 @@ rule write_run_config:
         Path(log[0]).write_text(f"wrote {output[0]}\n")
 
 
-def train_resources(key):
-    """A `resources` callable: the run's resources from the plan (config `resources.train`, the
-    experiment's `resources` over it, GPUs multiplied by `training.devices`)."""
-    return lambda wildcards: planned_run(wildcards.run).resources[key]
-
-
 rule train:
     input:
         config=run_config_path("{run}"),
@@ -40,7 +34,8 @@ rule train:
         config=run_files("{run}")["config"],
         model=run_files("{run}")["model"],
     params:
-        out_dir=lambda w: run_dir(w.run),
+        out_dir=lambda w, output: os.path.dirname(output.summary),
+        # Not an output: a killed or preempted job leaves its checkpoint for the next attempt.
         checkpoint_dir=lambda w: checkpoint_dir(w.run),
         checkpoint=lambda w: checkpoint_file(checkpoint_dir(w.run)),
     threads: config["threads"]["train"]
@@ -99,14 +94,12 @@ checkpoint max_batch:
 
 rule generate_text:
     input:
-        lambda w: [run_files(run)[kind] for run in GENERATIONS[w.group].runs for kind in ("summary", "model")],
+        unpack(generation_inputs),
     output:
         generate_output("{group}", "{setting}"),
     params:
-        run_dirs=lambda w: " ".join(run_dir(run) for run in GENERATIONS[w.group].runs),
-        settings=lambda w: " ".join(f"--{option} " + " ".join(str(v) for v in GENERATIONS[w.group].settings[w.setting][key])
-                                    for option, key in (("temperature", "temperatures"), ("top-p", "top_ps"),
-                                                        ("seeds", "seeds"))),
+        run_dirs=lambda w, input: shlex.join(folders(input.summaries)),
+        settings=sampling_options,
         prompt=shlex.quote(config["generate"]["prompt"]),
         max_new_tokens=config["generate"]["max_new_tokens"],
     wildcard_constraints:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from tinylm.files import file_error, read_text, yaml_problem
+from tinylm.pipeline.paths import check_results_dir, results_dir_for
 
 SCHEMA = Path(__file__).parent / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIGFILE = "config/config.yaml"
@@ -95,15 +96,18 @@ def read_config_file(path: str | Path) -> dict:
 
 def resolve_config(configfiles: list[str | Path], overrides: dict | None = None) -> dict:
     """What a run means: the named config files merged in order, then `overrides` (--config), then
-    the schema's defaults. No other file is read."""
-    data: dict = {}
+    the schema's defaults. No other file is read. `results_dir`, unless given, follows the files'
+    names (tinylm.pipeline.paths.results_dir_for)."""
+    data: dict = {"results_dir": results_dir_for(configfiles)}
     for path in configfiles:
         data = deep_merge(data, read_config_file(path))
     overrides = overrides or {}
     for key, value in overrides.items():
         if isinstance(value, str):  # Snakemake passes a value it could not read on as text
             read_override(key, value)
-    return validate_config(deep_merge(data, typed(overrides)))
+    config = validate_config(deep_merge(data, typed(overrides)))
+    check_results_dir(config["results_dir"])
+    return config
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -179,9 +179,9 @@ class Planner:
             "model": dict(base["model"], vocab_size=self.config["tokenizers"][tok]["vocab_size"]),
             "optimizer": base["optimizer"],
             "training": base["training"],
-            "data": {"train_tokens": tokens_path(tok, corpus, "train"),
-                     "valid_tokens": tokens_path(tok, corpus, "valid"),
-                     "tokenizer_dir": tokenizer_dir(tok)},
+            "data": {"train_tokens": tokens_path(self.config["results_dir"], tok, corpus, "train"),
+                     "valid_tokens": tokens_path(self.config["results_dir"], tok, corpus, "valid"),
+                     "tokenizer_dir": tokenizer_dir(self.config["results_dir"], tok)},
         }
         try:
             return RunConfig.from_dict(copy.deepcopy(data)).with_overrides(overrides)
