@@ -39,6 +39,7 @@ rule write_plan:
         plan=lambda w: plan_json(full_plan()),
     input:
         PROBE_FILES,
+        all_refinement_files,
     log:
         log_path("report", "plan"),
     localrule: True

@@ -113,6 +113,12 @@ def plan_table(plan: Plan, peak_flops: float = ASSUMED_PEAK_FLOPS, mfu: float = 
         if section.pending_probe:
             notes.append(f"{section.name}: the max-batch probe adds the largest batch that fits "
                          f"(up to {plan.probe['max_batch']}) and drops the sizes above it.")
+        pending = [plan.rate_sweeps[key] for key in section.rate_sweeps if not plan.rate_sweeps[key].complete]
+        if pending:
+            sweeps = "its sweep" if len(section.rate_sweeps) == 1 else f"each of its {len(section.rate_sweeps)} sweeps"
+            notes.append(f"{section.name}: refinements follow: up to {max(s.max_refinements for s in pending)} more "
+                         f"rates in {sweeps}, between the largest rate that trains and the smallest that fails, "
+                         f"until their ratio is at most {min(s.refine_to for s in pending):g}.")
     return "\n".join(out + [""] + notes)
 
 
@@ -146,7 +152,12 @@ def plan_json(plan: Plan, memory: dict[str, MemoryFit] | None = None) -> dict:
     return {
         "runs": runs,
         "sections": {name: {"title": s.title, "kind": s.kind, "runs": s.runs, "baseline": s.baseline,
-                            "pending_probe": s.pending_probe} for name, s in plan.sections.items()},
+                            "pending_probe": s.pending_probe, "rate_sweeps": list(s.rate_sweeps)}
+                     for name, s in plan.sections.items()},
+        "rate_sweeps": {key: {"section": sweep.section, "grid": list(sweep.grid), "refined": list(sweep.refined),
+                              "complete": sweep.complete, "refine_to": sweep.refine_to,
+                              "max_refinements": sweep.max_refinements, "runs": list(sweep.runs.values())}
+                        for key, sweep in plan.rate_sweeps.items()},
     }
 
 

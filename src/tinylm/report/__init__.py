@@ -56,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-text", metavar="TXT",
                         help="generate/corpus sections: the generating run's training text; the section reports "
                              "the share of generated words that occur in it")
+    parser.add_argument("--rate-sweep", action="store_true",
+                        help="the runs but the baseline are one sweep over learning rates: state its edge of "
+                             "stability too (a paragraph and the edge_of_stability table)")
+    parser.add_argument("--compare-with", metavar="JSON", default="[]",
+                        help="edge_scale section: points drawn beside the study's, a JSON list of objects with "
+                             "d_model, tokens_per_step, norm, ratio and label (config compare_with)")
     parser.add_argument("--sections", nargs="+", default=[], metavar="SECTION_MD",
                         help="index: the section.md files to assemble")
     parser.add_argument("--out", metavar="MD", help="index: the README.md to write")
@@ -64,6 +70,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "environments (runs.csv, environments.csv beside README.md)")
     parser.add_argument("--runs-dir", default="results/runs", metavar="DIR",
                         help="index, with --plan: the folder of the runs' folders (default results/runs)")
+
+
+def compare_with(text: str) -> list[dict]:
+    """--compare-with: a JSON list of points, each with the keys the edge_scale section draws."""
+    import json
+
+    try:
+        points = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--compare-with: not JSON ({error.msg} at column {error.colno})") from None
+    keys = {"d_model", "tokens_per_step", "norm", "ratio", "label"}
+    if not isinstance(points, list) or not all(isinstance(p, dict) and keys <= set(p) for p in points):
+        raise ValueError(f"--compare-with: expected a list of objects with {', '.join(sorted(keys))}")
+    return points
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                     generate=option_json(args.generate, "--generate"),
                     sampling_grid=option_json(args.sampling_grid, "--sampling-grid"),
                     max_batch=option_json(args.max_batch, "--max-batch"),
-                    train_text=Path(args.train_text) if args.train_text else None)
+                    train_text=Path(args.train_text) if args.train_text else None, rate_sweep=args.rate_sweep,
+                    compare_with=compare_with(args.compare_with))
     out_dir = Path(args.out_dir)
     print(build_section(args.kind, args.title or out_dir.name, args.description, out_dir, inputs))
     return 0
