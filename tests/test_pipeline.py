@@ -50,6 +50,22 @@ def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
+def refinements(results: Path) -> dict[str, tuple[tuple[float, ...], bool]]:
+    """What refinement added to each rate sweep of a finished run: its rounds' decisions, in order."""
+    found = {}
+    for sweep in sorted((results / "refine").iterdir()):
+        rounds = sorted(sweep.glob("round-*.json"), key=lambda path: int(path.stem.split("-")[1]))
+        rates = [json.loads(path.read_text())["next"] for path in rounds]
+        found[sweep.name] = (tuple(rate for rate in rates if rate is not None), True)
+    return found
+
+
+def refinement_runs(results: Path, config: dict, largest_batch: int | None = None) -> set[str]:
+    """The runs refinement added to the plan of a finished run."""
+    plan = build_plan(config, largest_batch, refinements(results))
+    return {sweep.runs[rate] for sweep in plan.rate_sweeps.values() for rate in sweep.refined}
+
+
 def scheduled(output: str, rule: str) -> list[str]:
     """The `run` wildcard of every job of `rule` in a dry run printed with -p."""
     blocks = re.split(r"\n(?=(?:local)?rule \w+:)", output)
@@ -126,7 +142,15 @@ def test_full_run_produces_every_section(full_run):
     # and so is batch 4 with the 512-token budget (the baseline's 8 steps x 4 sequences x 16 tokens).
     expected = {"baseline", "lr_sweep-lr=10", "no_rmsnorm-lr=3e-3", "no_rmsnorm-lr=1e-4", "post_norm", "nope",
                 "silu", "owt"} | {f"batch_size-batch={b}" for b in batches if b != 4}
+    # The test config refines each of its two rate sweeps by one round: one run each, at a rate its
+    # round decided from the grid's results.
+    refined = refinement_runs(results, resolve_config([REPO / "config/test.yaml"]))
+    assert len(refined) == 2 and {run.split("-lr=")[0] for run in refined} == {"lr_sweep", "no_rmsnorm"}
+    expected |= refined
     assert {p.name for p in (results / "runs").iterdir()} == expected
+    for section in ("lr_sweep", "no_rmsnorm"):  # a section of one sweep states its edge
+        edge = (results / "report" / section / "edge_of_stability.csv").read_text().splitlines()
+        assert {"bracket_ratio", "lr_sensitivity"} <= set(edge[0].split(",")) and len(edge) == 2
     for run in expected:
         for name in RUN_FILES:
             assert (results / "runs" / run / name).stat().st_size > 0, (run, name)
@@ -207,9 +231,13 @@ def test_changing_one_runs_lr_retrains_only_that_run(full_run):
 @pytest.mark.slow
 def test_changing_the_vocabulary_retrains_everything_downstream(full_run):
     output, counts = dry_run_with(full_run, "tokenizers={tinystories: {vocab_size: 301}}")
-    runs = [p.name for p in (full_run[0] / TEST_RESULTS / "runs").iterdir()]
-    # Batch-size runs are scheduled once the re-run probe (a checkpoint) reports the largest batch.
-    assert scheduled(output, "train") == sorted(r for r in runs if r != "owt" and not r.startswith("batch_size"))
+    results = full_run[0] / TEST_RESULTS
+    runs = [p.name for p in (results / "runs").iterdir()]
+    # Batch-size runs are scheduled once the re-run probe (a checkpoint) reports the largest batch, and
+    # the runs refinement added once its re-run rounds (checkpoints) decide their rates again.
+    later = refinement_runs(results, resolve_config([REPO / "config/test.yaml"]))
+    assert scheduled(output, "train") == sorted(r for r in runs if r != "owt" and not r.startswith("batch_size")
+                                                and r not in later)
     assert counts["max_batch"] == 1
     assert counts["train_bpe"] == 1 and counts["tokenize"] == 2 and "download" not in counts
 
@@ -239,7 +267,7 @@ REFERENCE_ON_CPU = [
     " final_eval_tokens: 2000,"
     " log_interval: 2, checkpoint_interval: 3, device: cpu, precision: fp32, compile: false}}",
     "experiments={batch_size: {batch_sizes: [1, 4], max_tokens: 384, max_batch: 8, cpu_memory_budget_mb: 4096,"
-    " resources: {runtime: 10}}}",
+    " resources: {runtime: 10}}, lr_sweep: {max_refinements: 1}, no_rmsnorm: {max_refinements: 1}}",
     "evaluate={max_tokens: 2000}",
     "generate={max_new_tokens: 8, seeds: [0]}",
 ]
@@ -263,7 +291,7 @@ def test_reference_dag_runs_on_cpu_with_size_overrides(tmp_path, sample_data):
     results = workdir / "results" / "reference"
     config = resolve_config([REPO / "config/reference.yaml"], parse_overrides(overrides))
     probe = json.loads((results / "max_batch" / "batch_size.json").read_text())
-    plan = build_plan(config, largest_batch=probe["largest_batch"])
+    plan = build_plan(config, largest_batch=probe["largest_batch"], refinements=refinements(results))
     for name in plan.sections:
         assert (results / "report" / name / "section.md").stat().st_size > 0, name
     trained = {run for section in plan.sections.values() for run in section.runs}

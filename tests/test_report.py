@@ -15,6 +15,7 @@ from tiny_run import write_run, write_summary
 
 from tinylm.cli import main
 from tinylm.report import findings, samples
+from tinylm.report.edge import bracket_text
 from tinylm.report.index import write_index
 from tinylm.report.kinds.lr_sweep import section as lr_sweep
 from tinylm.report.kinds.variant.section import variant_rates_text, variant_text
@@ -42,8 +43,14 @@ def test_edge_of_stability_constructed_case(sweep):
     assert ("2 of 4 failed: 1e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 1e-2); "
             "3e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 3e-2).") in text
     assert "The best rate is 3e-3, with a final validation loss of 2.200" in text
-    assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
     assert "the unigram loss, which would also mark runs that stop learning, is not known here" in text
+    bracket = bracket_text(edge)
+    assert ("The edge of stability lies between 3e-3 (trains) and 1e-2 (fails), a bracket of 3.33x; the smallest "
+            "failing rate is 3.33x the best (3e-3).") in bracket
+    # LR sensitivity: the mean of min(final, initial) over the rates less the best; the diverged
+    # rates count at the initial loss (4.900 here).
+    assert edge.lr_sensitivity == pytest.approx((2.5 + 2.2 + 4.9 + 4.9) / 4 - 2.2)
+    assert "LR sensitivity" in bracket
 
 
 def test_a_rate_closer_to_the_unigram_loss_than_to_the_best_stopped_learning(tmp_path):
@@ -63,7 +70,7 @@ def test_a_rate_closer_to_the_unigram_loss_than_to_the_best_stopped_learning(tmp
     text = lr_sweep.lr_sweep_text(runs, edge)
     assert "no better than the unigram loss (0.693" in text and "above 0.447" in text
     assert "2 of 4 failed: 1e-2 stopped learning (final validation loss 0.450); 3e-2 diverged" in text
-    assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
+    assert "the smallest failing rate is 3.33x the best (3e-3)" in bracket_text(edge)
 
 
 def test_known_words_are_looked_up_in_the_training_text(tmp_path):

@@ -146,7 +146,7 @@ def paragraph(section_md: Path) -> str:
 
 def test_lr_sweep_finds_the_diverging_rate(runs, tmp_path):
     labels = ["lr=1e-3", "lr=3e-3", "lr=1e-2", "lr=10"]
-    md = report("lr_sweep", tmp_path / "lr_sweep", runs, labels)
+    md = report("lr_sweep", tmp_path / "lr_sweep", runs, labels, "--rate-sweep")
     check_files("lr_sweep", tmp_path / "lr_sweep")
     table = pd.read_csv(tmp_path / "lr_sweep" / "lr_sweep.csv")
     assert sorted(table["run"]) == sorted(labels)
@@ -165,12 +165,12 @@ def test_lr_sweep_finds_the_diverging_rate(runs, tmp_path):
     text = paragraph(md)
     assert f"The best rate is {fmt_rate(best['lr'])}" in text
     assert fmt_loss(best["final_val_loss"]) in text
-    assert f"The smallest failing rate, {fmt_rate(failing['lr'].min())}" in text
-    assert f"{fmt_ratio(ratio)}x the best rate" in text
     assert "unigram loss (" in text  # the runs' token arrays are there, so the criterion is complete
+    whole = md.read_text()  # the sweep's edge: a paragraph of its own, after the kind's
+    assert f"and {fmt_rate(failing['lr'].min())} (fails)" in whole and f"{fmt_ratio(ratio)}x the best" in whole
     edge = pd.read_csv(tmp_path / "lr_sweep" / "edge_of_stability.csv")
     assert list(edge.columns) == ["best_lr", "best_final_val_loss", "largest_stable_lr", "smallest_diverging_lr",
-                                  "ratio"]
+                                  "ratio", "bracket_ratio", "lr_sensitivity"]
     assert edge.loc[0, "smallest_diverging_lr"] == failing["lr"].min()
     assert edge.loc[0, "ratio"] == pytest.approx(ratio)
     markdown = md.read_text()
