@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("LABEL", "RUN_DIR"),
                         help="a run to include, named in legends and tables by LABEL (its changed setting, "
                              "e.g. lr=3e-3); repeat for each run")
+    parser.add_argument("--replica", nargs=2, action="append", default=[], metavar=("LABEL", "RUN_DIR"),
+                        help="the --run of that LABEL at a further seed (config seeds): tables give the mean and "
+                             "spread over seeds, figures draw every seed, texts say whether a finding holds at "
+                             "every seed; repeat for each")
     parser.add_argument("--baseline", metavar="LABEL", help="the --run LABEL drawn dashed and compared against")
     parser.add_argument("--colour-order", nargs="+", default=[], metavar="RUN_NAME",
                         help="every run name of the whole report, in a fixed order: fixes each run's colour "
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     def option_json(path: str | None, option: str) -> dict | None:
         return None if path is None else read_json(path, option, expect=dict)
 
-    runs = load_runs([tuple(pair) for pair in args.run], args.colour_order)
+    runs = load_runs([tuple(pair) for pair in args.run], args.colour_order, [tuple(pair) for pair in args.replica])
     inputs = Inputs(runs=runs, baseline=find_run(runs, args.baseline),
                     tokenizer_report=option_json(args.tokenizer_report, "--tokenizer-report"),
                     generate=option_json(args.generate, "--generate"),
