@@ -337,14 +337,14 @@ def test_the_variants_table_shows_the_spread_and_the_csv_always_has_it(tmp_path)
 
 def test_a_sweep_says_whether_its_best_and_failing_rates_are_the_same_at_every_seed(tmp_path):
     same = runs_at_seeds(tmp_path / "same", {"lr=1e-3": (1e-3, [2.5, 2.55]), "lr=3e-3": (3e-3, [2.2, 2.25]),
-                                             "lr=1e-2": (1e-2, [None, None])})
+                                             "lr=1e-2": (1e-2, [None, None]), "lr=3e-2": (3e-2, [None, None])})
     text = lr_sweep.lr_sweep_text(same, lr_sweep.edge_of_stability(same))
-    assert "At every seed (0, 1), the best rate is 3e-3 and 1e-2 fails." in text
+    assert "At every seed (0, 1), the best rate is 3e-3, and 1e-2 and 3e-2 fail." in text
     moved = runs_at_seeds(tmp_path / "moved", {"lr=1e-3": (1e-3, [2.5, 2.55]), "lr=3e-3": (3e-3, [2.2, 2.35]),
                                                "lr=1e-2": (1e-2, [2.3, None])})
     text = lr_sweep.lr_sweep_text(moved, lr_sweep.edge_of_stability(moved))
-    assert ("The seeds disagree: at seed 0 the best rate is 3e-3 and no rate fails; at seed 1 the best rate is "
-            "3e-3 and 1e-2 fails.") in text
+    assert ("The seeds disagree: at seed 0 the best rate is 3e-3, and no rate fails; at seed 1 the best rate is "
+            "3e-3, and 1e-2 fails.") in text
     alone = runs_at_seeds(tmp_path / "one", {"lr=1e-3": (1e-3, [2.5]), "lr=3e-3": (3e-3, [2.2])})
     assert "seed" not in lr_sweep.lr_sweep_text(alone, lr_sweep.edge_of_stability(alone))
 
@@ -381,3 +381,4 @@ def test_a_replica_names_a_run_and_a_seed_of_its_own(tmp_path, capsys):
     assert "--replica 'z' is not one of the --run labels: a" in capsys.readouterr().err
     assert main(["report", "lr_sweep", *out, "--run", "a", str(run), "--replica", "a", str(same_seed)]) == 2
     assert f"--replica 'a': {same_seed} is at seed 0, which 'a' already has" in capsys.readouterr().err
+

@@ -66,9 +66,10 @@ def seeds_text(runs: list[Run]) -> str:
 
     def describe(found: tuple[float | None, tuple[float, ...]]) -> str:
         best, failing = found
-        rates = " and ".join(map(fmt_rate, failing))
-        fails = ("no rate fails" if not failing else f"{rates} fails" if len(failing) == 1 else f"{rates} fail")
-        return f"the best rate is {fmt_rate(best)} and {fails}"
+        rates = [fmt_rate(rate) for rate in failing]
+        fails = ("no rate fails" if not rates else f"{rates[0]} fails" if len(rates) == 1
+                 else f"{', '.join(rates[:-1])} and {rates[-1]} fail")
+        return f"the best rate is {fmt_rate(best)}, and {fails}"
 
     return same_at_every_seed(runs, finding, describe)
 
