@@ -382,3 +382,20 @@ def test_a_replica_names_a_run_and_a_seed_of_its_own(tmp_path, capsys):
     assert main(["report", "lr_sweep", *out, "--run", "a", str(run), "--replica", "a", str(same_seed)]) == 2
     assert f"--replica 'a': {same_seed} is at seed 0, which 'a' already has" in capsys.readouterr().err
 
+
+def test_the_edge_study_says_whether_each_sweeps_edge_is_the_same_at_every_seed(tmp_path):
+    from tinylm.report.kinds.edge_scale.section import seeds_text
+
+    same = runs_at_seeds(tmp_path / "same", {"lr=1e-3": (1e-3, [2.5, 2.6]), "lr=3e-3": (3e-3, [2.2, 2.3]),
+                                             "lr=1e-2": (1e-2, [None, None])})
+    assert seeds_text(same) == ("At every seed (0, 1), each sweep has the same best and smallest failing rate as in "
+                                "the table (the first seed's).")
+    moved = runs_at_seeds(tmp_path / "moved", {"lr=1e-3": (1e-3, [2.5, 2.6]), "lr=3e-3": (3e-3, [2.2, 2.3]),
+                                               "lr=1e-2": (1e-2, [None, 2.25])})
+    config = moved[0].config
+    setting = f"RMSNorm (pre-norm) at {config.tokens_per_step:,} tokens per step"
+    assert seeds_text(moved) == (
+        "The best and smallest failing rates differ between seeds in 1 of 1 sweeps (the table gives the first "
+        f"seed's): d_model {config.model.d_model}, {setting} (best 3e-3 and smallest failing 1e-2 at seed 0, "
+        "best 1e-2 and none failing at seed 1).")
+    assert seeds_text(runs_at_seeds(tmp_path / "one", {"lr=1e-3": (1e-3, [2.5])})) == ""
