@@ -164,7 +164,8 @@ class Plan:
         return any(not self.rate_sweeps[key].complete for key in self.sections[section].rate_sweeps)
 
     def sweep_of_run(self, run: str) -> RateSweep | None:
-        """The sweep that names (or would name, once refinement adds its rate) the run `run`."""
+        """The sweep that names (or would name, once refinement adds its rate) the run `run`, or
+        whose run it replicates."""
         return next((sweep for sweep in self.rate_sweeps.values() if run.startswith(sweep.name_prefix)), None)
 
     def sections_using(self) -> dict[str, list[str]]:

@@ -16,8 +16,9 @@ Snakefile imports tinylm.pipeline.plan and this package to plan and to declare e
 (`KINDS[kind].figures/.tables/.inputs/.runs`): both stay light because nothing there imports a
 kind's `section`.
 
-Shared by the kinds: `runs` (loading runs, labels, colours), `findings` (what several kinds state
-about single runs), `samples` (generated text), `figures` (saving, loss curves, line styles),
+Shared by the kinds: `runs` (loading runs, labels, colours, replicas at further seeds), `findings`
+(what several kinds state about single runs), `seeds` (means and spreads over seeds, and whether a
+finding holds at every seed), `samples` (generated text), `figures` (saving, loss curves, line styles),
 `tables` (formatters, CSV + Markdown), `section` (the writer: a section's files as one set) and
 `index` with `overview` (README.md, the tables of runs and environments).
 """

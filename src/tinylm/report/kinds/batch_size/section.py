@@ -15,6 +15,7 @@ from tinylm.training.summary import SUMMARY
 
 
 def best_batch(runs: list[Run]) -> int | None:
+    """The batch size of the best run; None when every one diverged."""
     best = best_run(runs)
     return None if best is None else best.batch_size
 
