@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -210,6 +211,36 @@ def test_a_second_config_in_the_same_directory_loses_nothing(full_run, tmp_path)
     for config in ("config/test.yaml", str(configfile)):
         result = snakemake(workdir, "--dry-run", configfile=config, repo=copy)
         assert "Nothing to be done" in result.stdout + result.stderr, (config, result.stdout[-3000:])
+
+
+@pytest.mark.slow
+def test_a_second_seed_trains_every_runs_replica_and_reports_the_spread(full_run, tmp_path):
+    """`--config "seeds=[0, 1]"` where the test config ran: the first seed's runs are reused, each gets
+    a replica at seed 1, and a variant section's table has the mean, std and seed count per run."""
+    workdir = tmp_path / "work"
+    shutil.copytree(full_run[0], workdir, symlinks=True)  # file times kept: the same up-to-date outputs
+    copy, runs = full_run[1], workdir / TEST_RESULTS / "runs"
+    first = sorted(p.name for p in runs.iterdir())
+    dry = snakemake(workdir, "--dry-run", "-p", "--config", "seeds=[0, 1]", repo=copy).stdout
+    assert scheduled(dry, "train") == sorted(f"{run}-seed=1" for run in first)  # nothing of seed 0 retrains
+
+    snakemake(workdir, "--config", "seeds=[0, 1]", repo=copy)
+    assert sorted(p.name for p in runs.iterdir()) == sorted([*first, *(f"{run}-seed=1" for run in first)])
+    for run in first:
+        assert json.loads((runs / f"{run}-seed=1" / "config.json").read_text())["training"]["seed"] == 1
+    losses = {run: json.loads((runs / run / "summary.json").read_text())["final_val_loss"]
+              for run in ("baseline", "baseline-seed=1", "nope", "nope-seed=1")}
+    table = pd.read_csv(workdir / TEST_RESULTS / "report" / "nope" / "final_losses.csv").set_index("run")
+    differences = [losses["nope"] - losses["baseline"], losses["nope-seed=1"] - losses["baseline-seed=1"]]
+    assert table.loc["NoPE", "val_vs_baseline_mean"] == pytest.approx(sum(differences) / 2)
+    assert table.loc["NoPE", "val_vs_baseline_std"] == pytest.approx(abs(differences[0] - differences[1]) / 2 ** 0.5)
+    assert table.loc["NoPE", "final_val_loss_mean"] == pytest.approx((losses["nope"] + losses["nope-seed=1"]) / 2)
+    assert list(table["seeds"]) == [2, 2]
+    text = (workdir / TEST_RESULTS / "report" / "nope" / "section.md").read_text()
+    assert re.search(r"NoPE is (worse than|better than|equal to) the baseline at (every seed|1 of 2 seeds): "
+                     r"[+-]\d\.\d{3} ± \d\.\d{3} over 2 seeds\.", text)
+    overview = pd.read_csv(workdir / TEST_RESULTS / "report" / "runs.csv")
+    assert sorted(overview["run"]) == sorted(p.name for p in runs.iterdir())
 
 
 def dry_run_with(full_run, change: str) -> tuple[str, dict[str, int]]:

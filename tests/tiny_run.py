@@ -132,13 +132,14 @@ def write_summary(run_dir: Path, name: str | None = None, **fields) -> Path:
 
 
 def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20, tokens: Path | None = None,
-              vocab_size: int = 10000, warmup_steps: int = 0) -> Path:
+              vocab_size: int = 10000, warmup_steps: int = 0, seed: int = 0) -> Path:
     """A finished run's three files: a loss falling towards `final_val`, or diverging when it is None.
     `tokens`: the token array the run trained and was validated on (default: none there)."""
     train, valid = (str(tokens), str(tokens)) if tokens else ("t.npy", "v.npy")
     config = RunConfig().with_overrides({"name": run_dir.name, "optimizer.lr": lr, "training.max_steps": steps,
                                          "optimizer.warmup_steps": warmup_steps, "data.train_tokens": train,
-                                         "data.valid_tokens": valid, "model.vocab_size": vocab_size})
+                                         "data.valid_tokens": valid, "model.vocab_size": vocab_size,
+                                         "training.seed": seed})
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     diverged = final_val is None

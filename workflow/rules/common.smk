@@ -9,7 +9,9 @@ function the rule files call (they hold rules only).
     probe_input           input function: the probe's output, for rules of batch-size runs
     refinement_input      input function: the refinement rounds that added a run, for its rules
     section(name)         one report section (tinylm.pipeline.plan.PlannedSection), with the probe's
-                          answer for batch_size and every rate refinement added to its sweeps
+                          answer for batch_size and every rate refinement added to its sweeps; its
+                          runs' replicas at further seeds (config `seeds`) are trained, evaluated and
+                          handed to its report beside them
     GENERATIONS           {group: PlannedSamples}: the text samples each section draws
 
 Folders handed to a command are derived inside the rule from its own input or output files (as
@@ -113,8 +115,9 @@ def folders(files):
 
 PLAN = build_plan(config)
 GENERATIONS = {s.generation.group: s.generation for s in PLAN.sections.values() if s.generation}
-# Every run but the batch-size ones, in one fixed order: a run has the same colour in every section.
-COLOUR_ORDER = [name for name, run in PLAN.runs.items() if run.section != "batch_size"]
+# Every run but the batch-size ones, in one fixed order: a run has the same colour in every section
+# (its replicas take its colour).
+COLOUR_ORDER = [name for name, run in PLAN.runs.items() if run.section != "batch_size" and not run.replica_of]
 
 
 @lru_cache
@@ -130,9 +133,9 @@ def probe_answer():
 
 def refinement_rounds(key, until_run=None, rounds=None):
     """(the round files of sweep `key` read, the rates they added, whether it is done), reading each
-    round's checkpoint in turn: every round; or up to the one that added the run `until_run`; or the
-    first `rounds`. A round's decision needs the runs of the rounds before it only, so reading stops
-    there: a run never waits for the round its own result decides."""
+    round's checkpoint in turn: every round; or up to the one that added the run `until_run` (at any
+    seed); or the first `rounds`. A round's decision needs the runs of the rounds before it only, so
+    reading stops there: a run never waits for the round its own result decides."""
     sweep = PLAN.rate_sweeps[key]
     files, rates = [], []
     for round_ in range(sweep.max_refinements if rounds is None else rounds):
@@ -141,7 +144,7 @@ def refinement_rounds(key, until_run=None, rounds=None):
         if rate is None:
             return files, tuple(rates), True
         rates.append(rate)
-        if until_run is not None and sweep.run_name(rate) == until_run:
+        if until_run is not None and until_run in PLAN.at_seeds(sweep.run_name(rate)):
             return files, tuple(rates), False
     return files, tuple(rates), rounds is None
 
@@ -217,20 +220,31 @@ def refine_arguments(wildcards, input):
     return shlex.join(args + ["--refine-to", str(sweep.refine_to), "--step", str(sweep.step)])
 
 
-def section_run_files(name, kinds=("metrics", "summary", "config")):
-    return [run_files(run)[kind] for run in section(name).runs for kind in kinds]
+def replica_runs(planned):
+    """The replicas of a section's runs, in the order of its runs, then of the seeds."""
+    return [replica for _, replica in planned.replica_labels()]
+
+
+def section_run_files(name, kinds=("metrics", "summary", "config"), replicas=False):
+    """The files of the section's runs, each run's together in the section's order; with `replicas`,
+    of their replicas instead."""
+    planned = section(name)
+    runs = replica_runs(planned) if replicas else planned.runs
+    return [run_files(run)[kind] for run in runs for kind in kinds]
 
 
 def section_target(name):
-    """The section's report page, plus the evaluation of every run it shows: the runs planned up
-    front at once, and those only the probe or refinement adds once they are known."""
-    known = [] if PLAN.sections[name].pending_probe else list(PLAN.sections[name].runs)  # the probe may drop some
+    """The section's report page, plus the evaluation of every run it shows, replicas included: the
+    runs planned up front at once, and those only the probe or refinement adds once they are known."""
+    up_front = PLAN.sections[name]
+    known = [] if up_front.pending_probe else [*up_front.runs, *replica_runs(up_front)]  # the probe may drop some
 
     def planned(wildcards):
         return [f"{section_dir(name)}/section.md"] + [run_files(run)["eval"] for run in known]
 
     def added(wildcards):
-        return [run_files(run)["eval"] for run in section(name).runs if run not in known]
+        now = section(name)
+        return [run_files(run)["eval"] for run in [*now.runs, *replica_runs(now)] if run not in known]
     return [planned, added]
 
 
@@ -309,20 +323,25 @@ def file_inputs(name):
 
 def report_inputs(name):
     def inputs(wildcards):
-        runs = section_run_files(name) if KINDS[PLAN.sections[name].kind].runs else []
-        return {"code": REPORT_CODE, "runs": runs, **file_inputs(name)}
+        from_runs = KINDS[PLAN.sections[name].kind].runs
+        runs = section_run_files(name) if from_runs else []
+        replicas = section_run_files(name, replicas=True) if from_runs else []
+        return {"code": REPORT_CODE, "runs": runs, "replicas": replicas, **file_inputs(name)}
     return inputs
 
 
 def report_arguments(name):
-    """The section's `tinylm report` options: title, its runs by label, baseline, colours, JSON inputs."""
+    """The section's `tinylm report` options: title, its runs and their replicas by label, baseline,
+    colours, JSON inputs."""
     def arguments(wildcards, input):
         planned = section(name)
         args = ["--title", planned.title, "--description", planned.description]
         if KINDS[planned.kind].runs:
-            # input.runs holds each run's files together, in the section's order.
+            # input.runs and input.replicas hold each run's files together, in the section's order.
             for (run, label), folder in zip(planned.runs.items(), folders(input.runs), strict=True):
                 args += ["--run", label, folder]
+            for (label, replica), folder in zip(planned.replica_labels(), folders(input.replicas), strict=True):
+                args += ["--replica", label, folder]
             if planned.baseline:
                 args += ["--baseline", planned.runs[planned.baseline]]
             if len(planned.rate_sweeps) == 1:
@@ -337,7 +356,8 @@ def report_arguments(name):
 
 
 def all_summaries(wildcards):
-    return sorted({f for name in PLAN.sections for f in section_run_files(name, kinds=("summary",))})
+    return sorted({f for name in PLAN.sections for replicas in (False, True)
+                   for f in section_run_files(name, kinds=("summary",), replicas=replicas)})
 
 
 # ---- export (export.smk) -----------------------------------------------------------------------

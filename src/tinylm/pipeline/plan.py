@@ -7,13 +7,21 @@
 
 A plan is plain data: `plan.runs` maps run names to `PlannedRun` (its `RunConfig`, tokenizer,
 corpus, resources and what it changes against the baseline), `plan.sections` maps section names to
-`PlannedSection` (title, report kind, runs with their labels, generation samples). The Snakefile, the
-rule files and `tinylm plan` read it; nothing parses run names.
+`PlannedSection` (title, report kind, runs with their labels, their replicas, generation samples).
+The Snakefile, the rule files and `tinylm plan` read it; nothing parses run names.
 
 Runs are the baseline (config key `baseline`) plus, per experiment, the baseline with overrides and an
 optional sweep. Two runs with the same content are one run: the first name wins, so the lr sweep at
 the baseline's rate (and the batch-size run at the baseline's batch and budget) is the run `baseline`
 itself, with that section's label.
+
+Seeds (config `seeds`): the first is the baseline's `training.seed`, and every run above is at it,
+under the names above, so that adding seeds renames and retrains nothing. Each further seed
+replicates every run, the batch-size runs and the rates refinement added included, with
+`training.seed` set to it and the name suffixed `-seed=<seed>` (`replica_name`); a section keeps its
+runs (the first seed's) and lists their replicas (`PlannedSection.replicas`), which its report
+compares seed by seed. Refinement decides on the first seed's runs alone, and a refined rate's
+replicas follow its decision; generation and export sample the first seed's runs.
 
 Sections are planned by their kinds (tinylm.report.kinds): this module makes the runs every
 experiment's overrides and sweep ask for, orders the sections and numbers their titles, and hands
@@ -27,7 +35,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tinylm.config import RunConfig
@@ -40,6 +48,12 @@ if TYPE_CHECKING:
 
 BASELINE_RUN = "baseline"
 LR = "optimizer.lr"  # the setting a rate sweep sweeps
+SEED = "training.seed"  # the setting config `seeds` replicates runs over
+
+
+def replica_name(run: str, seed: int) -> str:
+    """The name of `run` (a first seed's run) at a further seed: `nope-seed=1`."""
+    return f"{run}-{setting_text(SEED, seed)}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,11 @@ class PlannedRun:
     changes: str                 # against the baseline, e.g. "norm=none, lr=1e-3"; "" for the baseline itself
     resources: dict[str, int]    # of its training job: gpu (all processes), devices, runtime (min), mem_mb
     data_note: str = ""          # set when the tokenizer was trained on another corpus than the run's
+    replica_of: str = ""         # at a further seed: the first seed's run it replicates
+
+    @property
+    def seed(self) -> int:
+        return self.config.training.seed
 
     @property
     def steps(self) -> int:
@@ -119,6 +138,13 @@ class PlannedSection:
     pending_probe: bool = False  # batch_size before the max-batch probe: the largest batch is not known yet
     rate_sweeps: tuple[str, ...] = ()  # keys of its sweeps over learning rates (Plan.rate_sweeps)
     compare_with: tuple[dict, ...] = ()  # points from elsewhere its figures draw beside its own (edge_scale)
+    # run name -> its replicas at the further seeds, in seed order; set by build_plan for the kinds
+    # drawn from runs (empty with one seed)
+    replicas: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def replica_labels(self) -> list[tuple[str, str]]:
+        """(label, replica) of every replica, in the order of the runs, then of the seeds."""
+        return [(label, replica) for run, label in self.runs.items() for replica in self.replicas.get(run, ())]
 
 
 @dataclass(frozen=True)
@@ -127,21 +153,27 @@ class Plan:
     sections: dict[str, PlannedSection]
     probe: dict | None           # the max-batch probe's settings, or None when it is off
     rate_sweeps: dict[str, RateSweep] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)  # config `seeds`: the first one's runs, then replicas at the others
+
+    def at_seeds(self, run: str) -> list[str]:
+        """The names of a first seed's run (made or not) at every seed, the first seed's first."""
+        return [run] + [replica_name(run, seed) for seed in self.seeds[1:]]
 
     def pending_refinement(self, section: str) -> bool:
         """Whether refinement may still add rates (and runs) to one of the section's sweeps."""
         return any(not self.rate_sweeps[key].complete for key in self.sections[section].rate_sweeps)
 
     def sweep_of_run(self, run: str) -> RateSweep | None:
-        """The sweep that names (or would name, once refinement adds its rate) the run `run`."""
+        """The sweep that names (or would name, once refinement adds its rate) the run `run`, or
+        whose run it replicates."""
         return next((sweep for sweep in self.rate_sweeps.values() if run.startswith(sweep.name_prefix)), None)
 
     def sections_using(self) -> dict[str, list[str]]:
-        """{run name: the sections that show it}; runs no section shows (batch sizes the probe
-        dropped) are left out."""
+        """{run name: the sections that show it, replicas included}; runs no section shows (batch
+        sizes the probe dropped) are left out."""
         uses: dict[str, list[str]] = {}
         for section in self.sections.values():
-            for run in section.runs:
+            for run in [*section.runs, *(replica for _, replica in section.replica_labels())]:
                 uses.setdefault(run, []).append(section.name)
         return uses
 
@@ -184,6 +216,7 @@ class Planner:
     def __init__(self, config: dict, largest_batch: int | None, kinds: dict[str, Kind],
                  refinements: dict[str, Refinement] | None = None):
         self.config, self.largest_batch, self.refinements = config, largest_batch, refinements or {}
+        self.kinds = kinds
         self._check_references(kinds)
         self.runs: dict[str, PlannedRun] = {}
         self.sections: dict[str, PlannedSection] = {}  # planned so far
@@ -193,6 +226,9 @@ class Planner:
         self._experiment_runs: dict[str, ExperimentRuns] = {}
         base = config["baseline"]
         self.baseline = self._run_config(BASELINE_RUN, base["tokenizer"], base["corpus"], {}, "baseline")
+        if config["seeds"][0] != self.baseline.training.seed:
+            raise config_error("seeds", f"the first seed must be the baseline's training.seed "
+                                        f"({self.baseline.training.seed}), got {config['seeds'][0]}")
         self.add(self.make(BASELINE_RUN, base["tokenizer"], base["corpus"], {}, "baseline", "baseline"))
 
     # -- references between config entries, checked before any run is made
@@ -243,10 +279,12 @@ class Planner:
         merged["devices"] = run_config.training.devices
         made_from = self.config["tokenizers"][tok]["corpus"]
         note = f"tokenizer {tok!r} was trained on {made_from!r}" if made_from != corpus else ""
+        return PlannedRun(name, run_config, tok, corpus, section, self._changes(run_config, tok, corpus), merged, note)
+
+    def _changes(self, run_config: RunConfig, tok: str, corpus: str) -> str:
         base = self.config["baseline"]
-        changes = config_changes(run_config, self.baseline, {"corpus": (corpus, base["corpus"]),
-                                                             "tokenizer": (tok, base["tokenizer"])})
-        return PlannedRun(name, run_config, tok, corpus, section, changes, merged, note)
+        return config_changes(run_config, self.baseline, {"corpus": (corpus, base["corpus"]),
+                                                          "tokenizer": (tok, base["tokenizer"])})
 
     def add(self, run: PlannedRun) -> str:
         """The name under which `run` is trained: an earlier run with the same content keeps its name."""
@@ -254,6 +292,28 @@ class Planner:
         name = self.by_content.setdefault(content, run.name)
         self.runs.setdefault(name, run)
         return name
+
+    def replicate(self) -> None:
+        """Every run at each further seed of config `seeds`, and the sections' replicas of their
+        runs (kinds drawn from runs only). A run that sets its own seed has no seed to replicate
+        it at: with several seeds that is an error."""
+        first, *further = self.config["seeds"]
+        if not further:
+            return
+        for run in list(self.runs.values()):
+            if run.seed != first:
+                raise config_error("seeds", f"run {run.name!r} sets training.seed ({run.seed}); with several "
+                                            f"seeds, `seeds` sets every run's seed")
+        for seed in further:
+            for run in [run for run in self.runs.values() if not run.replica_of]:
+                config = run.config.with_overrides({"name": replica_name(run.name, seed), SEED: seed})
+                self.runs[config.name] = replace(
+                    run, name=config.name, config=config, changes=self._changes(config, run.tokenizer, run.corpus),
+                    replica_of=run.name)
+        for name, section in self.sections.items():
+            if self.kinds[section.kind].runs:
+                replicas = {run: tuple(replica_name(run, seed) for seed in further) for run in section.runs}
+                self.sections[name] = replace(section, replicas=replicas)
 
     # -- what kinds read while they plan their sections
     def experiment(self, name: str) -> dict:
@@ -385,4 +445,5 @@ def build_plan(config: dict, largest_batch: int | None = None,
         exp = planner.experiment(name)
         title = f"{number}. {exp.get('title') or kind.title or exp.get('label') or name}"
         planner.sections[name] = kind.plan(planner, name, title)
-    return Plan(planner.runs, planner.sections, planner.probe, planner.rate_sweeps)
+    planner.replicate()
+    return Plan(planner.runs, planner.sections, planner.probe, planner.rate_sweeps, tuple(config["seeds"]))

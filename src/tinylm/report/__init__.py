@@ -16,8 +16,9 @@ Snakefile imports tinylm.pipeline.plan and this package to plan and to declare e
 (`KINDS[kind].figures/.tables/.inputs/.runs`): both stay light because nothing there imports a
 kind's `section`.
 
-Shared by the kinds: `runs` (loading runs, labels, colours), `findings` (what several kinds state
-about single runs), `samples` (generated text), `figures` (saving, loss curves, line styles),
+Shared by the kinds: `runs` (loading runs, labels, colours, replicas at further seeds), `findings`
+(what several kinds state about single runs), `seeds` (means and spreads over seeds, and whether a
+finding holds at every seed), `samples` (generated text), `figures` (saving, loss curves, line styles),
 `tables` (formatters, CSV + Markdown), `section` (the writer: a section's files as one set) and
 `index` with `overview` (README.md, the tables of runs and environments).
 """
@@ -44,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", nargs=2, action="append", default=[], metavar=("LABEL", "RUN_DIR"),
                         help="a run to include, named in legends and tables by LABEL (its changed setting, "
                              "e.g. lr=3e-3); repeat for each run")
+    parser.add_argument("--replica", nargs=2, action="append", default=[], metavar=("LABEL", "RUN_DIR"),
+                        help="the --run of that LABEL at a further seed (config seeds): tables give the mean and "
+                             "spread over seeds, figures draw every seed, texts say whether a finding holds at "
+                             "every seed; repeat for each")
     parser.add_argument("--baseline", metavar="LABEL", help="the --run LABEL drawn dashed and compared against")
     parser.add_argument("--colour-order", nargs="+", default=[], metavar="RUN_NAME",
                         help="every run name of the whole report, in a fixed order: fixes each run's colour "
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     def option_json(path: str | None, option: str) -> dict | None:
         return None if path is None else read_json(path, option, expect=dict)
 
-    runs = load_runs([tuple(pair) for pair in args.run], args.colour_order)
+    runs = load_runs([tuple(pair) for pair in args.run], args.colour_order, [tuple(pair) for pair in args.replica])
     inputs = Inputs(runs=runs, baseline=find_run(runs, args.baseline),
                     tokenizer_report=option_json(args.tokenizer_report, "--tokenizer-report"),
                     generate=option_json(args.generate, "--generate"),

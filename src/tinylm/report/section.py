@@ -19,6 +19,7 @@ from tinylm.report import KINDS, figures
 from tinylm.report.file_set import file_set
 from tinylm.report.kinds import CURVES, Kind
 from tinylm.report.runs import Run
+from tinylm.report.seeds import figure_note
 from tinylm.report.tables import Column, write_table
 
 T = TypeVar("T")
@@ -26,7 +27,8 @@ T = TypeVar("T")
 
 @dataclass
 class Inputs:
-    """Everything a section may read besides its runs (JSON files already parsed)."""
+    """Everything a section may read besides its runs (JSON files already parsed). Each run carries
+    its replicas at further seeds (`Run.replicas`), the baseline's too."""
 
     runs: list[Run]
     baseline: Run | None = None
@@ -66,10 +68,12 @@ class Section:
         """The loss-curve figures (CURVES): against steps, tokens and wall-clock time."""
         for x, stem in zip(figures.X_AXES, CURVES):
             self.figure(figures.loss_curves(runs, x, baseline), stem,
-                        f"{what}: train and validation loss against {figures.X_AXES[x]}")
+                        f"{what}: train and validation loss against {figures.X_AXES[x]}{figure_note(runs)}")
 
-    def table(self, frame: pd.DataFrame, columns: list[Column], stem: str, caption: str) -> None:
-        markdown = write_table(frame, columns, self.out_dir, stem)
+    def table(self, frame: pd.DataFrame, columns: list[Column], stem: str, caption: str,
+              csv_only: tuple[str, ...] = ()) -> None:
+        """A table as CSV and Markdown; the columns `csv_only` go into the CSV alone."""
+        markdown = write_table(frame, columns, self.out_dir, stem, csv_only)
         self.written += [f"{stem}.csv", f"{stem}.md"]
         self.parts.append(f"**{caption}** ([CSV]({stem}.csv))\n\n{markdown}")
 

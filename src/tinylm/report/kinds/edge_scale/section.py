@@ -13,7 +13,8 @@ from tinylm.report import figures
 from tinylm.report.edge import EDGE_COLUMNS, EdgeOfStability, criterion_text, edge_of_stability, edge_row
 from tinylm.report.runs import Run
 from tinylm.report.section import Inputs, Section
-from tinylm.report.tables import Column, fmt_int, fmt_ratio, fmt_text
+from tinylm.report.seeds import common_seeds, runs_at_seed
+from tinylm.report.tables import Column, fmt_int, fmt_rate, fmt_ratio, fmt_text
 
 Setting = tuple[int, str]  # (tokens per step, norm)
 COLUMNS = [Column("d_model", "d_model", fmt_int), Column("tokens_per_step", "tokens/step", fmt_int),
@@ -72,6 +73,32 @@ def trend_text(found: dict[tuple[int, int, str], EdgeOfStability], compare_with:
     return " ".join(parts)
 
 
+def seeds_text(runs: list[Run]) -> str:
+    """Whether every sweep has the same best and smallest failing rate at each seed alone (the
+    table and figure are the first seed's); "" with one seed."""
+    seeds = common_seeds(runs)
+    if len(seeds) < 2:
+        return ""
+    rates = {seed: {group: (edge.best.lr if edge.best else None,
+                            edge.smallest_failing.lr if edge.smallest_failing else None)
+                    for group, edge in edges(runs_at_seed(runs, seed)).items()} for seed in seeds}
+    groups = list(rates[seeds[0]])
+    differ = [group for group in groups if len({rates[seed].get(group) for seed in seeds}) > 1]
+    if not differ:
+        return (f"At every seed ({', '.join(map(str, seeds))}), each sweep has the same best and smallest failing "
+                f"rate as in the table (the first seed's).")
+
+    def at(seed: int, group: tuple[int, int, str]) -> str:
+        best, failing = rates[seed].get(group, (None, None))
+        return (f"best {fmt_rate(best)} and " + (f"smallest failing {fmt_rate(failing)}" if failing else "none failing")
+                + f" at seed {seed}")
+
+    described = [f"d_model {group[0]}, {setting_text(group[1:])} ({', '.join(at(seed, group) for seed in seeds)})"
+                 for group in differ]
+    return (f"The best and smallest failing rates differ between seeds in {len(differ)} of {len(groups)} sweeps "
+            f"(the table gives the first seed's): {'; '.join(described)}.")
+
+
 def edge_vs_width(found: dict[tuple[int, int, str], EdgeOfStability], compare_with: list[dict]) -> plt.Figure:
     """Smallest failing / best rate against d_model, one line per setting; the bar spans the bracket
     the edge lies in (largest rate that trains / best up to smallest failing / best)."""
@@ -111,8 +138,9 @@ def build(section: Section, inputs: Inputs) -> None:
     found = edges(runs)
     intro = section.description or (f"{len(found)} learning-rate sweeps of the baseline: every width, tokens per "
                                      "step and norm of the study.")
+    seeds = seeds_text(runs)
     section.paragraph(f"{intro} {criterion_text(next(iter(found.values())), runs)} "
-                      f"{trend_text(found, inputs.compare_with)}")
+                      f"{trend_text(found, inputs.compare_with)}" + (f" {seeds}" if seeds else ""))
     section.figure(edge_vs_width(found, inputs.compare_with), "edge_vs_width",
                    "Smallest failing rate over the best rate against the model's width, per setting")
     section.table(scale_frame(found), COLUMNS, "edge_vs_scale",
