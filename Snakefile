@@ -51,7 +51,7 @@ rule all:
     default_target: True
     localrule: True
     input:
-        # One input function per section, so that only batch_size waits for the max-batch probe.
+        # Input functions per section, so that only what the probe or refinement adds waits for them.
         [section_target(name) for name in PLAN.sections],
         REPORT_INDEX,
         rules.export.input,

@@ -260,6 +260,55 @@ def test_changes_leave_out_bookkeeping():
         "lr=1.5e-3, warmup_steps=16, batch=2, max_steps=400"
 
 
+def test_each_further_seed_replicates_every_run_and_names_the_first_seeds_as_before():
+    config = small_config(no_norm={"overrides": {"model.norm": "none"}, "sweep": {"optimizer.lr": ["baseline", 1e-4]}})
+    refined = {"lr_sweep": ((5.5e-3,), True)}
+    one = build_plan(config, largest_batch=16, refinements=refined)
+    two = build_plan({**config, "seeds": [0, 1]}, largest_batch=16, refinements=refined)
+    assert len(two.runs) == 2 * len(one.runs) and two.seeds == (0, 1)
+    for name, run in one.runs.items():  # the first seed's runs: the same names and configs, so cached
+        assert two.runs[name].config == run.config and two.runs[name].seed == 0 and not two.runs[name].replica_of
+        replica = two.run(f"{name}-seed=1")
+        assert replica.replica_of == name and replica.seed == 1 and replica.section == run.section
+        assert replica.config == run.config.with_overrides({"name": replica.name, "training.seed": 1})
+        assert two.at_seeds(name) == [name, replica.name]
+    # Batch sizes the probe added and rates refinement added are replicated too.
+    assert {"batch_size-batch=16-seed=1", "lr_sweep-lr=5.5e-3-seed=1"} <= set(two.runs)
+    assert two.run("no_norm-lr=1e-4-seed=1").changes == "norm=none, lr=1e-4, seed=1"
+    for name, section in two.sections.items():
+        assert section.runs == one.sections[name].runs
+        if section.kind in ("tokenizer", "generate"):  # drawn from no runs: sampling keeps the first seed
+            assert section.replicas == {}
+        else:
+            assert section.replicas == {run: (f"{run}-seed=1",) for run in section.runs}
+    assert two.sections["no_norm"].replica_labels() == [("norm=none lr=3e-3", "no_norm-lr=3e-3-seed=1"),
+                                                        ("norm=none lr=1e-4", "no_norm-lr=1e-4-seed=1"),
+                                                        ("baseline", "baseline-seed=1")]
+    assert two.sections["generate"].generation.runs == one.sections["generate"].generation.runs
+    # Refinement reads the first seed's runs alone.
+    assert two.rate_sweeps["lr_sweep"].runs == one.rate_sweeps["lr_sweep"].runs
+    assert two.sections_using()["baseline-seed=1"] == ["lr_sweep", "batch_size", "no_norm"]
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ([0, 0], "non-unique"), ([], "non-empty"), ([0, -1], "less than the minimum"), ("0", "not of type 'array'"),
+    ([1, 0], r"the first seed must be the baseline's training.seed \(0\), got 1"),
+])
+def test_a_bad_seeds_list_fails_in_one_line_naming_seeds(seeds, message):
+    with pytest.raises(ValueError, match=rf"^config seeds(\.1)?: .*{message}") as error:
+        build_plan(validate_config({**small_config(), "seeds": seeds}))
+    assert "\n" not in str(error.value)
+
+
+def test_several_seeds_leave_no_run_a_seed_of_its_own():
+    config = small_config(lucky={"overrides": {"training.seed": 7}})
+    assert build_plan(config).run("lucky").seed == 7  # one seed: a run may set its own
+    with pytest.raises(ValueError, match=r"^config seeds: run 'lucky' sets training.seed \(7\)"):
+        build_plan({**config, "seeds": [0, 1]})
+    config["baseline"]["training"]["seed"] = 3  # the first seed follows the baseline's
+    assert build_plan({**config, "seeds": [3, 4], "experiments": small_config()["experiments"]}).seeds == (3, 4)
+
+
 # ---- `tinylm plan` ---------------------------------------------------------------------------
 
 def tinylm(*args: str) -> subprocess.CompletedProcess:
@@ -276,6 +325,16 @@ def test_plan_command_prints_every_run_and_totals():
     total = next(line for line in lines if line.startswith("total"))
     assert f"{len(plan.runs)} runs" in total and f"{sum(r.steps for r in plan.runs.values()):,}" in total
     assert "40% MFU" in result.stdout  # the stated throughput of the GPU-time estimate
+
+
+def test_plan_command_lists_the_replicas_as_runs():
+    one, two = (json.loads(tinylm("plan", "--configfile", "config/test.yaml", "--no-memory", "--json",
+                                  "--config", f"seeds={seeds}").stdout) for seeds in ("[0]", "[0, 1]"))
+    assert len(two["runs"]) == 2 * len(one["runs"]) and two["seeds"] == [0, 1]
+    assert two["runs"]["nope-seed=1"]["replica_of"] == "nope" and two["runs"]["nope-seed=1"]["seed"] == 1
+    assert two["sections"]["nope"]["replicas"] == {"nope": ["nope-seed=1"], "baseline": ["baseline-seed=1"]}
+    table = tinylm("plan", "--configfile", "config/test.yaml", "--no-memory", "--config", "seeds=[0, 1]").stdout
+    assert f"{len(two['runs'])} runs" in table and "replicated at seed 1" in table
 
 
 def test_plan_command_predicts_every_runs_memory_and_what_fits(tmp_path):

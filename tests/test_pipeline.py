@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -48,6 +49,22 @@ def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a (dry) run: rule -> number of jobs."""
     table = output[output.index("Job stats:"):].split("\n\n")[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def refinements(results: Path) -> dict[str, tuple[tuple[float, ...], bool]]:
+    """What refinement added to each rate sweep of a finished run: its rounds' decisions, in order."""
+    found = {}
+    for sweep in sorted((results / "refine").iterdir()):
+        rounds = sorted(sweep.glob("round-*.json"), key=lambda path: int(path.stem.split("-")[1]))
+        rates = [json.loads(path.read_text())["next"] for path in rounds]
+        found[sweep.name] = (tuple(rate for rate in rates if rate is not None), True)
+    return found
+
+
+def refinement_runs(results: Path, config: dict, largest_batch: int | None = None) -> set[str]:
+    """The runs refinement added to the plan of a finished run."""
+    plan = build_plan(config, largest_batch, refinements(results))
+    return {sweep.runs[rate] for sweep in plan.rate_sweeps.values() for rate in sweep.refined}
 
 
 def scheduled(output: str, rule: str) -> list[str]:
@@ -126,7 +143,15 @@ def test_full_run_produces_every_section(full_run):
     # and so is batch 4 with the 512-token budget (the baseline's 8 steps x 4 sequences x 16 tokens).
     expected = {"baseline", "lr_sweep-lr=10", "no_rmsnorm-lr=3e-3", "no_rmsnorm-lr=1e-4", "post_norm", "nope",
                 "silu", "owt"} | {f"batch_size-batch={b}" for b in batches if b != 4}
+    # The test config refines each of its two rate sweeps by one round: one run each, at a rate its
+    # round decided from the grid's results.
+    refined = refinement_runs(results, resolve_config([REPO / "config/test.yaml"]))
+    assert len(refined) == 2 and {run.split("-lr=")[0] for run in refined} == {"lr_sweep", "no_rmsnorm"}
+    expected |= refined
     assert {p.name for p in (results / "runs").iterdir()} == expected
+    for section in ("lr_sweep", "no_rmsnorm"):  # a section of one sweep states its edge
+        edge = (results / "report" / section / "edge_of_stability.csv").read_text().splitlines()
+        assert {"bracket_ratio", "lr_sensitivity"} <= set(edge[0].split(",")) and len(edge) == 2
     for run in expected:
         for name in RUN_FILES:
             assert (results / "runs" / run / name).stat().st_size > 0, (run, name)
@@ -188,6 +213,36 @@ def test_a_second_config_in_the_same_directory_loses_nothing(full_run, tmp_path)
         assert "Nothing to be done" in result.stdout + result.stderr, (config, result.stdout[-3000:])
 
 
+@pytest.mark.slow
+def test_a_second_seed_trains_every_runs_replica_and_reports_the_spread(full_run, tmp_path):
+    """`--config "seeds=[0, 1]"` where the test config ran: the first seed's runs are reused, each gets
+    a replica at seed 1, and a variant section's table has the mean, std and seed count per run."""
+    workdir = tmp_path / "work"
+    shutil.copytree(full_run[0], workdir, symlinks=True)  # file times kept: the same up-to-date outputs
+    copy, runs = full_run[1], workdir / TEST_RESULTS / "runs"
+    first = sorted(p.name for p in runs.iterdir())
+    dry = snakemake(workdir, "--dry-run", "-p", "--config", "seeds=[0, 1]", repo=copy).stdout
+    assert scheduled(dry, "train") == sorted(f"{run}-seed=1" for run in first)  # nothing of seed 0 retrains
+
+    snakemake(workdir, "--config", "seeds=[0, 1]", repo=copy)
+    assert sorted(p.name for p in runs.iterdir()) == sorted([*first, *(f"{run}-seed=1" for run in first)])
+    for run in first:
+        assert json.loads((runs / f"{run}-seed=1" / "config.json").read_text())["training"]["seed"] == 1
+    losses = {run: json.loads((runs / run / "summary.json").read_text())["final_val_loss"]
+              for run in ("baseline", "baseline-seed=1", "nope", "nope-seed=1")}
+    table = pd.read_csv(workdir / TEST_RESULTS / "report" / "nope" / "final_losses.csv").set_index("run")
+    differences = [losses["nope"] - losses["baseline"], losses["nope-seed=1"] - losses["baseline-seed=1"]]
+    assert table.loc["NoPE", "val_vs_baseline_mean"] == pytest.approx(sum(differences) / 2)
+    assert table.loc["NoPE", "val_vs_baseline_std"] == pytest.approx(abs(differences[0] - differences[1]) / 2 ** 0.5)
+    assert table.loc["NoPE", "final_val_loss_mean"] == pytest.approx((losses["nope"] + losses["nope-seed=1"]) / 2)
+    assert list(table["seeds"]) == [2, 2]
+    text = (workdir / TEST_RESULTS / "report" / "nope" / "section.md").read_text()
+    assert re.search(r"NoPE is (worse than|better than|equal to) the baseline at (every seed|1 of 2 seeds): "
+                     r"[+-]\d\.\d{3} ± \d\.\d{3} over 2 seeds\.", text)
+    overview = pd.read_csv(workdir / TEST_RESULTS / "report" / "runs.csv")
+    assert sorted(overview["run"]) == sorted(p.name for p in runs.iterdir())
+
+
 def dry_run_with(full_run, change: str) -> tuple[str, dict[str, int]]:
     """The printed dry run of the finished test pipeline with one `--config` change."""
     workdir, copy = full_run
@@ -207,9 +262,13 @@ def test_changing_one_runs_lr_retrains_only_that_run(full_run):
 @pytest.mark.slow
 def test_changing_the_vocabulary_retrains_everything_downstream(full_run):
     output, counts = dry_run_with(full_run, "tokenizers={tinystories: {vocab_size: 301}}")
-    runs = [p.name for p in (full_run[0] / TEST_RESULTS / "runs").iterdir()]
-    # Batch-size runs are scheduled once the re-run probe (a checkpoint) reports the largest batch.
-    assert scheduled(output, "train") == sorted(r for r in runs if r != "owt" and not r.startswith("batch_size"))
+    results = full_run[0] / TEST_RESULTS
+    runs = [p.name for p in (results / "runs").iterdir()]
+    # Batch-size runs are scheduled once the re-run probe (a checkpoint) reports the largest batch, and
+    # the runs refinement added once its re-run rounds (checkpoints) decide their rates again.
+    later = refinement_runs(results, resolve_config([REPO / "config/test.yaml"]))
+    assert scheduled(output, "train") == sorted(r for r in runs if r != "owt" and not r.startswith("batch_size")
+                                                and r not in later)
     assert counts["max_batch"] == 1
     assert counts["train_bpe"] == 1 and counts["tokenize"] == 2 and "download" not in counts
 
@@ -239,7 +298,7 @@ REFERENCE_ON_CPU = [
     " final_eval_tokens: 2000,"
     " log_interval: 2, checkpoint_interval: 3, device: cpu, precision: fp32, compile: false}}",
     "experiments={batch_size: {batch_sizes: [1, 4], max_tokens: 384, max_batch: 8, cpu_memory_budget_mb: 4096,"
-    " resources: {runtime: 10}}}",
+    " resources: {runtime: 10}}, lr_sweep: {max_refinements: 1}, no_rmsnorm: {max_refinements: 1}}",
     "evaluate={max_tokens: 2000}",
     "generate={max_new_tokens: 8, seeds: [0]}",
 ]
@@ -263,7 +322,7 @@ def test_reference_dag_runs_on_cpu_with_size_overrides(tmp_path, sample_data):
     results = workdir / "results" / "reference"
     config = resolve_config([REPO / "config/reference.yaml"], parse_overrides(overrides))
     probe = json.loads((results / "max_batch" / "batch_size.json").read_text())
-    plan = build_plan(config, largest_batch=probe["largest_batch"])
+    plan = build_plan(config, largest_batch=probe["largest_batch"], refinements=refinements(results))
     for name in plan.sections:
         assert (results / "report" / name / "section.md").stat().st_size > 0, name
     trained = {run for section in plan.sections.values() for run in section.runs}

@@ -11,44 +11,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tiny_run import write_summary
+from tiny_run import write_run, write_summary
 
 from tinylm.cli import main
-from tinylm.config import RunConfig
 from tinylm.report import findings, samples
+from tinylm.report.edge import bracket_text
 from tinylm.report.index import write_index
 from tinylm.report.kinds.lr_sweep import section as lr_sweep
 from tinylm.report.kinds.variant.section import variant_rates_text, variant_text
 from tinylm.report.runs import PALETTE, load_runs, read_metrics
 from tinylm.report.tables import Column, fmt_bytes, fmt_duration, fmt_loss, fmt_rate, fmt_text, markdown_table
-
-
-def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20, tokens: Path | None = None,
-              vocab_size: int = 10000, warmup_steps: int = 0) -> Path:
-    """A finished run's three files: a loss falling towards `final_val`, or diverging when it is None.
-    `tokens`: the token array the run trained and was validated on (default: none there)."""
-    train, valid = (str(tokens), str(tokens)) if tokens else ("t.npy", "v.npy")
-    config = RunConfig().with_overrides({"name": run_dir.name, "optimizer.lr": lr, "training.max_steps": steps,
-                                         "optimizer.warmup_steps": warmup_steps, "data.train_tokens": train,
-                                         "data.valid_tokens": valid, "model.vocab_size": vocab_size})
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
-    diverged = final_val is None
-    last = steps // 2 if diverged else steps
-    lines = []
-    for step in range(1, last + 1):
-        loss = 5.0 * 3 ** (step - last + 2) if diverged and step > last - 3 else 5.0 - step * 0.1
-        lines.append({"step": step, "tokens": step * 64, "time_s": step * 0.1,
-                      "lr": lr * min(1.0, step / warmup_steps) if warmup_steps else lr, "train_loss": loss,
-                      "val_loss": loss + 0.1 if step % 5 == 0 else None})
-    if diverged:
-        lines[-1]["train_loss"] = None  # non-finite loss, logged as null
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    write_summary(run_dir, status="diverged" if diverged else "completed", steps=last, final_val_loss=final_val,
-                  final_train_loss=None if diverged else final_val - 0.1, best_val_loss=final_val,
-                  diverged_at_step=last if diverged else None, params=1000,
-                  divergence_reference_loss=lines[0]["train_loss"])
-    return run_dir
 
 
 @pytest.fixture
@@ -71,8 +43,14 @@ def test_edge_of_stability_constructed_case(sweep):
     assert ("2 of 4 failed: 1e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 1e-2); "
             "3e-2 diverged at step 10 (training loss 15.000, from 4.900 at step 1; lr 3e-2).") in text
     assert "The best rate is 3e-3, with a final validation loss of 2.200" in text
-    assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
     assert "the unigram loss, which would also mark runs that stop learning, is not known here" in text
+    bracket = bracket_text(edge)
+    assert ("The edge of stability lies between 3e-3 (trains) and 1e-2 (fails), a bracket of 3.33x; the smallest "
+            "failing rate is 3.33x the best (3e-3).") in bracket
+    # LR sensitivity: the mean of min(final, initial) over the rates less the best; the diverged
+    # rates count at the initial loss (4.900 here).
+    assert edge.lr_sensitivity == pytest.approx((2.5 + 2.2 + 4.9 + 4.9) / 4 - 2.2)
+    assert "LR sensitivity" in bracket
 
 
 def test_a_rate_closer_to_the_unigram_loss_than_to_the_best_stopped_learning(tmp_path):
@@ -92,7 +70,7 @@ def test_a_rate_closer_to_the_unigram_loss_than_to_the_best_stopped_learning(tmp
     text = lr_sweep.lr_sweep_text(runs, edge)
     assert "no better than the unigram loss (0.693" in text and "above 0.447" in text
     assert "2 of 4 failed: 1e-2 stopped learning (final validation loss 0.450); 3e-2 diverged" in text
-    assert "The smallest failing rate, 1e-2, is 3.33x the best rate" in text
+    assert "the smallest failing rate is 3.33x the best (3e-3)" in bracket_text(edge)
 
 
 def test_known_words_are_looked_up_in_the_training_text(tmp_path):
@@ -295,3 +273,136 @@ def test_stability_text_names_the_largest_spike_against_the_threshold(sweep):
     assert "lr=1e-3 did not diverge" in text and "+0.500 (step 6)" in text
     assert "2x the untrained model's smoothed loss (9.800)" in text  # the reference, 4.9
     assert findings.stability_text(next(r for r in sweep if r.diverged)) == ""
+
+
+# ---- findings over seeds (config `seeds`) ------------------------------------------------------
+
+def runs_at_seeds(folder: Path, finals: dict[str, tuple[float, list[float | None]]], **options) -> list:
+    """Runs by label, each at seeds 0, 1, ... with the given final losses: {label: (lr, finals)};
+    loaded as `tinylm report` loads --run and --replica."""
+    specs, replicas = [], []
+    for i, (label, (lr, losses)) in enumerate(finals.items()):
+        for seed, loss in enumerate(losses):
+            run_dir = str(write_run(folder / f"run{i}-seed={seed}", lr, loss, seed=seed))
+            (replicas if seed else specs).append((label, run_dir))
+    return load_runs(specs, replicas=replicas, **options)
+
+
+def test_the_table_of_runs_gives_the_mean_and_spread_over_seeds_paired_by_seed(tmp_path):
+    runs = runs_at_seeds(tmp_path, {"baseline": (3e-3, [3.0, 3.1]), "NoPE": (3e-3, [3.3, 3.35]),
+                                    "shaky": (3e-3, [3.2, None])})
+    assert [r.seed for r in runs[1].at_seeds] == [0, 1] and runs[1].replicas[0].colour == runs[1].colour
+    rows = {row["run"]: row for _, row in findings.runs_frame(runs, runs[0]).iterrows()}
+    nope = rows["NoPE"]
+    assert nope["val_vs_baseline"] == pytest.approx(0.3)  # the first seed's, as with one seed
+    # Seed 0: 3.3 - 3.0, seed 1: 3.35 - 3.1; sample standard deviation (n - 1).
+    assert nope["val_vs_baseline_mean"] == pytest.approx(0.275)
+    assert nope["val_vs_baseline_std"] == pytest.approx(math.sqrt(2 * 0.025 ** 2))
+    assert nope["final_val_loss_mean"] == pytest.approx(3.325) and nope["seeds"] == 2
+    assert nope["final_val_loss_std"] == pytest.approx(0.025 * math.sqrt(2))
+    assert (rows["baseline"]["val_vs_baseline_mean"], rows["baseline"]["val_vs_baseline_std"]) == (0, 0)
+    # A seed without a final loss (diverged) leaves no mean: a mean of the others would hide it.
+    assert pd.isna(rows["shaky"]["val_vs_baseline_mean"]) and pd.isna(rows["shaky"]["final_val_loss_mean"])
+    one = runs_at_seeds(tmp_path / "one", {"baseline": (3e-3, [3.0]), "NoPE": (3e-3, [3.3])})
+    nope = findings.runs_frame(one).iloc[1]
+    assert nope["final_val_loss_mean"] == 3.3 and nope["final_val_loss_std"] is None and nope["seeds"] == 1
+    assert nope["val_vs_baseline_mean"] is None  # no baseline given
+
+
+def test_a_variant_says_whether_it_differs_from_the_baseline_at_every_seed(tmp_path):
+    runs = runs_at_seeds(tmp_path, {"baseline": (3e-3, [3.0, 3.1]), "NoPE": (3e-3, [3.3, 3.35]),
+                                    "post-norm": (3e-3, [2.99, 3.12]), "shaky": (3e-3, [3.2, None])})
+    text = variant_text(runs, runs[0])
+    assert "NoPE ends at 3.300, +0.300 (worse than the baseline). NoPE is worse than the baseline at every " \
+           "seed: +0.275 ± 0.035 over 2 seeds." in text
+    assert "post-norm is worse than the baseline at 1 of 2 seeds: +0.005 ± 0.021 over 2 seeds." in text
+    assert "shaky diverged at 1 of 2 seeds (seed 1)." in text
+    alone = runs_at_seeds(tmp_path / "one", {"baseline": (3e-3, [3.0]), "NoPE": (3e-3, [3.3])})
+    assert variant_text(alone, alone[0]) == ("The baseline (lr 3e-3) ends at a final validation loss of 3.000. NoPE "
+                                             "ends at 3.300, +0.300 (worse than the baseline). Every run has 1,000 "
+                                             "parameters.")  # one seed: as before seeds existed
+
+
+def test_the_variants_table_shows_the_spread_and_the_csv_always_has_it(tmp_path):
+    def final_losses(finals: dict, out: Path) -> pd.DataFrame:
+        args = []
+        for i, (label, losses) in enumerate(finals.items()):
+            for seed, loss in enumerate(losses):
+                run_dir = write_run(out / "runs" / f"run{i}-seed={seed}", 3e-3, loss, seed=seed)
+                args += ["--replica" if seed else "--run", label, str(run_dir)]
+        assert main(["report", "variant", "--out-dir", str(out / "nope"), "--baseline", "baseline", *args]) == 0
+        return pd.read_csv(out / "nope" / "final_losses.csv").set_index("run")
+
+    two = final_losses({"baseline": [3.0, 3.1], "NoPE": [3.3, 3.35]}, tmp_path / "two")
+    assert two.loc["NoPE", "val_vs_baseline_mean"] == pytest.approx(0.275) and two.loc["NoPE", "seeds"] == 2
+    assert "| seeds |" in (tmp_path / "two" / "nope" / "final_losses.md").read_text()
+    one = final_losses({"baseline": [3.0], "NoPE": [3.3]}, tmp_path / "one")
+    assert one.loc["NoPE", "val_vs_baseline_mean"] == pytest.approx(0.3) and one.loc["NoPE", "seeds"] == 1
+    assert math.isnan(one.loc["NoPE", "val_vs_baseline_std"])  # empty in the CSV
+    assert "seeds" not in (tmp_path / "one" / "nope" / "final_losses.md").read_text()
+
+
+def test_a_sweep_says_whether_its_best_and_failing_rates_are_the_same_at_every_seed(tmp_path):
+    same = runs_at_seeds(tmp_path / "same", {"lr=1e-3": (1e-3, [2.5, 2.55]), "lr=3e-3": (3e-3, [2.2, 2.25]),
+                                             "lr=1e-2": (1e-2, [None, None]), "lr=3e-2": (3e-2, [None, None])})
+    text = lr_sweep.lr_sweep_text(same, lr_sweep.edge_of_stability(same))
+    assert "At every seed (0, 1), the best rate is 3e-3, and 1e-2 and 3e-2 fail." in text
+    moved = runs_at_seeds(tmp_path / "moved", {"lr=1e-3": (1e-3, [2.5, 2.55]), "lr=3e-3": (3e-3, [2.2, 2.35]),
+                                               "lr=1e-2": (1e-2, [2.3, None])})
+    text = lr_sweep.lr_sweep_text(moved, lr_sweep.edge_of_stability(moved))
+    assert ("The seeds disagree: at seed 0 the best rate is 3e-3, and no rate fails; at seed 1 the best rate is "
+            "3e-3, and 1e-2 fails.") in text
+    alone = runs_at_seeds(tmp_path / "one", {"lr=1e-3": (1e-3, [2.5]), "lr=3e-3": (3e-3, [2.2])})
+    assert "seed" not in lr_sweep.lr_sweep_text(alone, lr_sweep.edge_of_stability(alone))
+
+
+def test_the_batch_size_text_says_whether_the_best_batch_is_the_same_at_every_seed(tmp_path):
+    from tinylm.report.kinds.batch_size.section import batch_size_text
+
+    def batches(finals: dict[int, list[float]], out: Path) -> list:
+        runs = runs_at_seeds(out, {f"batch={b}": (3e-3, losses) for b, losses in finals.items()})
+        for run, batch in zip(runs, finals):
+            for at_seed in run.at_seeds:
+                at_seed.config.training.batch_size = batch
+        return runs
+
+    assert "At every seed (0, 1), the lowest final loss comes from batch 8." in \
+        batch_size_text(batches({4: [2.5, 2.6], 8: [2.2, 2.3]}, tmp_path / "same"), None)
+    moved = batches({4: [2.5, 2.2], 8: [2.2, 2.3]}, tmp_path / "moved")
+    assert ("The seeds disagree: at seed 0 the lowest final loss comes from batch 8; at seed 1 the lowest final "
+            "loss comes from batch 4.") in batch_size_text(moved, None)
+
+
+def test_a_corpus_says_whether_it_ends_above_the_baseline_at_every_seed(tmp_path):
+    from tinylm.report.kinds.corpus.section import comparison_text
+
+    run, baseline = runs_at_seeds(tmp_path, {"OpenWebText": (3e-3, [4.7, 4.69]), "ts baseline": (3e-3, [3.09, 3.08])})
+    assert ("OpenWebText is above ts baseline at every seed: +1.610 ± 0.000 over 2 seeds. The two use"
+            in comparison_text(run, baseline))
+
+
+def test_a_replica_names_a_run_and_a_seed_of_its_own(tmp_path, capsys):
+    run, same_seed = write_run(tmp_path / "a", 1e-3, 2.0), write_run(tmp_path / "b", 1e-3, 2.1)
+    out = ["--out-dir", str(tmp_path / "o")]
+    assert main(["report", "lr_sweep", *out, "--run", "a", str(run), "--replica", "z", str(same_seed)]) == 2
+    assert "--replica 'z' is not one of the --run labels: a" in capsys.readouterr().err
+    assert main(["report", "lr_sweep", *out, "--run", "a", str(run), "--replica", "a", str(same_seed)]) == 2
+    assert f"--replica 'a': {same_seed} is at seed 0, which 'a' already has" in capsys.readouterr().err
+
+
+def test_the_edge_study_says_whether_each_sweeps_edge_is_the_same_at_every_seed(tmp_path):
+    from tinylm.report.kinds.edge_scale.section import seeds_text
+
+    same = runs_at_seeds(tmp_path / "same", {"lr=1e-3": (1e-3, [2.5, 2.6]), "lr=3e-3": (3e-3, [2.2, 2.3]),
+                                             "lr=1e-2": (1e-2, [None, None])})
+    assert seeds_text(same) == ("At every seed (0, 1), each sweep has the same best and smallest failing rate as in "
+                                "the table (the first seed's).")
+    moved = runs_at_seeds(tmp_path / "moved", {"lr=1e-3": (1e-3, [2.5, 2.6]), "lr=3e-3": (3e-3, [2.2, 2.3]),
+                                               "lr=1e-2": (1e-2, [None, 2.25])})
+    config = moved[0].config
+    setting = f"RMSNorm (pre-norm) at {config.tokens_per_step:,} tokens per step"
+    assert seeds_text(moved) == (
+        "The best and smallest failing rates differ between seeds in 1 of 1 sweeps (the table gives the first "
+        f"seed's): d_model {config.model.d_model}, {setting} (best 3e-3 and smallest failing 1e-2 at seed 0, "
+        "best 1e-2 and none failing at seed 1).")
+    assert seeds_text(runs_at_seeds(tmp_path / "one", {"lr=1e-3": (1e-3, [2.5])})) == ""

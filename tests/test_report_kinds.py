@@ -102,7 +102,7 @@ def test_the_report_order_is_the_kinds_places_and_run_names_do_not_follow_it(mon
 
 
 def test_every_kind_is_a_package_with_a_builder():
-    assert list(KINDS) == ["tokenizer", "lr_sweep", "batch_size", "generate", "corpus", "variant"]
+    assert list(KINDS) == ["tokenizer", "lr_sweep", "batch_size", "generate", "edge_scale", "corpus", "variant"]
     for name, kind in KINDS.items():
         package = sys.modules[f"tinylm.report.kinds.{name}"]
         assert package.KIND is kind and kind.name == name

@@ -46,6 +46,8 @@ RUNS = {
     "SiLU": (3e-3, 8, {"ffn": "silu", "d_ff": 96}),
 }
 SWEEP = ["lr=1e-3", "lr=3e-3", "lr=1e-2", "lr=10"]
+# The columns over seeds every comparison table's CSV ends with (one seed here: no spread).
+OVER_SEEDS = ["final_val_loss_mean", "final_val_loss_std", "val_vs_baseline_mean", "val_vs_baseline_std", "seeds"]
 
 
 def write_stories(path: Path, count: int, seed: int, names: list[str]) -> None:
@@ -146,12 +148,12 @@ def paragraph(section_md: Path) -> str:
 
 def test_lr_sweep_finds_the_diverging_rate(runs, tmp_path):
     labels = ["lr=1e-3", "lr=3e-3", "lr=1e-2", "lr=10"]
-    md = report("lr_sweep", tmp_path / "lr_sweep", runs, labels)
+    md = report("lr_sweep", tmp_path / "lr_sweep", runs, labels, "--rate-sweep")
     check_files("lr_sweep", tmp_path / "lr_sweep")
     table = pd.read_csv(tmp_path / "lr_sweep" / "lr_sweep.csv")
     assert sorted(table["run"]) == sorted(labels)
     assert list(table.columns) == ["run", "lr", "status", "final_val_loss", "best_val_loss",
-                                   "target_reached_step", "diverged", "steps", "outcome"]
+                                   "target_reached_step", "diverged", "steps", "outcome", *OVER_SEEDS]
     diverged = table[table["diverged"]]
     assert list(diverged["run"]) == ["lr=10"]
     assert set(table["outcome"]) <= {"trains", "diverged", "stopped learning"}
@@ -165,12 +167,12 @@ def test_lr_sweep_finds_the_diverging_rate(runs, tmp_path):
     text = paragraph(md)
     assert f"The best rate is {fmt_rate(best['lr'])}" in text
     assert fmt_loss(best["final_val_loss"]) in text
-    assert f"The smallest failing rate, {fmt_rate(failing['lr'].min())}" in text
-    assert f"{fmt_ratio(ratio)}x the best rate" in text
     assert "unigram loss (" in text  # the runs' token arrays are there, so the criterion is complete
+    whole = md.read_text()  # the sweep's edge: a paragraph of its own, after the kind's
+    assert f"and {fmt_rate(failing['lr'].min())} (fails)" in whole and f"{fmt_ratio(ratio)}x the best" in whole
     edge = pd.read_csv(tmp_path / "lr_sweep" / "edge_of_stability.csv")
     assert list(edge.columns) == ["best_lr", "best_final_val_loss", "largest_stable_lr", "smallest_diverging_lr",
-                                  "ratio"]
+                                  "ratio", "bracket_ratio", "lr_sensitivity"]
     assert edge.loc[0, "smallest_diverging_lr"] == failing["lr"].min()
     assert edge.loc[0, "ratio"] == pytest.approx(ratio)
     markdown = md.read_text()
@@ -188,7 +190,7 @@ def test_batch_size_section(runs, tmp_path):
     table = pd.read_csv(out / "batch_size.csv")
     assert list(table["batch_size"]) == [2, 8]
     assert list(table.columns) == ["run", "batch_size", "lr", "peak_mem_bytes", "mem_percent", "tokens_per_s",
-                                   "final_val_loss", "status"]
+                                   "final_val_loss", "status", *OVER_SEEDS]
     text = paragraph(md)
     configs = [json.loads((runs[label] / "config.json").read_text()) for label in ("batch=2", "lr=3e-3")]
     budgets = [c["training"]["max_steps"] * c["training"]["batch_size"] * c["model"]["context_length"]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from tinylm.cli import main
+from tinylm.config import RunConfig
 from tinylm.training.summary import Provenance, Summary
 
 VOCAB = 64
@@ -128,3 +129,32 @@ def write_summary(run_dir: Path, name: str | None = None, **fields) -> Path:
     path = Path(run_dir) / "summary.json"
     Summary(name=name or Path(run_dir).name, **{**defaults, **fields}).write(path)
     return path
+
+
+def write_run(run_dir: Path, lr: float, final_val: float | None, steps: int = 20, tokens: Path | None = None,
+              vocab_size: int = 10000, warmup_steps: int = 0, seed: int = 0) -> Path:
+    """A finished run's three files: a loss falling towards `final_val`, or diverging when it is None.
+    `tokens`: the token array the run trained and was validated on (default: none there)."""
+    train, valid = (str(tokens), str(tokens)) if tokens else ("t.npy", "v.npy")
+    config = RunConfig().with_overrides({"name": run_dir.name, "optimizer.lr": lr, "training.max_steps": steps,
+                                         "optimizer.warmup_steps": warmup_steps, "data.train_tokens": train,
+                                         "data.valid_tokens": valid, "model.vocab_size": vocab_size,
+                                         "training.seed": seed})
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
+    diverged = final_val is None
+    last = steps // 2 if diverged else steps
+    lines = []
+    for step in range(1, last + 1):
+        loss = 5.0 * 3 ** (step - last + 2) if diverged and step > last - 3 else 5.0 - step * 0.1
+        lines.append({"step": step, "tokens": step * 64, "time_s": step * 0.1,
+                      "lr": lr * min(1.0, step / warmup_steps) if warmup_steps else lr, "train_loss": loss,
+                      "val_loss": loss + 0.1 if step % 5 == 0 else None})
+    if diverged:
+        lines[-1]["train_loss"] = None  # non-finite loss, logged as null
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_summary(run_dir, status="diverged" if diverged else "completed", steps=last, final_val_loss=final_val,
+                  final_train_loss=None if diverged else final_val - 0.1, best_val_loss=final_val,
+                  diverged_at_step=last if diverged else None, params=1000,
+                  divergence_reference_loss=lines[0]["train_loss"])
+    return run_dir

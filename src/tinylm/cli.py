@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("tinylm.tokenizer.dataset", "encode a text file into a .npy array of token ids"),
     "tokenizer-report": ("tinylm.tokenizer.report", "compare trained tokenizers (compression, speed)"),
     "train": ("tinylm.training.trainer", "train a Transformer LM from a run config"),
+    "refine-rates": ("tinylm.pipeline.refine", "one round of a learning-rate sweep's refinement: the rate to add"),
     "max-batch": ("tinylm.training.max_batch", "largest batch size whose training step fits in memory"),
     "evaluate": ("tinylm.inference.evaluate", "loss and perplexity of a checkpoint on a token array"),
     "generate": ("tinylm.inference.generate", "sample text from a checkpoint"),

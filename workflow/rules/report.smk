@@ -2,9 +2,9 @@
 # <results>/report/<section>/section.md plus the figures (PNG + SVG) and tables (CSV + Markdown) of
 # its kind (tinylm.report.KINDS), and `report_index` assembling <results>/report/README.md.
 #
-# Caching: a section depends on its runs' metrics, summary and config files (never model.pt) and on
-# the report code itself, so editing plotting code redraws every section without retraining, and
-# retraining one run redraws only the sections that show it.
+# Caching: a section depends on its runs' (and their replicas') metrics, summary and config files
+# (never model.pt) and on the report code itself, so editing plotting code redraws every section
+# without retraining, and retraining one run redraws only the sections that show it.
 from tinylm.files import write_json_atomic
 from tinylm.pipeline.plan_command import plan_json
 
@@ -39,6 +39,7 @@ rule write_plan:
         plan=lambda w: plan_json(full_plan()),
     input:
         PROBE_FILES,
+        all_refinement_files,
     log:
         log_path("report", "plan"),
     localrule: True

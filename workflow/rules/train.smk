@@ -10,6 +10,7 @@ from tinylm.training.outputs import checkpoint_file
 rule write_run_config:
     input:
         probe_input,
+        refinement_input,
     output:
         run_config_path("{run}"),
     params:
@@ -28,6 +29,7 @@ rule train:
         train_tokens=lambda w: planned_run(w.run).config.data.train_tokens,
         valid_tokens=lambda w: planned_run(w.run).config.data.valid_tokens,
         probe=probe_input,
+        refinement=refinement_input,
     output:
         metrics=run_files("{run}")["metrics"],
         summary=run_files("{run}")["summary"],
@@ -71,6 +73,26 @@ rule evaluate:
     shell:
         "OMP_NUM_THREADS={threads} tinylm evaluate --checkpoint {input.model} --tokens {input.tokens}"
         " --out {output} {params.max_tokens} > {log} 2>&1"
+
+
+# One round of a learning-rate sweep's refinement (tinylm.pipeline.plan.RateSweep): from the sweep's
+# runs so far, the rate to add next, or none. Round k reads the runs the rounds before it added, so
+# the sweep grows one run at a time while other sweeps and sections go on.
+checkpoint refine_rates:
+    input:
+        runs=refine_round_runs,
+    output:
+        f"{RESULTS}/refine/{{sweep}}/round-{{round}}.json",
+    params:
+        args=refine_arguments,
+    wildcard_constraints:
+        sweep="|".join(map(re.escape, PLAN.rate_sweeps)) or "(?!)",
+        round=r"\d+",
+    log:
+        log_path("refine_rates", "{sweep}-{round}"),
+    localrule: True
+    shell:
+        "tinylm refine-rates {params.args} --out {output} > {log} 2>&1"
 
 
 checkpoint max_batch:

@@ -10,8 +10,13 @@ from tinylm.formatting import fmt_value
 SHORT_KEYS = {"optimizer.lr": "lr", "training.batch_size": "batch"}
 
 
+def setting_name(key: str) -> str:
+    """A setting's name in run names and labels: optimizer.lr -> lr, model.norm -> norm."""
+    return SHORT_KEYS.get(key, key.rsplit(".", 1)[-1])
+
+
 def setting_text(key: str, value: Any) -> str:
-    return f"{SHORT_KEYS.get(key, key.rsplit('.', 1)[-1])}={fmt_value(value)}"
+    return f"{setting_name(key)}={fmt_value(value)}"
 
 
 def config_changes(run: RunConfig, baseline: RunConfig, data: dict[str, tuple[str, str]] | None = None) -> str:

@@ -109,10 +109,21 @@ def plan_table(plan: Plan, peak_flops: float = ASSUMED_PEAK_FLOPS, mfu: float = 
         notes.append(f"Peak memory: the tensors of one process's eager training step on its device, predicted "
                      f"({' and '.join(methods)}; tinylm.training.memory_model), in GB of 10^9 bytes; a compiled step "
                      "usually needs less, and a GPU also holds the CUDA context and the allocator's cache.")
+    if len(plan.seeds) > 1:
+        further = ", ".join(map(str, plan.seeds[1:]))
+        notes.append(f"Seeds: the runs named without -seed= are at seed {plan.seeds[0]}; each is replicated at "
+                     f"seed{'s' * (len(plan.seeds) > 2)} {further} (<run>-seed=<seed>), and so is every run the "
+                     "probe or refinement adds.")
     for section in plan.sections.values():
         if section.pending_probe:
             notes.append(f"{section.name}: the max-batch probe adds the largest batch that fits "
                          f"(up to {plan.probe['max_batch']}) and drops the sizes above it.")
+        pending = [plan.rate_sweeps[key] for key in section.rate_sweeps if not plan.rate_sweeps[key].complete]
+        if pending:
+            sweeps = "its sweep" if len(section.rate_sweeps) == 1 else f"each of its {len(section.rate_sweeps)} sweeps"
+            notes.append(f"{section.name}: refinements follow: up to {max(s.max_refinements for s in pending)} more "
+                         f"rates in {sweeps}, between the largest rate that trains and the smallest that fails, "
+                         f"until their ratio is at most {min(s.refine_to for s in pending):g}.")
     return "\n".join(out + [""] + notes)
 
 
@@ -140,13 +151,20 @@ def plan_json(plan: Plan, memory: dict[str, MemoryFit] | None = None) -> dict:
         runs[name] = {"section": r.section, "sections": uses.get(name, []), "changes": r.changes,
                       "tokenizer": r.tokenizer, "corpus": r.corpus, "data_note": r.data_note, "steps": r.steps,
                       "tokens": r.tokens, "train_flops": r.train_flops, "resources": r.resources,
-                      "config": r.config.to_dict()}
+                      "seed": r.seed, "replica_of": r.replica_of, "config": r.config.to_dict()}
         if memory is not None:
             runs[name].update(dataclasses.asdict(memory[name]))
     return {
+        "seeds": list(plan.seeds),
         "runs": runs,
         "sections": {name: {"title": s.title, "kind": s.kind, "runs": s.runs, "baseline": s.baseline,
-                            "pending_probe": s.pending_probe} for name, s in plan.sections.items()},
+                            "replicas": {run: list(names) for run, names in s.replicas.items()},
+                            "pending_probe": s.pending_probe, "rate_sweeps": list(s.rate_sweeps)}
+                     for name, s in plan.sections.items()},
+        "rate_sweeps": {key: {"section": sweep.section, "grid": list(sweep.grid), "refined": list(sweep.refined),
+                              "complete": sweep.complete, "refine_to": sweep.refine_to,
+                              "max_refinements": sweep.max_refinements, "runs": list(sweep.runs.values())}
+                        for key, sweep in plan.rate_sweeps.items()},
     }
 
 

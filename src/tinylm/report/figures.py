@@ -1,8 +1,9 @@
 """Figures drawn with matplotlib's non-interactive Agg backend, saved as PNG and SVG.
 
 Conventions shared by every figure: a run keeps its colour everywhere (`Run.colour`), the legend
-names it by its changed setting, a baseline is dashed and variants solid, and a diverged run ends
-in an x (drawn at the top edge when its loss left the plot) with "(diverged)" in the legend.
+names it by its changed setting, a baseline is dashed and variants solid, a run's replicas at further
+seeds are drawn thinner in its colour and style, and a diverged run ends in an x (drawn at the top
+edge when its loss left the plot) with "(diverged)" in the legend.
 """
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ def line_style(run: Run, baseline: Run | None) -> dict:
     return {"color": run.colour, "linestyle": "--" if run is baseline else "-", "linewidth": 1.6}
 
 
+def replica_style(run: Run, baseline: Run | None) -> dict:
+    """The line of one of `run`'s replicas: its colour and dashes, thinner and lighter."""
+    return {**line_style(run, baseline), "linewidth": 0.8, "alpha": 0.6}
+
+
 def finite_points(run: Run, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
     frame = run.metrics[[x, y]].replace([np.inf, -np.inf], np.nan).dropna()
     return frame[x].to_numpy(float), frame[y].to_numpy(float)
@@ -104,26 +110,31 @@ def _set_x(ax: plt.Axes, x: str, log: bool) -> None:
 def loss_curves(runs: list[Run], x: str = "step", baseline: Run | None = None, title: str = "") -> plt.Figure:
     """Train loss (left) and validation loss (right) against steps, tokens or wall-clock time."""
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=WIDE, layout="constrained", sharex=True)
-    stable = [r for r in runs if not r.diverged] or runs  # a run that blew up early is short anyway
+    # Each run at every seed: (the run it belongs to, the run at that seed).
+    drawn = [(run, at_seed) for run in runs for at_seed in run.at_seeds]
+    # The axes fit the runs that did not diverge: a run that blew up early is short anyway.
+    fitted = [not at_seed.diverged for _, at_seed in drawn]
+    fitted = fitted if any(fitted) else [True] * len(drawn)
     # A log x axis when the runs' lengths span decades (e.g. batch 1 vs 128 at one token budget).
-    log = _spans_decades([r.metrics[x].max() for r in stable])
+    log = _spans_decades([at_seed.metrics[x].max() for (_, at_seed), fit in zip(drawn, fitted) if fit])
     for column, ax in (("train_loss", ax_train), ("val_loss", ax_val)):
-        points = {run.name: finite_points(run, x, column) for run in runs}
-        plotted = {}
-        for run in runs:
-            xs, ys = points[run.name]
+        points = [finite_points(at_seed, x, column) for _, at_seed in drawn]
+        plotted = []
+        for (run, at_seed), (xs, ys) in zip(drawn, points):
             keep = xs > 0 if log else np.ones_like(xs, dtype=bool)  # a log axis has no 0
-            plotted[run.name] = ys[keep]
+            plotted.append(ys[keep])
+            if at_seed is not run:
+                ax.plot(xs[keep], ys[keep], **replica_style(run, baseline))
+                continue
             ax.plot(xs[keep], ys[keep], label=run.legend if column == "train_loss" else None,
                     marker="o" if column == "val_loss" else None, markersize=3, **line_style(run, baseline))
-        _set_loss_limits(ax, [plotted[r.name] for r in stable])
+        _set_loss_limits(ax, [values for values, fit in zip(plotted, fitted) if fit])
         ax.set_ylabel(f"{'train' if column == 'train_loss' else 'validation'} loss {LOSS_UNIT}")
         ax.set_title("Training loss" if column == "train_loss" else "Validation loss (fixed evaluation batches)")
         _set_x(ax, x, log)
-        for run in runs:
-            xs, ys = points[run.name]
-            if run.diverged and xs.size:
-                _mark_divergence(ax, run, xs[-1], ys[-1])
+        for (_, at_seed), (xs, ys) in zip(drawn, points):
+            if at_seed.diverged and xs.size:
+                _mark_divergence(ax, at_seed, xs[-1], ys[-1])
     if title:
         fig.suptitle(title)
     fig.legend(loc="outside lower center", ncol=min(len(runs), 5), frameon=False)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pandas as pd
 
 from tinylm.report.runs import Run
-from tinylm.report.tables import fmt_int, fmt_loss, fmt_rate, fmt_signed
+from tinylm.report.seeds import differences, final_losses, mean_std
+from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_rate, fmt_signed
 from tinylm.training.summary import SUMMARY
 from tinylm.training.summary import best_run as summary_best_run
 
@@ -17,25 +18,49 @@ from tinylm.training.summary import best_run as summary_best_run
 SUMMARY_COLUMNS = (SUMMARY.status, SUMMARY.steps, SUMMARY.params, SUMMARY.final_train_loss, SUMMARY.final_val_loss,
                    SUMMARY.best_val_loss, SUMMARY.target_reached_step, SUMMARY.tokens_per_s, SUMMARY.peak_mem_bytes,
                    SUMMARY.mem_percent)
+# Columns over seeds (config `seeds`): the mean and sample standard deviation of the final validation
+# loss and of the difference to the baseline (paired by seed), and the number of seeds.
+VS_BASELINE = "val_vs_baseline"
+VAL_MEAN, VAL_STD = f"{SUMMARY.final_val_loss}_mean", f"{SUMMARY.final_val_loss}_std"
+VS_BASELINE_MEAN, VS_BASELINE_STD = f"{VS_BASELINE}_mean", f"{VS_BASELINE}_std"
+SEEDS = "seeds"
 
 
 def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:
-    """One row per run with every per-run number a section tabulates."""
+    """One row per run with every per-run number a section tabulates: the first seed's, and the
+    mean and spread over every seed (tinylm.report.seeds)."""
     rows = []
-    reference = baseline.summary.final_val_loss if baseline else None
     for run in runs:
-        val = run.summary.final_val_loss
+        versus = differences(run, baseline) if baseline else [None]
         rows.append({
             "run": run.label,
             "lr": run.lr,
             "batch_size": run.batch_size,
             "diverged": run.diverged,
             **{key: getattr(run.summary, key) for key in SUMMARY_COLUMNS},
-            "val_vs_baseline": None if val is None or reference is None else val - reference,
+            VS_BASELINE: versus[0],
+            **dict(zip((VAL_MEAN, VAL_STD), mean_std(final_losses(run)))),
+            **dict(zip((VS_BASELINE_MEAN, VS_BASELINE_STD), mean_std(versus) if baseline else (None, None))),
+            SEEDS: len(run.at_seeds),
             "d_ff": run.config.model.d_ff,
             "vocab_size": run.config.model.vocab_size,
         })
     return pd.DataFrame(rows).astype(object)  # keep None as None, ints as ints
+
+
+def seed_columns(runs: list[Run], baseline: Run | None = None) -> tuple[list[Column], tuple[str, ...]]:
+    """A comparison table's columns over seeds, as (shown, in the CSV only): against a baseline the
+    difference to it is shown, else the final loss, with the number of seeds. With one seed every
+    one of them goes into the CSV alone: they would repeat the first seed's numbers."""
+    shown = [Column(VAL_MEAN, "final val loss, mean over seeds", fmt_loss), Column(VAL_STD, "its std", fmt_loss)]
+    if baseline is not None:
+        shown = [Column(VS_BASELINE_MEAN, f"val loss - {baseline.label}, mean over seeds", fmt_signed),
+                 Column(VS_BASELINE_STD, "its std", fmt_loss)]
+    shown.append(Column(SEEDS, "seeds", fmt_int))
+    every = (VAL_MEAN, VAL_STD, VS_BASELINE_MEAN, VS_BASELINE_STD, SEEDS)
+    if not any(run.replicas for run in runs):
+        return [], every
+    return shown, tuple(key for key in every if key not in {column.key for column in shown})
 
 
 def best_run(runs: list[Run]) -> Run | None:

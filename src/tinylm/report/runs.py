@@ -1,4 +1,5 @@
-"""Loading finished runs for the report: config, metrics curve, summary, label and colour.
+"""Loading finished runs for the report: config, metrics curve, summary, label and colour, and the
+same runs at further seeds (their replicas, config `seeds`).
 
 A run directory holds what `tinylm train` writes: `config.json` (a `RunConfig`), `metrics.jsonl`
 (one `MetricsRecord` per logged step) and `summary.json` (a `Summary`). Everything the report draws
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -39,6 +40,16 @@ class Run:
     summary: Summary
     metrics: pd.DataFrame      # tinylm.training.metrics.COLUMNS, one row per logged step, NaN where not logged
     colour: str = PALETTE[0]
+    replicas: list[Run] = field(default_factory=list)  # the same run at further seeds, in seed order
+
+    @property
+    def seed(self) -> int:
+        return self.config.training.seed
+
+    @property
+    def at_seeds(self) -> list[Run]:
+        """The run at every seed: itself (the first seed), then its replicas."""
+        return [self, *self.replicas]
 
     @property
     def diverged(self) -> bool:
@@ -99,8 +110,11 @@ def load_run(label: str, run_dir: str | Path) -> Run:
                metrics=read_metrics(folder.metrics))
 
 
-def load_runs(specs: list[tuple[str, str]], colour_order: list[str] | None = None) -> list[Run]:
-    """Load runs from (label, run dir) pairs and give each a colour fixed by its name.
+def load_runs(specs: list[tuple[str, str]], colour_order: list[str] | None = None,
+              replicas: list[tuple[str, str]] | None = None) -> list[Run]:
+    """Load runs from (label, run dir) pairs and give each a colour fixed by its name; `replicas`,
+    (label, run dir) pairs of the same runs at further seeds, join the run of their label
+    (`Run.replicas`) in its colour.
 
     `colour_order` lists every run name of the whole report in one fixed order; a run's colour is
     its position there, so the same run has the same colour in every section. Runs not listed
@@ -117,6 +131,18 @@ def load_runs(specs: list[tuple[str, str]], colour_order: list[str] | None = Non
             order.append(run.name)
     for run in runs:
         run.colour = PALETTE[order.index(run.name) % len(PALETTE)]
+    by_label = {run.label: run for run in runs}
+    for label, run_dir in replicas or []:
+        if label not in by_label:
+            raise ValueError(f"--replica {label!r} is not one of the --run labels: {', '.join(by_label)}")
+        replica = load_run(label, run_dir)
+        if replica.seed in [r.seed for r in by_label[label].at_seeds]:
+            raise ValueError(f"--replica {label!r}: {run_dir} is at seed {replica.seed}, which {label!r} "
+                             f"already has")
+        replica.colour = by_label[label].colour
+        by_label[label].replicas.append(replica)
+    for run in runs:
+        run.replicas.sort(key=lambda replica: replica.seed)
     return runs
 
 
@@ -127,7 +153,8 @@ def colour_by_order(runs: list[Run]) -> None:
 
     cmap = colormaps["viridis"]
     for i, run in enumerate(runs):
-        run.colour = to_hex(cmap(0.9 * i / max(len(runs) - 1, 1)))
+        for at_seed in run.at_seeds:
+            at_seed.colour = to_hex(cmap(0.9 * i / max(len(runs) - 1, 1)))
 
 
 def find_run(runs: list[Run], label: str | None) -> Run | None:

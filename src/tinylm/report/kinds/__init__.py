@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # The stems of the three loss-curve figures (Section.curves): against steps, tokens and time.
 CURVES = ("loss_vs_step", "loss_vs_tokens", "loss_vs_time")
+# The table every section of one learning-rate sweep writes besides its kind's (tinylm.report.edge).
+EDGE_TABLE = "edge_of_stability"
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,9 @@ class Kind:
     `runs`: whether it is drawn from runs' curves (otherwise from its JSON inputs alone).
 
     Where its sections go: a kind with a `place` makes one section, named after the kind, at that
-    place among the placed sections (which come first in the report, by place); its settings are
-    config `experiments.<name>` when `experiment` is set, otherwise that name is reserved. A kind
+    place among the placed sections (which come first in the report, by place), when the config has
+    the experiments it `requires`; its settings are config `experiments.<name>` when `experiment` is
+    set, otherwise that name is reserved. A kind
     without a place makes one section per config experiment whose `report` names it, after the
     placed sections, in config order. `sweeps`: its experiments' runs are the baseline with their
     overrides and sweep, made by the plan before any section (see tinylm.pipeline.plan).
@@ -53,6 +56,12 @@ class Kind:
     experiment: bool = False
     sweeps: bool = False
     title: str = ""              # the heading of its section when the config gives none
+    requires: tuple[str, ...] = ()  # config experiments a placed section is made from: without them, none
+
+    def tables_for(self, rate_sweeps: int) -> tuple[str, ...]:
+        """The tables of a section of this kind with `rate_sweeps` sweeps over learning rates: one
+        sweep's section states its edge of stability too."""
+        return self.tables + ((EDGE_TABLE,) if rate_sweeps == 1 and EDGE_TABLE not in self.tables else ())
 
     def build(self, section: Section, inputs: Inputs) -> None:
         importlib.import_module(self.builder).build(section, inputs)

@@ -56,4 +56,5 @@ def plan(planner: Planner, name: str, title: str) -> PlannedSection:
 
 
 KIND = Kind(NAME, plan, f"{__name__}.section", figures=("memory", *CURVES), tables=("batch_size",),
-            inputs=("max_batch",), place=2, experiment=True, title="Batch size")
+            inputs=("max_batch",), place=2, experiment=True, title="Batch size",
+            requires=(NAME,))

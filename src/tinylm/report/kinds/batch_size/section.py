@@ -6,11 +6,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from tinylm.report import figures
-from tinylm.report.findings import best_run, runs_frame
+from tinylm.report.findings import best_run, runs_frame, seed_columns
 from tinylm.report.runs import Run, colour_by_order
 from tinylm.report.section import Inputs, Section
+from tinylm.report.seeds import same_at_every_seed, table_note
 from tinylm.report.tables import Column, fmt_bytes, fmt_int, fmt_loss, fmt_percent, fmt_rate, fmt_speed
 from tinylm.training.summary import SUMMARY
+
+
+def best_batch(runs: list[Run]) -> int | None:
+    """The batch size of the best run; None when every one diverged."""
+    best = best_run(runs)
+    return None if best is None else best.batch_size
 
 
 def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
@@ -42,16 +49,19 @@ def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
     if best is not None:
         parts.append(f"The lowest final validation loss, {fmt_loss(best.summary.final_val_loss)}, comes from "
                      f"batch {fmt_int(best.batch_size)} (lr {fmt_rate(best.lr)}).")
+    parts.append(same_at_every_seed(runs, best_batch, lambda batch: (
+        "no batch size trains" if batch is None else f"the lowest final loss comes from batch {fmt_int(batch)}")))
     diverged = [r for r in ordered if r.diverged]
     if diverged:
         parts.append(f"Diverged: batch {', '.join(fmt_int(r.batch_size) for r in diverged)}.")
-    return " ".join(parts)
+    return " ".join(part for part in parts if part)
 
 
 # ---- figure
 
 def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
-    """Peak memory (MiB and % of device memory) and throughput per batch size."""
+    """Peak memory (MiB and % of device memory) and throughput per batch size; further seeds as
+    small dots."""
     fig, (ax_mem, ax_speed) = plt.subplots(1, 2, figsize=figures.WIDE, layout="constrained")
     ordered = sorted(runs, key=lambda r: r.batch_size)
     total = (probe or {}).get("total_memory") or next(
@@ -84,6 +94,13 @@ def memory_and_speed(runs: list[Run], probe: dict | None) -> plt.Figure:
         speed = run.summary.tokens_per_s
         if speed is not None:
             ax_speed.bar(str(run.batch_size), speed, color=run.colour, label=run.legend)
+        for replica in run.replicas:
+            if replica.summary.peak_mem_bytes is not None:
+                ax_mem.plot([run.batch_size], [replica.summary.peak_mem_bytes / mib], marker=".", markersize=4,
+                            linestyle="none", color="0.2")
+            if replica.summary.tokens_per_s is not None:
+                ax_speed.plot([str(run.batch_size)], [replica.summary.tokens_per_s], marker=".", markersize=6,
+                              linestyle="none", color="0.2")
     ax_mem.set_xscale("log", base=2)
     ax_mem.set_xlabel("batch size (sequences, log scale)")
     ax_mem.set_ylabel("peak memory (MiB)")
@@ -105,13 +122,15 @@ def build(section: Section, inputs: Inputs) -> None:
     # (it appears in other sections) and its dashes.
     colour_by_order([r for r in runs if r is not inputs.baseline])
     section.paragraph(batch_size_text(runs, inputs.max_batch))
+    seeds = " (dots: further seeds)" if any(r.replicas for r in runs) else ""
     section.figure(memory_and_speed(runs, inputs.max_batch), "memory",
-                   "Peak memory (MiB and % of device memory) and throughput per batch size")
+                   f"Peak memory (MiB and % of device memory) and throughput per batch size{seeds}")
     section.curves(runs, inputs.baseline, "Batch sizes")
+    spread, csv_only = seed_columns(runs)
     section.table(runs_frame(runs), [
         Column("run", "run"), Column("batch_size", "batch", fmt_int), Column("lr", "learning rate", fmt_rate),
         Column(SUMMARY.peak_mem_bytes, "peak memory", fmt_bytes),
         Column(SUMMARY.mem_percent, "% of device memory", fmt_percent),
         Column(SUMMARY.tokens_per_s, "tokens/s", fmt_speed), Column(SUMMARY.final_val_loss, "final val loss", fmt_loss),
-        Column(SUMMARY.status, "status"),
-    ], "batch_size", "Batch sizes at a fixed token budget")
+        Column(SUMMARY.status, "status"), *spread,
+    ], "batch_size", f"Batch sizes at a fixed token budget{table_note(runs)}", csv_only)

@@ -18,4 +18,5 @@ def plan(planner: Planner, name: str, title: str) -> PlannedSection:
 
 
 KIND = Kind(NAME, plan, f"{__name__}.section", tables=("samples", "sampling_settings"),
-            inputs=("generate", "sampling_grid", "train_text"), runs=False, place=3, title="Generation")
+            inputs=("generate", "sampling_grid", "train_text"), runs=False, place=3, title="Generation",
+            requires=(SAMPLED_EXPERIMENT,))

@@ -11,8 +11,9 @@ NAME = "lr_sweep"
 def plan(planner: Planner, name: str, title: str) -> PlannedSection:
     runs = planner.experiment_runs(name)
     return PlannedSection(name, title, NAME, planner.experiment(name).get("description", ""), dict(runs.labels),
-                          runs.baseline)
+                          runs.baseline, rate_sweeps=planner.sweeps_of(name))
 
 
 KIND = Kind(NAME, plan, f"{__name__}.section", figures=("lr_schedule", *CURVES, "final_loss_vs_lr"),
-            tables=("lr_sweep", "edge_of_stability"), place=1, experiment=True, sweeps=True, title="Learning rate")
+            tables=("lr_sweep",), place=1, experiment=True, sweeps=True, title="Learning rate",
+            requires=(NAME,))

@@ -2,115 +2,21 @@
 stability above the best rate, the schedules and loss curves, and the final loss against the rate."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
 from matplotlib.transforms import blended_transform_factory
 
-from tinylm.files import load_npy
 from tinylm.report import figures
-from tinylm.report.findings import best_run, divergence_text, runs_frame, stability_text
+from tinylm.report.edge import DIVERGED, TRAINS, EdgeOfStability, criterion_text, edge_of_stability
+from tinylm.report.findings import divergence_text, runs_frame, seed_columns, stability_text
 from tinylm.report.runs import Run
 from tinylm.report.section import Inputs, Section
-from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_rate, fmt_ratio, fmt_signed
-from tinylm.training.divergence import INITIAL_LOSS_STEPS, LOSS_SMOOTHING
+from tinylm.report.seeds import final_losses, mean_std, same_at_every_seed, table_note
+from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_rate, fmt_signed
 from tinylm.training.summary import SUMMARY
 
-# Unigram frequencies are estimated from at most this many tokens of each array: plenty for a
-# vocabulary of tens of thousands, and the reference corpora hold billions.
-UNIGRAM_TOKENS = 10_000_000
-
-
-@lru_cache(maxsize=8)
-def _unigram_loss(train_tokens: str, valid_tokens: str, vocab_size: int) -> float | None:
-    if not (Path(train_tokens).is_file() and Path(valid_tokens).is_file()):
-        return None
-    train = load_npy(train_tokens, "token array")[:UNIGRAM_TOKENS]
-    valid = load_npy(valid_tokens, "token array")[:UNIGRAM_TOKENS]
-    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0  # add-one: no log(0)
-    log_p = np.log(counts / counts.sum())
-    return float(-log_p[valid].mean())
-
-
-def unigram_loss(run: Run) -> float | None:
-    """Cross-entropy (nats/token) of the run's validation tokens when each token is predicted by its
-    frequency in the training tokens alone: the loss of a model that learned nothing about context.
-    None when the token arrays named in the run's config are not there."""
-    data = run.config.data
-    return _unigram_loss(data.train_tokens, data.valid_tokens, run.config.model.vocab_size)
-
-
-DIVERGED, STOPPED, TRAINS = "diverged", "stopped learning", "trains"
-
-
-@dataclass
-class EdgeOfStability:
-    """Which rates fail and where the edge lies. A rate fails when its run diverged (the trainer
-    caught a non-finite loss, or a smoothed training loss above `training.divergence_factor` times the
-    untrained model's)
-    or when it stopped learning: its final validation loss is no better than the unigram loss, or
-    closer to it than to the best rate's loss (above `threshold`, their midpoint)."""
-
-    best: Run | None                  # lowest final validation loss among runs that did not diverge
-    smallest_failing: Run | None      # the smallest failing rate above the best
-    largest_stable: Run | None        # the largest rate that trains
-    unigram: float | None
-    threshold: float | None
-    outcomes: dict[str, str]          # run label -> DIVERGED | STOPPED | TRAINS
-
-    @property
-    def ratio(self) -> float | None:
-        """Smallest failing rate / best rate: how far below the edge the best rate lies."""
-        if self.best is None or self.smallest_failing is None:
-            return None
-        return self.smallest_failing.lr / self.best.lr
-
-
-def outcome(run: Run, unigram: float | None, threshold: float | None) -> str:
-    if run.diverged:
-        return DIVERGED
-    val = run.summary.final_val_loss
-    if val is not None and unigram is not None and (val >= unigram or (threshold is not None and val > threshold)):
-        return STOPPED
-    return TRAINS
-
-
-def edge_of_stability(runs: list[Run]) -> EdgeOfStability:
-    best = best_run(runs)
-    unigram = next((u for u in map(unigram_loss, runs) if u is not None), None)
-    threshold = None
-    if unigram is not None and best is not None:
-        threshold = (unigram + best.summary.final_val_loss) / 2
-    outcomes = {r.label: outcome(r, unigram, threshold) for r in runs}
-    # The edge lies above the best rate: a rate below it that learns too little is slow, not unstable.
-    failing = [r for r in runs if outcomes[r.label] != TRAINS and (best is None or r.lr > best.lr)]
-    stable = [r for r in runs if outcomes[r.label] == TRAINS]
-    return EdgeOfStability(
-        best=best, smallest_failing=min(failing, key=lambda r: r.lr, default=None),
-        largest_stable=max(stable, key=lambda r: r.lr, default=None),
-        unigram=unigram, threshold=threshold, outcomes=outcomes)
-
-
-def criterion_text(edge: EdgeOfStability, runs: list[Run]) -> str:
-    factors = sorted({float(r.config.training.divergence_factor) for r in runs})
-    factor = "/".join(f"{f:g}" for f in factors)
-    text = (f"A rate fails when its run diverges (the trainer stops it at a non-finite loss or a training loss "
-            f"smoothed over about {1 / (1 - LOSS_SMOOTHING):.0f} steps above {factor}x the untrained model's, its "
-            f"largest over the first {INITIAL_LOSS_STEPS} steps)")
-    if edge.unigram is None:
-        return text + ("; the unigram loss, which would also mark runs that stop learning, is not known here "
-                       "(the runs' token arrays are missing).")
-    text += (f" or when it stops learning: its final validation loss is no better than the unigram loss "
-             f"({fmt_loss(edge.unigram)}, predicting each token by its frequency in the training tokens)")
-    if edge.threshold is not None:
-        text += (f" or closer to it than to the best rate's, that is above {fmt_loss(edge.threshold)}, "
-                 f"the midpoint of the two")
-    return text + "."
-
+# Where the report's reader finds why the edge lies where it does at this scale.
+EDGE_STUDY = ("How the edge moves with the model's width and the tokens per step is the subject of "
+              "config/edge.yaml (its section: the edge across scale).")
 
 def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
     rates = sorted(r.lr for r in runs)
@@ -132,12 +38,7 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
         parts.append(f"The best rate is {fmt_rate(edge.best.lr)}, with a final validation loss of "
                      f"{fmt_loss(edge.best.summary.final_val_loss)}.")
     if edge.smallest_failing is not None and edge.best is not None:
-        parts.append(f"The smallest failing rate, {fmt_rate(edge.smallest_failing.lr)}, is "
-                     f"{fmt_ratio(edge.ratio)}x the best rate (the edge of stability).")
-        if edge.largest_stable is edge.best:
-            parts.append(f"The best rate is also the largest rate that trains, so the edge lies between "
-                         f"{fmt_rate(edge.best.lr)} and {fmt_rate(edge.smallest_failing.lr)}.")
-        elif edge.largest_stable is not None:
+        if edge.largest_stable is not None and edge.largest_stable is not edge.best:
             parts.append(f"The largest rate that still trains, {fmt_rate(edge.largest_stable.lr)}, ends at "
                          f"{fmt_loss(edge.largest_stable.summary.final_val_loss)}, above the best.")
             parts.append(stability_text(edge.largest_stable))
@@ -150,8 +51,27 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
                         if edge.threshold is not None and largest.summary.final_val_loss is not None else "."))
     else:
         parts.append(f"Every rate diverged: the edge of stability lies below {fmt_rate(rates[0])}.")
+    parts.append(seeds_text(runs))
+    parts.append(EDGE_STUDY)
     parts.append(target_text(runs))
     return " ".join(p for p in parts if p)
+
+
+def seeds_text(runs: list[Run]) -> str:
+    """Whether the sweep at each seed alone has the same best rate and the same failing rates."""
+    def finding(at_seed: list[Run]) -> tuple[float | None, tuple[float, ...]]:
+        edge = edge_of_stability(at_seed)
+        return (edge.best.lr if edge.best else None,
+                tuple(sorted(r.lr for r in at_seed if edge.outcomes[r.label] != TRAINS)))
+
+    def describe(found: tuple[float | None, tuple[float, ...]]) -> str:
+        best, failing = found
+        rates = [fmt_rate(rate) for rate in failing]
+        fails = ("no rate fails" if not rates else f"{rates[0]} fails" if len(rates) == 1
+                 else f"{', '.join(rates[:-1])} and {rates[-1]} fail")
+        return f"the best rate is {fmt_rate(best)}, and {fails}"
+
+    return same_at_every_seed(runs, finding, describe)
 
 
 def target_text(runs: list[Run]) -> str:
@@ -189,32 +109,43 @@ def lr_schedule(runs: list[Run], title: str = "") -> plt.Figure:
 
 def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_failing: Run | None) -> plt.Figure:
     """Final validation loss per learning rate; diverged rates marked by an x at the top, failing
-    rates (diverged or stopped learning) shaded."""
+    rates (diverged or stopped learning) shaded. With several seeds a rate's point is its mean over
+    seeds with a bar of one standard deviation, each seed a small dot, and a rate that diverged at
+    any seed is marked by the x."""
     fig, ax = plt.subplots(figsize=figures.SINGLE, layout="constrained")
-    stable = sorted((r for r in runs if r.summary.final_val_loss is not None), key=lambda r: r.lr)
+    centre = {run.name: mean_std(final_losses(run)) for run in runs}
+    stable = sorted((r for r in runs if centre[r.name][0] is not None), key=lambda r: r.lr)
     if stable:
-        ax.plot([r.lr for r in stable], [r.summary.final_val_loss for r in stable], color="0.6",
-                linewidth=1, zorder=1)
+        ax.plot([r.lr for r in stable], [centre[r.name][0] for r in stable], color="0.6", linewidth=1, zorder=1)
     for run in stable:
-        ax.plot([run.lr], [run.summary.final_val_loss], marker="o", markersize=8, linestyle="none",
-                color=run.colour, label=run.legend, zorder=3)
+        mean, std = centre[run.name]
+        point = {"marker": "o", "markersize": 8, "linestyle": "none", "color": run.colour, "label": run.legend,
+                 "zorder": 3}
+        if std is None:
+            ax.plot([run.lr], [mean], **point)
+        else:
+            ax.errorbar([run.lr], [mean], yerr=[std], capsize=4, **point)
+    for run in runs:
+        seeds = [loss for loss in final_losses(run) if loss is not None] if run.replicas else []
+        ax.plot([run.lr] * len(seeds), seeds, marker=".", markersize=4, linestyle="none", color="0.2", zorder=4)
     top_edge = blended_transform_factory(ax.transData, ax.transAxes)
     for run in runs:
-        if run.summary.final_val_loss is None:
+        if centre[run.name][0] is None:
             ax.plot([run.lr], [0.93], transform=top_edge, marker="x", markersize=11, markeredgewidth=2.5,
                     linestyle="none", color=run.colour, label=run.legend, zorder=3)
     if smallest_failing is not None:
         ax.axvspan(smallest_failing.lr, ax.get_xlim()[1] * 10, color="#d62728", alpha=0.07, zorder=0)
         ax.annotate("fails →", xy=(smallest_failing.lr, 0.99), xycoords=top_edge, fontsize=8,
                     color="#d62728", xytext=(-6, 0), textcoords="offset points", ha="right", va="top")
-    if best is not None:
-        ax.annotate(f"best: {best.label}", xy=(best.lr, best.summary.final_val_loss), xytext=(0, -16),
+    if best is not None and centre[best.name][0] is not None:
+        ax.annotate(f"best: {best.label}", xy=(best.lr, centre[best.name][0]), xytext=(0, -16),
                     textcoords="offset points", ha="center", fontsize=8)
     rates = [r.lr for r in runs]
     ax.set_xscale("log")
     ax.set_xlim(min(rates) / 1.6, max(rates) * 1.6)
     if stable:
-        values = [r.summary.final_val_loss for r in stable]
+        values = [loss for r in stable for loss in final_losses(r)]
+        values += [mean + sign * (std or 0) for mean, std in (centre[r.name] for r in stable) for sign in (-1, 1)]
         pad = 0.15 * (max(values) - min(values)) or 0.1
         ax.set_ylim(min(values) - 2 * pad, max(values) + 3 * pad)  # room for the x marks on top
     ax.set_xlabel("peak learning rate (log scale)")
@@ -230,29 +161,18 @@ def build(section: Section, inputs: Inputs) -> None:
     section.paragraph(lr_sweep_text(runs, edge))
     section.figure(lr_schedule(runs), "lr_schedule", "Learning rate per step for each run")
     section.curves(runs, None, "Learning-rate sweep")
+    seeds = "; points: the mean over seeds, bars: one standard deviation, dots: each seed" \
+        if any(r.replicas for r in runs) else ""
     section.figure(final_loss_vs_lr(runs, edge.best, edge.smallest_failing), "final_loss_vs_lr",
-                   "Final validation loss against learning rate (x: diverged; shaded: failing rates)")
+                   f"Final validation loss against learning rate (x: diverged; shaded: failing rates{seeds})")
     frame = runs_frame(runs)
     frame["outcome"] = [edge.outcomes[label] for label in frame["run"]]
+    spread, csv_only = seed_columns(runs)
     section.table(frame, [
         Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column(SUMMARY.status, "status"),
         Column(SUMMARY.final_val_loss, "final val loss", fmt_loss),
         Column(SUMMARY.best_val_loss, "best val loss", fmt_loss),
         Column(SUMMARY.target_reached_step, "target reached at step", fmt_int), Column("diverged", "diverged"),
-        Column(SUMMARY.steps, "steps", fmt_int), Column("outcome", "outcome"),
+        Column(SUMMARY.steps, "steps", fmt_int), Column("outcome", "outcome"), *spread,
     ], "lr_sweep", "Learning-rate sweep: final and best validation loss, step at which the target was reached, "
-                   "and whether the rate trains, diverged or stopped learning")
-    # The CSV keeps its column names; "diverging" there means failing (diverged or stopped learning).
-    edge_frame = pd.DataFrame([{
-        "best_lr": edge.best.lr if edge.best else None,
-        "best_final_val_loss": edge.best.summary.final_val_loss if edge.best else None,
-        "largest_stable_lr": edge.largest_stable.lr if edge.largest_stable else None,
-        "smallest_diverging_lr": edge.smallest_failing.lr if edge.smallest_failing else None,
-        "ratio": edge.ratio,
-    }]).astype(object)
-    section.table(edge_frame, [
-        Column("best_lr", "best rate", fmt_rate), Column("best_final_val_loss", "its final val loss", fmt_loss),
-        Column("largest_stable_lr", "largest rate that trains", fmt_rate),
-        Column("smallest_diverging_lr", "smallest failing rate", fmt_rate),
-        Column("ratio", "smallest failing / best", fmt_ratio),
-    ], "edge_of_stability", "Edge of stability (failing: diverged or stopped learning)")
+                   f"and whether the rate trains, diverged or stopped learning{table_note(runs)}", csv_only)

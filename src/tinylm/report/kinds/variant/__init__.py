@@ -10,7 +10,8 @@ NAME = "variant"
 
 def plan(planner: Planner, name: str, title: str) -> PlannedSection:
     runs = planner.experiment_runs(name)
-    return PlannedSection(name, title, NAME, planner.described(name), dict(runs.labels), runs.baseline)
+    return PlannedSection(name, title, NAME, planner.described(name), dict(runs.labels), runs.baseline,
+                          rate_sweeps=planner.sweeps_of(name))
 
 
 KIND = Kind(NAME, plan, f"{__name__}.section", figures=("loss_vs_step",), tables=("final_losses",), sweeps=True)

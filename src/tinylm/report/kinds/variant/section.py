@@ -3,9 +3,10 @@ variant changes, how its final loss compares, whether and where it diverged, and
 from __future__ import annotations
 
 from tinylm.report import figures
-from tinylm.report.findings import divergence_text, runs_frame, stability_text
+from tinylm.report.findings import VS_BASELINE, divergence_text, runs_frame, seed_columns, stability_text
 from tinylm.report.runs import Run
 from tinylm.report.section import Inputs, Section
+from tinylm.report.seeds import against_baseline_text, figure_note, table_note
 from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_rate, fmt_ratio, fmt_signed
 from tinylm.training.summary import SUMMARY
 
@@ -30,24 +31,26 @@ def variant_text(runs: list[Run], baseline: Run) -> str:
     parts = [f"The baseline{named} (lr {fmt_rate(baseline.lr)}) ends at a final validation loss of {fmt_loss(base_val)}"
              + (" (it diverged)." if baseline.diverged else ".")]
     for run in runs:
-        if run is baseline:
-            continue
-        if run.diverged:
-            parts.append(divergence_text(run, run.label) + ".")
-            continue
-        val = run.summary.final_val_loss
-        if val is None or base_val is None:
-            parts.append(f"{run.label} ends at {fmt_loss(val)}.")
-            continue
-        difference = val - base_val
-        verdict = "worse than" if difference > 0 else "better than" if difference < 0 else "equal to"
-        parts.append(f"{run.label} ends at {fmt_loss(val)}, {fmt_signed(difference)} ({verdict} the baseline).")
+        if run is not baseline:
+            parts += [ending_text(run, base_val), against_baseline_text(run, baseline)]
     params = {r.label: r.summary.params for r in runs}
     if len(set(params.values())) == 1 and None not in params.values():
         parts.append(f"Every run has {fmt_int(runs[0].summary.params)} parameters.")
     elif len(set(params.values()) - {None}) > 1:
         parts.append("Parameter counts: " + ", ".join(f"{label} {fmt_int(n)}" for label, n in params.items()) + ".")
-    return " ".join(parts)
+    return " ".join(part for part in parts if part)
+
+
+def ending_text(run: Run, base_val: float | None) -> str:
+    """How the run (at the first seed) ended, against the baseline's final loss `base_val`."""
+    if run.diverged:
+        return divergence_text(run, run.label) + "."
+    val = run.summary.final_val_loss
+    if val is None or base_val is None:
+        return f"{run.label} ends at {fmt_loss(val)}."
+    difference = val - base_val
+    verdict = "worse than" if difference > 0 else "better than" if difference < 0 else "equal to"
+    return f"{run.label} ends at {fmt_loss(val)}, {fmt_signed(difference)} ({verdict} the baseline)."
 
 
 def variant_rates_text(runs: list[Run], baseline: Run) -> str:
@@ -85,13 +88,14 @@ def build(section: Section, inputs: Inputs) -> None:
     text += " " + rates if rates else ""
     section.paragraph(text)
     section.figure(figures.loss_curves(runs, "step", baseline), "loss_vs_step",
-                   "Train and validation loss against step: variants solid, baseline dashed")
+                   f"Train and validation loss against step: variants solid, baseline dashed{figure_note(runs)}")
     columns = [Column("run", "run"), Column("lr", "learning rate", fmt_rate), Column(SUMMARY.status, "status"),
                Column(SUMMARY.params, "parameters", fmt_int),
                Column(SUMMARY.final_train_loss, "final train loss", fmt_loss),
                Column(SUMMARY.final_val_loss, "final val loss", fmt_loss),
-               Column("val_vs_baseline", "val loss - baseline", fmt_signed)]
+               Column(VS_BASELINE, "val loss - baseline", fmt_signed)]
     if ffn_changed:
         columns.insert(3, Column("d_ff", "d_ff", fmt_int))
-    section.table(runs_frame(runs, baseline), columns, "final_losses",
-                  "Final losses and difference to the baseline")
+    spread, csv_only = seed_columns(runs, baseline)
+    section.table(runs_frame(runs, baseline), columns + spread, "final_losses",
+                  f"Final losses and difference to the baseline{table_note(runs)}", csv_only)
