@@ -16,7 +16,7 @@ from snakemake.utils import min_version
 from tinylm.pipeline.config import DEFAULT_CONFIGFILE, resolve_config
 
 # The upper bound is pyproject.toml's: `workflow.config_settings` below is semi-internal, and
-# tests/test_snakemake.py checks it for the versions the lock installs.
+# tests/pipeline/test_snakemake.py checks it for the versions the lock installs.
 min_version("9.0")
 
 # A config means exactly what it says: the --configfile files (else the default), then --config,

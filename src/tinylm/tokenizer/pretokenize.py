@@ -24,7 +24,7 @@ import regex
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # The same splits, found faster: possessive runs never backtrack, and the whitespace cases are
 # spelled out (a run at the end of the text; all but the last space of a run before a non-space;
-# else one character). tests/test_tokenizer.py checks both patterns agree on arbitrary text.
+# else one character). tests/tokenizer/test_tokenizer.py checks both patterns agree on arbitrary text.
 GPT2_FAST_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 GPT2_REGEX = regex.compile(GPT2_FAST_PATTERN)
 # On pure-ASCII text the pattern's classes are plain ranges (letters A-Za-z, numbers 0-9, and the

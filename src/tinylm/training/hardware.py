@@ -48,7 +48,7 @@ def keep_freed_host_memory() -> bool:
 
     A CPU training step frees and reallocates the same activation buffers every step. glibc may hand
     large buffers back to the OS, and each then comes back through a page fault per 4 KiB page
-    (tests/test_trainer_parts.py counts them; benchmarks/results/cpu_kernels.md times a step-sized
+    (tests/training/test_trainer_parts.py counts them; benchmarks/results/cpu_kernels.md times a step-sized
     product into a fresh buffer under both settings). Buffers up to 32 MiB (glibc's limit) now stay
     in the process, whose memory stays at its peak, which a training step reaches every step anyway.
     """

@@ -12,7 +12,7 @@ import pytest
 
 from tinylm.pipeline.quiet import Failure, Job, SnakemakeError, SnakemakeProgress, finish, follow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Snakemake 9's output for two jobs, one of which fails (trimmed to the lines that matter).
 TRANSCRIPT = """\

@@ -1,7 +1,7 @@
 """On a CUDA GPU: the training step queues without host syncs, batches arrive pinned and early, and a
 whole run trains, measures MFU and records the GPU. Skipped (with the reason) without CUDA.
 
-Run on a GPU machine with `pytest -m cuda tests/test_cuda.py` (benchmarks/gpu_check.sh does).
+Run on a GPU machine with `pytest -m cuda tests/training/test_cuda.py` (benchmarks/gpu_check.sh does).
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import yaml
 
 pytest.importorskip("snakemake", reason="the workflow tests need snakemake")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Software comes from the lock files (requirements/*.txt, installed by `make run`), not from a
 # conda environment or container per rule: the one lint the workflow does not follow.
 ACCEPTED_LINTS = {"Specify a conda environment or container for each rule."}

@@ -1,6 +1,6 @@
 """Each config's results folder (`results_dir`): results/ for config/config.yaml, results/<name>/ for
 any other file, or the folder a config names; and `make run` logging and reporting there.
-tests/test_pipeline.py runs two configs in one working directory."""
+tests/pipeline/test_pipeline.py runs two configs in one working directory."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ import yaml
 from tinylm.pipeline.config import parse_overrides, resolve_config
 from tinylm.pipeline.paths import TREE, results_dir_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("files, expected", [

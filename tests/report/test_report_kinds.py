@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_experiments import small_config
-from test_report import write_run
+from small_plan import small_config
+from tiny_run import write_run
 
 from tinylm.cli import main
 from tinylm.pipeline.plan import BASELINE_RUN, PlannedSection, Planner, build_plan
@@ -22,7 +22,7 @@ from tinylm.report.section import Inputs, Section
 from tinylm.report.tables import Column, fmt_loss
 from tinylm.training.summary import SUMMARY
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- a toy kind, all in this module: its planning, text and table ------------------------------

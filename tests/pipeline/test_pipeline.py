@@ -23,7 +23,7 @@ from tinylm.pipeline.plan import build_plan
 
 pytest.importorskip("snakemake", reason="the pipeline tests need snakemake")  # run as `python -m snakemake`
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ["tokenizer", "lr_sweep", "batch_size", "generate", "no_rmsnorm", "post_norm", "nope", "silu", "owt"]
 PROVENANCE_KEYS = {"git_commit", "git_dirty", "tinylm_version", "torch_version", "python_version", "device_name",
                    "hostname", "started_at"}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from small_plan import small_config
 
 from tinylm.pipeline.config import (
     SCHEMA,
@@ -24,7 +25,7 @@ from tinylm.pipeline.paths import results_dir_for
 from tinylm.pipeline.plan import BASELINE_RUN, build_plan
 from tinylm.pipeline.plan_command import plan_table
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "config").glob("*.yaml"))
 # Files that amend another, named after it on the command line (as their header says).
 AMENDS = {"official-corpora.yaml": ["config.yaml"]}
@@ -145,24 +146,6 @@ def test_an_unclosed_override_is_named_and_other_text_stays_text():
 
 
 # ---- the planner -----------------------------------------------------------------------------
-
-def small_config(**experiments) -> dict:
-    """A resolved config with two corpora and tokenizers and the given experiments (plus the two required)."""
-    data = {
-        "corpora": {c: {s: {"source": f"/data/{c}/{s}.txt"} for s in ("train", "valid")} for c in ("ts", "web")},
-        "tokenizers": {"ts": {"corpus": "ts", "vocab_size": 300}, "web": {"corpus": "web", "vocab_size": 400}},
-        "baseline": {"tokenizer": "ts", "corpus": "ts",
-                     "model": {"context_length": 16, "d_model": 16, "num_layers": 1, "num_heads": 2, "d_ff": 32},
-                     "optimizer": {"lr": 3e-3, "warmup_steps": 4},
-                     "training": {"batch_size": 8, "max_steps": 100, "eval_interval": 10, "log_interval": 5,
-                                  "checkpoint_interval": 50}},
-        "experiments": {"lr_sweep": {"sweep": {"optimizer.lr": [1e-2, 3e-3]}, "compare_baseline": False},
-                        "batch_size": {"batch_sizes": [2, 8, 32], "max_tokens": 12800, "max_batch": 64,
-                                       "max_lr": 1e-2},
-                        **experiments},
-    }
-    return validate_config(data)
-
 
 def test_identical_runs_are_one_run_named_first():
     plan = build_plan(small_config(again={"overrides": {"optimizer.lr": 3e-3}}))
