@@ -90,7 +90,8 @@ class Check:
 
 
 def run_tests() -> dict:
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/training/test_cuda.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+               "tests/training/test_cuda.py"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=BUDGETS["cuda_tests"][0])
     tail = (result.stdout + result.stderr).strip().splitlines()
     if result.returncode not in (0, 5):  # 5: nothing collected

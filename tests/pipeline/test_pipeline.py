@@ -234,6 +234,8 @@ def test_a_second_seed_trains_every_runs_replica_and_reports_the_spread(full_run
     differences = [losses["nope"] - losses["baseline"], losses["nope-seed=1"] - losses["baseline-seed=1"]]
     assert table.loc["NoPE", "val_vs_baseline_mean"] == pytest.approx(sum(differences) / 2)
     assert table.loc["NoPE", "val_vs_baseline_std"] == pytest.approx(abs(differences[0] - differences[1]) / 2 ** 0.5)
+    extremes = table.loc["NoPE", ["val_vs_baseline_min", "val_vs_baseline_max"]].tolist()
+    assert extremes == pytest.approx(sorted(differences))
     assert table.loc["NoPE", "final_val_loss_mean"] == pytest.approx((losses["nope"] + losses["nope-seed=1"]) / 2)
     assert list(table["seeds"]) == [2, 2]
     text = (workdir / TEST_RESULTS / "report" / "nope" / "section.md").read_text()

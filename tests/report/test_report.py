@@ -298,11 +298,13 @@ def test_the_table_of_runs_gives_the_mean_and_spread_over_seeds_paired_by_seed(t
     # Seed 0: 3.3 - 3.0, seed 1: 3.35 - 3.1; sample standard deviation (n - 1).
     assert nope["val_vs_baseline_mean"] == pytest.approx(0.275)
     assert nope["val_vs_baseline_std"] == pytest.approx(math.sqrt(2 * 0.025 ** 2))
+    assert (nope["val_vs_baseline_min"], nope["val_vs_baseline_max"]) == pytest.approx((0.25, 0.3))
     assert nope["final_val_loss_mean"] == pytest.approx(3.325) and nope["seeds"] == 2
     assert nope["final_val_loss_std"] == pytest.approx(0.025 * math.sqrt(2))
     assert (rows["baseline"]["val_vs_baseline_mean"], rows["baseline"]["val_vs_baseline_std"]) == (0, 0)
     # A seed without a final loss (diverged) leaves no mean: a mean of the others would hide it.
     assert pd.isna(rows["shaky"]["val_vs_baseline_mean"]) and pd.isna(rows["shaky"]["final_val_loss_mean"])
+    assert pd.isna(rows["shaky"]["val_vs_baseline_min"]) and pd.isna(rows["shaky"]["val_vs_baseline_max"])
     one = runs_at_seeds(tmp_path / "one", {"baseline": (3e-3, [3.0]), "NoPE": (3e-3, [3.3])})
     nope = findings.runs_frame(one).iloc[1]
     assert nope["final_val_loss_mean"] == 3.3 and nope["final_val_loss_std"] is None and nope["seeds"] == 1

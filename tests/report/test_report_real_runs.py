@@ -47,7 +47,8 @@ RUNS = {
 }
 SWEEP = ["lr=1e-3", "lr=3e-3", "lr=1e-2", "lr=10"]
 # The columns over seeds every comparison table's CSV ends with (one seed here: no spread).
-OVER_SEEDS = ["final_val_loss_mean", "final_val_loss_std", "val_vs_baseline_mean", "val_vs_baseline_std", "seeds"]
+OVER_SEEDS = ["final_val_loss_mean", "final_val_loss_std", "val_vs_baseline_mean", "val_vs_baseline_std",
+              "val_vs_baseline_min", "val_vs_baseline_max", "seeds"]
 
 
 def write_stories(path: Path, count: int, seed: int, names: list[str]) -> None:

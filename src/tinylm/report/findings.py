@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tinylm.report.runs import Run
-from tinylm.report.seeds import differences, final_losses, mean_std
+from tinylm.report.seeds import differences, extremes, final_losses, mean_std
 from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_rate, fmt_signed
 from tinylm.training.summary import SUMMARY
 from tinylm.training.summary import best_run as summary_best_run
@@ -19,10 +19,12 @@ SUMMARY_COLUMNS = (SUMMARY.status, SUMMARY.steps, SUMMARY.params, SUMMARY.final_
                    SUMMARY.best_val_loss, SUMMARY.target_reached_step, SUMMARY.tokens_per_s, SUMMARY.peak_mem_bytes,
                    SUMMARY.mem_percent)
 # Columns over seeds (config `seeds`): the mean and sample standard deviation of the final validation
-# loss and of the difference to the baseline (paired by seed), and the number of seeds.
+# loss and of the difference to the baseline (paired by seed), that difference's range, and the
+# number of seeds.
 VS_BASELINE = "val_vs_baseline"
 VAL_MEAN, VAL_STD = f"{SUMMARY.final_val_loss}_mean", f"{SUMMARY.final_val_loss}_std"
 VS_BASELINE_MEAN, VS_BASELINE_STD = f"{VS_BASELINE}_mean", f"{VS_BASELINE}_std"
+VS_BASELINE_MIN, VS_BASELINE_MAX = f"{VS_BASELINE}_min", f"{VS_BASELINE}_max"
 SEEDS = "seeds"
 
 
@@ -41,6 +43,7 @@ def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:
             VS_BASELINE: versus[0],
             **dict(zip((VAL_MEAN, VAL_STD), mean_std(final_losses(run)))),
             **dict(zip((VS_BASELINE_MEAN, VS_BASELINE_STD), mean_std(versus) if baseline else (None, None))),
+            **dict(zip((VS_BASELINE_MIN, VS_BASELINE_MAX), extremes(versus) if baseline else (None, None))),
             SEEDS: len(run.at_seeds),
             "d_ff": run.config.model.d_ff,
             "vocab_size": run.config.model.vocab_size,
@@ -57,7 +60,7 @@ def seed_columns(runs: list[Run], baseline: Run | None = None) -> tuple[list[Col
         shown = [Column(VS_BASELINE_MEAN, f"val loss - {baseline.label}, mean over seeds", fmt_signed),
                  Column(VS_BASELINE_STD, "its std", fmt_loss)]
     shown.append(Column(SEEDS, "seeds", fmt_int))
-    every = (VAL_MEAN, VAL_STD, VS_BASELINE_MEAN, VS_BASELINE_STD, SEEDS)
+    every = (VAL_MEAN, VAL_STD, VS_BASELINE_MEAN, VS_BASELINE_STD, VS_BASELINE_MIN, VS_BASELINE_MAX, SEEDS)
     if not any(run.replicas for run in runs):
         return [], every
     return shown, tuple(key for key in every if key not in {column.key for column in shown})

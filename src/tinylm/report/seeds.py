@@ -26,6 +26,14 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((value - mean) ** 2 for value in values) / (len(values) - 1))
 
 
+def extremes(values: list[float | None]) -> tuple[float | None, float | None]:
+    """The smallest and largest value of one number over seeds (None, as for the mean, when a seed
+    lacks it): a difference to the baseline has one sign at every seed when both share it."""
+    if not values or any(value is None for value in values):
+        return None, None
+    return min(values), max(values)
+
+
 def final_losses(run: Run) -> list[float | None]:
     """The run's final validation loss at every seed."""
     return [r.summary.final_val_loss for r in run.at_seeds]
