@@ -408,3 +408,33 @@ def test_the_edge_study_says_whether_each_sweeps_edge_is_the_same_at_every_seed(
         f"seed's): d_model {config.model.d_model}, {setting} (best 3e-3 and smallest failing 1e-2 at seed 0, "
         "best 1e-2 and none failing at seed 1).")
     assert seeds_text(runs_at_seeds(tmp_path / "one", {"lr=1e-3": (1e-3, [2.5])})) == ""
+
+
+def test_the_edge_study_states_each_settings_trend_across_widths():
+    from types import SimpleNamespace
+
+    from tinylm.report.edge import EdgeOfStability
+    from tinylm.report.kinds.edge_scale.section import trend_text
+
+    def run(lr):
+        return SimpleNamespace(lr=lr) if lr else None
+
+    def edge(best, stable, failing, sensitivity):
+        return EdgeOfStability(best=run(best), largest_stable=run(stable), smallest_failing=run(failing),
+                               unigram=None, threshold=None, outcomes={}, lr_sensitivity=sensitivity)
+
+    found = {(64, 1024, "pre"): edge(1e-2, 5e-2, 0.1, 0.5), (128, 1024, "pre"): edge(1e-2, 3e-2, 4e-2, 0.7),
+             (256, 1024, "pre"): edge(3e-3, 2e-2, 3e-2, 0.6),
+             (64, 1024, "none"): edge(1e-2, 1e-2, 1.5e-2, 6.0), (128, 1024, "none"): edge(3e-3, 3e-3, None, 7.0)}
+    log = {"d_model": 512, "tokens_per_step": 32768, "norm": "pre", "ratio": 3.3, "label": "the log"}
+    assert trend_text(found, [log]) == (
+        "With RMSNorm (pre-norm), the smallest failing rate is 4.00x to 10.00x the best rate over 3 sweeps. "
+        "With no norm, the smallest failing rate is 1.50x the best rate over 1 sweep. "
+        "With RMSNorm (pre-norm) at 1,024 tokens per step, at d_model 64, 128, 256: the smallest failing rate is "
+        "0.1, 4e-2, 3e-2 (falling as the model widens); its ratio to the best rate is 10.00x, 4.00x, 10.00x (the same "
+        "at the widest as at the narrowest, not in between); the LR sensitivity is 0.500, 0.700, 0.600 (higher at the "
+        "widest than at the narrowest, not monotonic in between). "
+        "With no norm at 1,024 tokens per step, at d_model 64, 128: the smallest failing rate is 1.5e-2 at d_model "
+        "64; its ratio to the best rate is 1.50x at d_model 64; the LR sensitivity is 6.000, 7.000 (rising as the "
+        "model widens); no rate fails above the best at d_model 128. "
+        "For comparison, the log: 3.30x at d_model 512, RMSNorm (pre-norm) at 32,768 tokens per step.")

@@ -14,7 +14,7 @@ from tinylm.report.edge import EDGE_COLUMNS, EdgeOfStability, criterion_text, ed
 from tinylm.report.runs import Run
 from tinylm.report.section import Inputs, Section
 from tinylm.report.seeds import common_seeds, runs_at_seed
-from tinylm.report.tables import Column, fmt_int, fmt_rate, fmt_ratio, fmt_text
+from tinylm.report.tables import Column, fmt_int, fmt_loss, fmt_rate, fmt_ratio, fmt_text
 
 Setting = tuple[int, str]  # (tokens per step, norm)
 COLUMNS = [Column("d_model", "d_model", fmt_int), Column("tokens_per_step", "tokens/step", fmt_int),
@@ -40,36 +40,74 @@ def scale_frame(found: dict[tuple[int, int, str], EdgeOfStability]) -> pd.DataFr
     return pd.DataFrame(rows).astype(object)
 
 
+def norm_text(norm: str) -> str:
+    return {"pre": "RMSNorm (pre-norm)", "post": "RMSNorm (post-norm)", "none": "no norm"}.get(norm, f"norm={norm}")
+
+
 def setting_text(setting: Setting) -> str:
     tokens, norm = setting
-    return f"{'RMSNorm (pre-norm)' if norm == 'pre' else f'norm={norm}'} at {fmt_int(tokens)} tokens per step"
+    return f"{norm_text(norm)} at {fmt_int(tokens)} tokens per step"
+
+
+def trend(values: list[float]) -> str:
+    """How a series over growing widths moves: falling, rising, the same, or neither (which end is higher)."""
+    pairs = list(zip(values, values[1:]))
+    if all(b == a for a, b in pairs):
+        return "the same at every width"
+    if all(b <= a for a, b in pairs):
+        return "falling as the model widens"
+    if all(b >= a for a, b in pairs):
+        return "rising as the model widens"
+    if values[-1] == values[0]:
+        return "the same at the widest as at the narrowest, not in between"
+    ends = "lower" if values[-1] < values[0] else "higher"
+    return f"{ends} at the widest than at the narrowest, not monotonic in between"
+
+
+def series_text(name: str, points: list[tuple[int, float]], fmt, widths: list[int]) -> str:
+    """ "the smallest failing rate is 0.1, 5.5e-2 (falling as the model widens)", naming the widths
+    where the series lacks some of `widths` (the setting's)."""
+    text = f"{name} is {', '.join(fmt(value) for _, value in points)}"
+    if [d for d, _ in points] != widths:
+        text += f" at d_model {', '.join(str(d) for d, _ in points)}"
+    return text + (f" ({trend([value for _, value in points])})" if len(points) >= 2 else "")
 
 
 def trend_text(found: dict[tuple[int, int, str], EdgeOfStability], compare_with: list[dict]) -> str:
-    """For each setting, the edge/best ratio at each width and which way it moves as the width grows."""
+    """Per norm, the range of edge/best ratios; per setting, how the smallest failing rate, its ratio
+    to the best rate and the LR sensitivity move as the width grows; then the points compared with."""
     by_setting: dict[Setting, list[tuple[int, EdgeOfStability]]] = defaultdict(list)
     for (d, tokens, norm), edge in found.items():
         by_setting[tokens, norm].append((d, edge))
     parts = []
+    for norm in dict.fromkeys(norm for _, norm in by_setting):
+        ratios = [edge.ratio for (_, n), points in by_setting.items() if n == norm
+                  for _, edge in points if edge.ratio is not None]
+        if ratios:
+            low, high = min(ratios), max(ratios)
+            span = f"{fmt_ratio(low)}x" + (f" to {fmt_ratio(high)}x" if high > low else "")
+            counted = f"{len(ratios)} sweep" + "s" * (len(ratios) > 1)
+            parts.append(f"With {norm_text(norm)}, the smallest failing rate is {span} the best rate over {counted}.")
     for setting, points in by_setting.items():
-        known = [(d, edge.ratio) for d, edge in sorted(points) if edge.ratio is not None]
-        stated = ", ".join(f"{fmt_ratio(ratio)}x at d_model {d}" for d, ratio in known)
-        unknown = [str(d) for d, edge in sorted(points) if edge.ratio is None]
-        text = f"With {setting_text(setting)}, the smallest failing rate is {stated}" if known else \
-            f"With {setting_text(setting)}, no width has both a best and a failing rate"
-        if unknown:
-            text += f" (no failing rate above the best at d_model {', '.join(unknown)})"
-        if len(known) >= 2:
-            first, last = known[0][1], known[-1][1]
-            direction = ("falls" if last < first else "rises" if last > first else "stays") + \
-                f" from {fmt_ratio(first)}x to {fmt_ratio(last)}x"
-            monotonic = all(b <= a for (_, a), (_, b) in zip(known, known[1:])) or \
-                all(b >= a for (_, a), (_, b) in zip(known, known[1:]))
-            text += f": as the model widens the ratio {direction}" + ("" if monotonic else ", not monotonically")
+        points = sorted(points, key=lambda point: point[0])
+        failing = [(d, edge.smallest_failing.lr) for d, edge in points if edge.smallest_failing]
+        ratios = [(d, edge.ratio) for d, edge in points if edge.ratio is not None]
+        sensitivity = [(d, edge.lr_sensitivity) for d, edge in points if edge.lr_sensitivity is not None]
+        widths = [d for d, _ in points]
+        said = [series_text(name, series, fmt, widths) for name, series, fmt in (
+            ("the smallest failing rate", failing, fmt_rate),
+            ("its ratio to the best rate", ratios, lambda ratio: f"{fmt_ratio(ratio)}x"),
+            ("the LR sensitivity", sensitivity, fmt_loss)) if series]
+        unknown = [str(d) for d, edge in points if edge.smallest_failing is None]
+        text = (f"With {setting_text(setting)}, at d_model {', '.join(map(str, widths))}: "
+                + ("; ".join(said) if said else "no sweep has a failing rate"))
+        if unknown and said:
+            text += f"; no rate fails above the best at d_model {', '.join(unknown)}"
         parts.append(text + ".")
     for point in compare_with:
         setting = setting_text((point["tokens_per_step"], point["norm"]))
-        parts.append(f"{point['label']}: {fmt_ratio(point['ratio'])}x at d_model {point['d_model']}, {setting}.")
+        parts.append(f"For comparison, {point['label']}: {fmt_ratio(point['ratio'])}x at d_model "
+                     f"{point['d_model']}, {setting}.")
     return " ".join(parts)
 
 
