@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 from tiny_run import write_run
 
 from tinylm.cli import main
-from tinylm.pipeline.config import resolve_config
+from tinylm.pipeline.config import parse_overrides, resolve_config
 from tinylm.pipeline.plan import build_plan
 from tinylm.pipeline.refine import next_rate
 
@@ -69,3 +71,21 @@ def test_refine_rates_reads_the_runs_and_writes_the_next_rate(tmp_path):
     decision = json.loads(out.read_text())
     assert decision["largest_stable_lr"] == 1e-2 and decision["smallest_failing_lr"] == 3e-2
     assert decision["bracket_ratio"] == pytest.approx(3.0) and decision["next"] == pytest.approx(1.7e-2)
+
+
+def test_the_readmes_gpu_edge_study_plans_the_logs_widths_beside_the_reference():
+    """The README's command for the edge study on one GPU: its --config, applied to the reference
+    config, adds the section at the log's width and batch and shares the reference's coinciding runs."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("make run CONFIG=config/reference.yaml "
+                                                                          "SNAKEMAKE_ARGS='edge_scale"))
+    make_args = dict(arg.split("=", 1) for arg in shlex.split(command)[2:])
+    target, option, *pairs = shlex.split(make_args["SNAKEMAKE_ARGS"])
+    assert (target, option, make_args["CONFIG"]) == ("edge_scale", "--config", "config/reference.yaml")
+    plan = build_plan(resolve_config([make_args["CONFIG"]], parse_overrides(pairs)))
+    section = plan.sections["edge_scale"]
+    assert len(section.rate_sweeps) == 3 * 2 * 2
+    log_sweep = plan.rate_sweeps["edge_scale-d_model=512-batch=128-norm=pre"]
+    assert log_sweep.runs[3e-3] == "baseline" and log_sweep.runs[1e-2] == "lr_sweep-lr=1e-2"
+    assert plan.rate_sweeps["edge_scale-d_model=512-batch=128-norm=none"].runs[3e-3] == "no_rmsnorm-lr=3e-3"
+    assert plan.runs["baseline"].config.model.context_length == 256
