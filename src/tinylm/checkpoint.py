@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model inside torch.compile / DistributedDataParallel wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = cast(torch.nn.Module, model._orig_mod)  # torch.compile's wrapper; typed as Tensor | Module
         elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
             model = model.module
         else:
@@ -115,7 +115,9 @@ def load_checkpoint(src: str | os.PathLike | IO[bytes], model: torch.nn.Module,
 
 def rng_state() -> dict[str, Any]:
     """torch / numpy / Python RNG states as tensors and plain values (weights_only-loadable)."""
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    # legacy=True, the default, gives the tuple; numpy's stubs allow a dict too
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = cast(tuple[str, np.ndarray, int, int, float],
+                                                            np.random.get_state())
     py_version, py_internal, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),

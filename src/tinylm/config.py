@@ -226,6 +226,7 @@ class RunConfig:
         """Optimizer steps in the budget (a token budget is rounded up to whole batches)."""
         if self.training.max_steps is not None:
             return self.training.max_steps
+        assert self.training.max_tokens is not None  # validation sets exactly one of the two
         return math.ceil(self.training.max_tokens / self.tokens_per_step)
 
     @property

@@ -26,6 +26,7 @@ the host never waits for the verdict.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 
@@ -77,6 +78,7 @@ class AdamW(torch.optim.Optimizer):
         # One update per step count, device and dtype: each shares its scalars (and one compiled graph).
         batches: dict[tuple[int, torch.device, torch.dtype], list[torch.Tensor]] = {}
         for p in params:
+            assert p.grad is not None  # step() passes only the parameters with a gradient
             if p.grad.is_sparse:
                 raise ValueError("AdamW does not support sparse gradients")
             state = self.state[p]
@@ -88,7 +90,8 @@ class AdamW(torch.optim.Optimizer):
             batches.setdefault((state["step"], p.device, p.dtype), []).append(p)
         beta1, beta2 = group["betas"]
         for (step, device, dtype), batch in batches.items():
-            tensors = (batch, [p.grad for p in batch], [self.state[p]["exp_avg"] for p in batch],
+            grads = cast(list[torch.Tensor], [p.grad for p in batch])  # none is None (above)
+            tensors = (batch, grads, [self.state[p]["exp_avg"] for p in batch],
                        [self.state[p]["exp_avg_sq"] for p in batch])
             scalars = corrected_scalars(group["lr"], beta1, beta2, group["eps"], group["weight_decay"], step)
             if self._fused_update is None and keep is None:

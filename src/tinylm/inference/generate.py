@@ -90,12 +90,12 @@ def choose_run(run_dirs: list[str]) -> tuple[str, Summary, list[dict]]:
     candidate with whether it could be picked)."""
     summaries = {str(run_dir): Summary.read(RunFolder(run_dir).summary, hint="not a finished run")
                  for run_dir in run_dirs}
-    best = best_run(summaries, summaries.get)
+    best = best_run(summaries, summaries.__getitem__)
     if best is None:
         raise ValueError(f"--run-dir: none of {', '.join(map(str, run_dirs))} has a final validation loss "
                          "(all diverged or unfinished)")
     listing = [{"run_dir": run_dir, "name": s.name, "status": s.status, "final_val_loss": s.final_val_loss,
-                "usable": best_run([run_dir], summaries.get) is not None} for run_dir, s in summaries.items()]
+                "usable": best_run([run_dir], summaries.__getitem__) is not None} for run_dir, s in summaries.items()]
     return best, summaries[best], listing
 
 

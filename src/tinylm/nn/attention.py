@@ -17,6 +17,8 @@ class RotaryPositionalEmbedding(nn.Module):
     backward pass needs no zero-filled gradient buffers (as slicing out evens and odds would).
     The tables are buffers (not saved in the state dict: they follow from theta, d_k, max_seq_len).
     """
+    cos: torch.Tensor
+    signed_sin: torch.Tensor
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None, dtype=None):
         super().__init__()
@@ -68,6 +70,7 @@ class KVCache:
             shape = (*keys.shape[:-2], self.capacity, keys.shape[-1])
             self.keys = keys.new_empty(shape)
             self.values = values.new_empty(shape)
+        assert self.values is not None  # allocated with the keys
         self.keys[..., self.length:self.length + new, :] = keys
         self.values[..., self.length:self.length + new, :] = values
         self.length += new

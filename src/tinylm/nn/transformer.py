@@ -44,9 +44,11 @@ class TransformerBlock(nn.Module):
                 kv_cache: KVCache | None = None) -> torch.Tensor:
         """x: (..., seq, d_model) -> (..., seq, d_model)."""
         if self.norm == "pre":
+            assert self.ln1 is not None and self.ln2 is not None  # made for every norm but "none"
             x = x + self.attn(self.ln1(x), token_positions, kv_cache)
             return x + self.ffn(self.ln2(x))
         if self.norm == "post":
+            assert self.ln1 is not None and self.ln2 is not None
             x = self.ln1(x + self.attn(x, token_positions, kv_cache))
             return self.ln2(x + self.ffn(x))
         x = x + self.attn(x, token_positions, kv_cache)

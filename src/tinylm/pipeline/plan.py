@@ -410,9 +410,9 @@ def report_order(config: dict, kinds: dict[str, Kind]) -> dict[str, Kind]:
     """{section name: its kind} in report order: the placed kinds' sections, then every other
     experiment's in config order."""
     experiments = config["experiments"]
-    placed = dict(sorted(((name, kind) for name, kind in kinds.items()
-                          if kind.place is not None and all(needed in experiments for needed in kind.requires)),
-                         key=lambda item: item[1].place))
+    placeable = [(place, name, kind) for name, kind in kinds.items()
+                 if (place := kind.place) is not None and all(needed in experiments for needed in kind.requires)]
+    placed = {name: kind for _, name, kind in sorted(placeable, key=lambda item: item[0])}
     others = {name: _section_kind(config, kinds, name) for name in experiments if name not in placed}
     return placed | others
 

@@ -17,7 +17,9 @@ from tinylm.training.peak_flops import peak_flops
 
 # The GPU-time estimate's stated throughput: model FLOPs at this fraction of this peak (the
 # PaLM-style MFU accounting of tinylm.nn.flops). Both are assumptions, printed with the table.
-ASSUMED_PEAK_FLOPS = peak_flops("NVIDIA H100 80GB HBM3", "bf16")  # H100 SXM
+_H100_SXM_PEAK_FLOPS = peak_flops("NVIDIA H100 80GB HBM3", "bf16")
+assert _H100_SXM_PEAK_FLOPS is not None  # PEAK_FLOPS lists it
+ASSUMED_PEAK_FLOPS: float = _H100_SXM_PEAK_FLOPS
 ASSUMED_MFU = 0.40
 
 
@@ -116,6 +118,7 @@ def plan_table(plan: Plan, peak_flops: float = ASSUMED_PEAK_FLOPS, mfu: float = 
                      "probe or refinement adds.")
     for section in plan.sections.values():
         if section.pending_probe:
+            assert plan.probe is not None  # the section that needs the probe sets it
             notes.append(f"{section.name}: the max-batch probe adds the largest batch that fits "
                          f"(up to {plan.probe['max_batch']}) and drops the sizes above it.")
         pending = [plan.rate_sweeps[key] for key in section.rate_sweeps if not plan.rate_sweeps[key].complete]

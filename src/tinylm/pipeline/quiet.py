@@ -158,15 +158,16 @@ class Failure:
         printed = self.job if not self.logs else None  # without a log, what a job printed is all it said
         error = self.error
         said = last_error_line(logged) or (error.text() if error and not error.shell_ended else None) \
-            or (printed and printed.error_line)
+            or (printed.error_line if printed else None)
         if said:
             return shorten(said)
         ended = error.text() if error else None
-        last = logged[-1] if logged else printed and printed.last_line
+        last = logged[-1] if logged else (printed.last_line if printed else None)
         if ended and last:
             return shorten(f"{ended}; the last line of its {'log' if logged else 'output'}: {last}")
-        if ended or last:
-            return shorten(ended or last)
+        either = ended or last
+        if either:
+            return shorten(either)
         if self.logs:
             return "(the log is empty)" if contents[0] is not None else f"(no log at {self.logs[0]})"
         return "see the Snakemake log"
@@ -412,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                              errors="replace") as snakemake:
         try:
+            assert snakemake.stdout is not None  # stdout=PIPE
             progress = follow(ticking(snakemake.stdout, 1.0), log, sys.stdout, interactive=sys.stdout.isatty())
         except KeyboardInterrupt:  # Snakemake got the same SIGINT and stops its jobs
             snakemake.wait()

@@ -96,7 +96,7 @@ def edge_of_stability(runs: list[Run]) -> EdgeOfStability:
     best = best_run(runs)
     unigram = next((u for u in map(unigram_loss, runs) if u is not None), None)
     threshold = None
-    if unigram is not None and best is not None:
+    if unigram is not None and best is not None and best.summary.final_val_loss is not None:
         threshold = (unigram + best.summary.final_val_loss) / 2
     outcomes = {r.label: outcome(r, unigram, threshold) for r in runs}
     # The edge lies above the best rate: a rate below it that learns too little is slow, not unstable.
@@ -115,10 +115,10 @@ def lr_sensitivity(runs: list[Run], best: Run | None) -> float | None:
     loss; the initial loss is the untrained model's (the divergence rule's reference, its smoothed
     loss over the first steps), the same for every rate of a sweep up to its first updates."""
     initial = [r.summary.divergence_reference_loss for r in runs if r.summary.divergence_reference_loss is not None]
-    if best is None or not initial:
+    best_loss = None if best is None else best.summary.final_val_loss
+    if best_loss is None or not initial:
         return None
     start = min(initial)
-    best_loss = best.summary.final_val_loss
     losses = [start if r.summary.final_val_loss is None else min(r.summary.final_val_loss, start) for r in runs]
     return sum(losses) / len(losses) - best_loss
 

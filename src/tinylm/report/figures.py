@@ -72,10 +72,10 @@ def finite_points(run: Run, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
 def _set_loss_limits(ax: plt.Axes, values: list[np.ndarray]) -> None:
     """Fit the y axis to the plotted losses of the runs that trained, so that a diverged run's
     blow-up does not flatten them."""
-    values = np.concatenate(values or [np.array([])])
-    if values.size == 0:
+    flat = np.concatenate(values or [np.array([])])
+    if flat.size == 0:
         return
-    low, high = float(values.min()), float(values.max())
+    low, high = float(flat.min()), float(flat.max())
     if _spans_decades([low, high]):
         ax.set_yscale("log")
         ax.set_ylim(low / 1.15, high * 1.15)

@@ -33,7 +33,7 @@ def runs_frame(runs: list[Run], baseline: Run | None = None) -> pd.DataFrame:
     mean and spread over every seed (tinylm.report.seeds)."""
     rows = []
     for run in runs:
-        versus = differences(run, baseline) if baseline else [None]
+        versus: list[float | None] = differences(run, baseline) if baseline else [None]
         rows.append({
             "run": run.label,
             "lr": run.lr,

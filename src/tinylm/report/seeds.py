@@ -9,29 +9,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 from tinylm.report.runs import Run
 from tinylm.report.tables import fmt_loss, fmt_signed
+
+Found = TypeVar("Found", bound=Hashable)  # what same_at_every_seed compares over seeds
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     """The mean and sample standard deviation (n - 1) of one number over seeds. Both are None when
     a seed lacks the number (a diverged run has no final loss): a mean over the seeds that happen to
     have it would hide the ones that failed. The deviation is None with one seed."""
-    if not values or any(value is None for value in values):
+    present = _every_seed(values)
+    if present is None:
         return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
+    mean = sum(present) / len(present)
+    if len(present) < 2:
         return mean, None
-    return mean, math.sqrt(sum((value - mean) ** 2 for value in values) / (len(values) - 1))
+    return mean, math.sqrt(sum((value - mean) ** 2 for value in present) / (len(present) - 1))
 
 
 def extremes(values: list[float | None]) -> tuple[float | None, float | None]:
     """The smallest and largest value of one number over seeds (None, as for the mean, when a seed
     lacks it): a difference to the baseline has one sign at every seed when both share it."""
-    if not values or any(value is None for value in values):
+    present = _every_seed(values)
+    if present is None:
         return None, None
-    return min(values), max(values)
+    return min(present), max(present)
+
+
+def _every_seed(values: list[float | None]) -> list[float] | None:
+    """`values` when there are some and no seed lacks the number, else None."""
+    present = [value for value in values if value is not None]
+    return present if values and len(present) == len(values) else None
 
 
 def final_losses(run: Run) -> list[float | None]:
@@ -99,14 +110,14 @@ def against_baseline_text(run: Run, baseline: Run, than: str = "the baseline",
         return (f"{run.label} against {than}, seed by seed: "
                 + ", ".join(f"{fmt_signed(d)} (seed {r.seed})" for d, r in zip(found, seeds)) + ".")
     sign = (mean > 0) - (mean < 0)
-    agreeing = sum((d > 0) - (d < 0) == sign for d in found)
+    agreeing = sum((d > 0) - (d < 0) == sign for d in found if d is not None)  # a mean has every seed's
     verdict = verdicts[0] if sign > 0 else verdicts[1] if sign < 0 else verdicts[2]
     where = at_seeds_text(agreeing, len(found))
     return f"{run.label} is {verdict} {than} {where}: {spread_text(mean, std, len(found))}."
 
 
-def same_at_every_seed(runs: list[Run], finding: Callable[[list[Run]], Hashable],
-                       describe: Callable[[Hashable], str]) -> str:
+def same_at_every_seed(runs: list[Run], finding: Callable[[list[Run]], Found],
+                       describe: Callable[[Found], str]) -> str:
     """Whether a finding about a set of runs (the best rate, the best batch) is the same when it is
     made from the runs at each seed alone: "At every seed (0, 1), <finding>." or "The seeds
     disagree: at seed 0 <finding>; at seed 1 <another>." "" with one seed."""

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from tinylm.tokenizer.pretokenize import (
 )
 from tinylm.tokenizer.tokenizer import Tokenizer
 
-DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+DTYPES: dict[str, type[np.unsignedinteger]] = {"uint16": np.uint16, "uint32": np.uint32}
 
 _worker_tokenizer: Tokenizer | None = None
 
@@ -55,6 +56,7 @@ def _encode_chunk(job: tuple[str, int, int, str, str]) -> tuple[int, int]:
     """Worker: encode bytes [start, end) of the file into a raw part file; (tokens, bytes read)."""
     path, start, end, part_path, dtype = job
     tokens = 0
+    assert _worker_tokenizer is not None  # set before any chunk is encoded
     with open(part_path, "wb") as part:
         for ids in _worker_tokenizer.encode_batches(iter_text(path, start=start, end=end)):
             np.asarray(ids, dtype=dtype).tofile(part)
@@ -100,7 +102,7 @@ def tokenize_file(tokenizer_dir: str | os.PathLike, input_path: str | os.PathLik
     try:
         if workers == 1 or len(jobs) == 1:
             _worker_tokenizer = tokenizer
-            results = map(_encode_chunk, jobs)
+            results: Iterator[tuple[int, int]] = map(_encode_chunk, jobs)
         else:
             pool = process_pool(min(workers, len(jobs)), _set_worker_tokenizer, (tokenizer,))
             results = pool.imap(_encode_chunk, jobs)

@@ -11,6 +11,7 @@ import argparse
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 from tinylm.files import read_json, write_json_atomic, write_text_atomic
 from tinylm.tokenizer.pretokenize import check_input_file, iter_text
@@ -84,7 +85,7 @@ def build_report(tokenizers: dict[str, Path], corpora: dict[str, Path], document
     samples = {name: sample_documents(path, documents, separator, seed, scan_bytes) for name, path in corpora.items()}
     prefixes = {name: read_prefix(path, throughput_bytes) for name, path in corpora.items()}
     loaded = {name: Tokenizer.from_dir(directory) for name, directory in tokenizers.items()}
-    report = {
+    report: dict[str, Any] = {
         "settings": {"documents": documents, "seed": seed, "throughput_bytes": throughput_bytes,
                      "separator": separator, "pile_bytes": PILE_BYTES,
                      "compiled_encoder": all(tokenizer.compiled for tokenizer in loaded.values())},

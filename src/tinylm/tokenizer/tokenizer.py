@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import chain
 from pathlib import Path
+from typing import cast
 
 from tinylm.files import file_error, read_json, read_text, write_json_atomic, write_text_atomic
 from tinylm.tokenizer.pretokenize import (
@@ -148,9 +149,12 @@ def bpe_long(word: list[int], merge_table: MergeTable) -> list[int]:
     while heap:
         rank, i = heapq.heappop(heap)
         j = after[i]
-        if tokens[i] is None or j == len(word):
+        first = tokens[i]
+        if first is None or j == len(word):
             continue
-        entry = merge_table.get((tokens[i], tokens[j]))
+        second = tokens[j]
+        assert second is not None  # after[i] is a live position
+        entry = merge_table.get((first, second))
         if entry is None or entry[0] != rank:
             continue  # this pair has changed since it was pushed
         tokens[i], tokens[j] = entry[1], None
@@ -159,7 +163,9 @@ def bpe_long(word: list[int], merge_table: MergeTable) -> list[int]:
             before[after[j]] = i
         for left, right in ((before[i], i), (i, after[i])):
             if left >= 0 and right < len(word):
-                neighbour = merge_table.get((tokens[left], tokens[right]))
+                left_id, right_id = tokens[left], tokens[right]
+                assert left_id is not None and right_id is not None  # both positions are live
+                neighbour = merge_table.get((left_id, right_id))
                 if neighbour is not None:
                     heapq.heappush(heap, (neighbour[0], left))
     return [token for token in tokens if token is not None]
@@ -189,16 +195,17 @@ class Tokenizer:
             free = ids_by_bytes.get(token)
             return free.pop() if free else None
 
-        self.byte_ids = [take(bytes([byte])) for byte in range(256)]
-        if None in self.byte_ids:
-            raise ValueError(f"vocabulary lacks the single byte {self.byte_ids.index(None)}")
+        byte_ids = [take(bytes([byte])) for byte in range(256)]
+        if None in byte_ids:
+            raise ValueError(f"vocabulary lacks the single byte {byte_ids.index(None)}")
+        self.byte_ids = cast(list[int], byte_ids)  # none is None (above)
         self.special_ids: dict[str, int] = {}
         for token in self.special_tokens:
-            token_id = take(token.encode("utf-8"))
-            if token_id is None:  # a special token new to this vocabulary gets the next id
-                token_id = max(self.vocab, default=-1) + 1
-                self.vocab[token_id] = token.encode("utf-8")
-            self.special_ids[token] = token_id
+            special_id = take(token.encode("utf-8"))
+            if special_id is None:  # a special token new to this vocabulary gets the next id
+                special_id = max(self.vocab, default=-1) + 1
+                self.vocab[special_id] = token.encode("utf-8")
+            self.special_ids[token] = special_id
         self.merge_table: MergeTable = {}
         learned = {bytes([byte]): token_id for byte, token_id in enumerate(self.byte_ids)}
         for rank, (first, second) in enumerate(self.merges):

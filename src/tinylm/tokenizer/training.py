@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -71,7 +71,7 @@ def count_file_pretokens(path: str | os.PathLike, special_tokens: list[str], wor
                disable=not progress, file=sys.stderr)
     with bar:
         if workers <= 1 or len(jobs) <= 1:
-            results = map(_count_chunk, jobs)
+            results: Iterator[tuple[Counter[str], int, int]] = map(_count_chunk, jobs)
             pool, pool_size = None, 0
         else:
             pool_size = min(workers, len(jobs))
@@ -140,10 +140,10 @@ def learn_merges(words: list[bytes], counts: list[int], tokens: list[bytes], num
     every PROGRESS_EVERY merges how many are done. `_trainer.learn_merges` is the same, compiled.
     """
     tokens = list(tokens)
-    words = [list(word) for word in words]  # byte b is id b
+    word_ids = [list(word) for word in words]  # byte b is id b
     pair_counts: Counter[Pair] = Counter()
     pair_words: dict[Pair, set[int]] = {}
-    for index, (word, count) in enumerate(zip(words, counts)):
+    for index, (word, count) in enumerate(zip(word_ids, counts)):
         for pair in zip(word, word[1:]):
             pair_counts[pair] += count
             pair_words.setdefault(pair, set()).add(index)
@@ -170,7 +170,7 @@ def learn_merges(words: list[bytes], counts: list[int], tokens: list[bytes], num
         # pair_words may list words that no longer hold the pair (entries are only ever added);
         # merging such a word finds nothing to do.
         for index in pair_words.pop((a, b)):
-            old, count = words[index], counts[index]
+            old, count = word_ids[index], counts[index]
             new, vanished, appeared = _merge_word(old, a, b, new_id)
             for j in vanished:
                 pair = (old[j], old[j + 1])
@@ -181,7 +181,7 @@ def learn_merges(words: list[bytes], counts: list[int], tokens: list[bytes], num
                 pair_counts[pair] += count
                 pair_words.setdefault(pair, set()).add(index)
                 changed.add(pair)
-            words[index] = new
+            word_ids[index] = new
         for pair in changed:
             count = pair_counts[pair]
             if count > 0:

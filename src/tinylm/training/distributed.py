@@ -78,7 +78,7 @@ class Distributed:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.is_main = self.rank == 0
-        self._host_group = None
+        self._host_group: dist.ProcessGroup | None = None
         self.device = torch.device("cpu")
 
     def start(self, device: torch.device) -> None:

@@ -247,7 +247,7 @@ def traced_step_memory(config: RunConfig, device_type: str, batch_size: int) -> 
     return MemoryPrediction(counter.peak + buckets, "fake", parts)
 
 
-def run_training_step(config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def run_training_step(config: RunConfig, model: torch.nn.Module, optimizer: AdamW,
                       inputs: torch.Tensor, targets: torch.Tensor, device: torch.device,
                       guard: DivergenceGuard | None, step: int) -> None:
     """One step as the trainer runs it, eager (the one `TrainingStep` here)."""

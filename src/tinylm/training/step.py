@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import cast
 
 import torch
 
 from tinylm.nn.functional import cross_entropy, gradient_clipping
+from tinylm.optim import AdamW
 from tinylm.training.divergence import DivergenceGuard
 
 
@@ -36,7 +38,8 @@ class ModelLoss(torch.nn.Module):
 def compile_static(module: torch.nn.Module) -> torch.nn.Module:
     """torch.compile for a run's shapes, which never change (evaluation batches are padded to the
     training batch's), so no dynamic-shape graph is ever worth its cost."""
-    return torch.compile(module, dynamic=False)
+    # A module compiles to a module (OptimizedModule); torch annotates the result as a bare callable.
+    return cast(torch.nn.Module, torch.compile(module, dynamic=False))
 
 
 class TrainingStep:
@@ -52,14 +55,14 @@ class TrainingStep:
     process's loss into the global batch's, so every process's guard sees the same numbers.
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: torch.nn.Module, optimizer: AdamW,
                  precision: Callable[[], AbstractContextManager], grad_clip: float,
                  guard: DivergenceGuard | None = None,
                  compiled: bool = False, wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
                  reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.model, self.optimizer, self.guard, self.reduce_loss = model, optimizer, guard, reduce_loss
         self.max_norm = grad_clip if grad_clip > 0 else math.inf
-        loss_fn = ModelLoss(model, precision)
+        loss_fn: torch.nn.Module = ModelLoss(model, precision)
         if wrap is not None:
             loss_fn = wrap(loss_fn)
         self.loss_fn = compile_static(loss_fn) if compiled else loss_fn

@@ -118,7 +118,7 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
 
 
 def _checked(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a mapping, got {value!r}")
         return _build(hint, value, key + ".")
@@ -151,8 +151,10 @@ SUMMARY = _FieldNames()
 def best_run(candidates: Iterable[T], summary_of: Callable[[T], Summary]) -> T | None:
     """The candidate whose run did not diverge and ended at the lowest final validation loss; None
     when none did. The rule that picks the run generation, export and the report's "best" use."""
-    usable = [c for c in candidates if not summary_of(c).diverged and summary_of(c).final_val_loss is not None]
-    return min(usable, key=lambda c: summary_of(c).final_val_loss, default=None)
+    usable = [(c, loss) for c in candidates
+              if not summary_of(c).diverged and (loss := summary_of(c).final_val_loss) is not None]
+    best = min(usable, key=lambda pair: pair[1], default=None)
+    return None if best is None else best[0]
 
 
 # ---- building a summary (the trainer) -------------------------------------------------------

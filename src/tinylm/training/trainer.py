@@ -210,9 +210,9 @@ class Trainer:
                                              self.config.training.batch_size // self.dist.world_size,
                                              self.config.model.context_length, self.device, cross_entropy,
                                              self.precision)
-        total, count = self.dist.sum([total, float(count)], self.device)
+        summed_total, summed_count = self.dist.sum([total, float(count)], self.device)
         self.eval_model.train()
-        return total / count, int(count)
+        return summed_total / summed_count, int(summed_count)
 
     def _validation_windows(self) -> list[tuple[int, int]]:
         t, context = self.config.training, self.config.model.context_length
@@ -295,6 +295,8 @@ class Trainer:
         else:
             loss_value, norm_value = loss.item(), grad_norm.item()
         self.clock.lap()
+        # the guard's check of this step set both
+        assert self.guard.initial_loss is not None and self.guard.smoothed_loss is not None
         p.initial_loss, p.smoothed_loss = float(self.guard.initial_loss), float(self.guard.smoothed_loss)
         p.last_train_loss = loss_value
         val_loss = None

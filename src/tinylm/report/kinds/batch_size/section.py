@@ -32,11 +32,11 @@ def batch_size_text(runs: list[Run], max_batch: dict | None) -> str:
         parts.append("The largest batch whose training step fits "
                      + (f"the {fmt_bytes(limit)} memory budget" if limit else "the device memory")
                      + f" on {max_batch.get('device', 'the device')} is {fmt_int(max_batch.get('largest_batch'))}.")
-    fastest = max((r for r in runs if r.summary.tokens_per_s is not None),
-                  key=lambda r: r.summary.tokens_per_s, default=None)
+    fastest = max(((speed, r) for r in runs if (speed := r.summary.tokens_per_s) is not None),
+                  key=lambda pair: pair[0], default=None)
     if fastest is not None:
-        parts.append(f"Throughput peaks at batch {fmt_int(fastest.batch_size)} with "
-                     f"{fmt_speed(fastest.summary.tokens_per_s)} tokens/s.")
+        parts.append(f"Throughput peaks at batch {fmt_int(fastest[1].batch_size)} with "
+                     f"{fmt_speed(fastest[0])} tokens/s.")
     with_memory = [r for r in ordered if r.summary.peak_mem_bytes is not None]
     if len(with_memory) >= 2:
         small, large = with_memory[0], with_memory[-1]

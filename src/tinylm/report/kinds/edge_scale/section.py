@@ -91,12 +91,12 @@ def trend_text(found: dict[tuple[int, int, str], EdgeOfStability], compare_with:
     for setting, points in by_setting.items():
         points = sorted(points, key=lambda point: point[0])
         failing = [(d, edge.smallest_failing.lr) for d, edge in points if edge.smallest_failing]
-        ratios = [(d, edge.ratio) for d, edge in points if edge.ratio is not None]
+        ratio_points = [(d, ratio) for d, edge in points if (ratio := edge.ratio) is not None]
         sensitivity = [(d, edge.lr_sensitivity) for d, edge in points if edge.lr_sensitivity is not None]
         widths = [d for d, _ in points]
         said = [series_text(name, series, fmt, widths) for name, series, fmt in (
             ("the smallest failing rate", failing, fmt_rate),
-            ("its ratio to the best rate", ratios, lambda ratio: f"{fmt_ratio(ratio)}x"),
+            ("its ratio to the best rate", ratio_points, lambda ratio: f"{fmt_ratio(ratio)}x"),
             ("the LR sensitivity", sensitivity, fmt_loss)) if series]
         unknown = [str(d) for d, edge in points if edge.smallest_failing is None]
         text = (f"With {setting_text(setting)}, at d_model {', '.join(map(str, widths))}: "
@@ -105,9 +105,9 @@ def trend_text(found: dict[tuple[int, int, str], EdgeOfStability], compare_with:
             text += f"; no rate fails above the best at d_model {', '.join(unknown)}"
         parts.append(text + ".")
     for point in compare_with:
-        setting = setting_text((point["tokens_per_step"], point["norm"]))
+        compared = setting_text((point["tokens_per_step"], point["norm"]))
         parts.append(f"For comparison, {point['label']}: {fmt_ratio(point['ratio'])}x at d_model "
-                     f"{point['d_model']}, {setting}.")
+                     f"{point['d_model']}, {compared}.")
     return " ".join(parts)
 
 
@@ -146,15 +146,16 @@ def edge_vs_width(found: dict[tuple[int, int, str], EdgeOfStability], compare_wi
         by_setting[tokens, norm].append((d, edge))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (setting, points) in enumerate(by_setting.items()):
-        known = [(d, edge) for d, edge in sorted(points) if edge.ratio is not None]
+        known = [(d, edge, ratio) for d, edge in sorted(points) if (ratio := edge.ratio) is not None]
         if not known:
             continue
         colour = colours[i % len(colours)]
         style = "-" if setting[1] == "pre" else "--"
-        xs, ys = [d for d, _ in known], [edge.ratio for _, edge in known]
-        low = [y - (edge.largest_stable.lr / edge.best.lr if edge.largest_stable else y)
-               for (_, edge), y in zip(known, ys)]
-        ax.errorbar(xs, ys, yerr=[low, [0] * len(ys)], color=colour, linestyle=style, marker="o", capsize=3,
+        xs, ys = [d for d, _, _ in known], [ratio for _, _, ratio in known]
+        # a known ratio has a best run
+        low = [y - (edge.largest_stable.lr / edge.best.lr if edge.largest_stable and edge.best else y)
+               for _, edge, y in known]
+        ax.errorbar(xs, ys, yerr=[low, [0.0] * len(ys)], color=colour, linestyle=style, marker="o", capsize=3,
                     label=setting_text(setting))
     for point in compare_with:
         ax.plot([point["d_model"]], [point["ratio"]], marker="*", markersize=13, linestyle="none",

@@ -2,6 +2,8 @@
 stability above the best rate, the schedules and loss curves, and the final loss against the rate."""
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib.pyplot as plt
 from matplotlib.transforms import blended_transform_factory
 
@@ -48,7 +50,8 @@ def lr_sweep_text(runs: list[Run], edge: EdgeOfStability) -> str:
                      + (f": it ends at {fmt_loss(largest.summary.final_val_loss)}, "
                         f"{fmt_signed(largest.summary.final_val_loss - edge.best.summary.final_val_loss)} "
                         f"from the best, below the failure threshold of {fmt_loss(edge.threshold)}."
-                        if edge.threshold is not None and largest.summary.final_val_loss is not None else "."))
+                        if edge.threshold is not None and largest.summary.final_val_loss is not None
+                        and edge.best.summary.final_val_loss is not None else "."))
     else:
         parts.append(f"Every rate diverged: the edge of stability lies below {fmt_rate(rates[0])}.")
     parts.append(seeds_text(runs))
@@ -79,13 +82,13 @@ def target_text(runs: list[Run]) -> str:
     if len(targets) != 1:
         return ""
     target = targets.pop()
-    reached = sorted((r for r in runs if r.summary.target_reached_step is not None),
-                     key=lambda r: r.summary.target_reached_step)
+    reached = sorted(((step, r) for r in runs if (step := r.summary.target_reached_step) is not None),
+                     key=lambda pair: pair[0])
     if not reached:
         return f"No run reached the target validation loss of {fmt_loss(target)}."
-    first = reached[0]
+    first_step, first = reached[0]
     return (f"{len(reached)} of {len(runs)} runs reached the target validation loss of {fmt_loss(target)}; "
-            f"{first.label} first, at step {fmt_int(first.summary.target_reached_step)}.")
+            f"{first.label} first, at step {fmt_int(first_step)}.")
 
 
 # ---- figures
@@ -114,13 +117,14 @@ def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_failing: Run | 
     any seed is marked by the x."""
     fig, ax = plt.subplots(figsize=figures.SINGLE, layout="constrained")
     centre = {run.name: mean_std(final_losses(run)) for run in runs}
-    stable = sorted((r for r in runs if centre[r.name][0] is not None), key=lambda r: r.lr)
+    means = {name: mean for name, (mean, _) in centre.items() if mean is not None}
+    stable = sorted((r for r in runs if r.name in means), key=lambda r: r.lr)
     if stable:
-        ax.plot([r.lr for r in stable], [centre[r.name][0] for r in stable], color="0.6", linewidth=1, zorder=1)
+        ax.plot([r.lr for r in stable], [means[r.name] for r in stable], color="0.6", linewidth=1, zorder=1)
     for run in stable:
-        mean, std = centre[run.name]
-        point = {"marker": "o", "markersize": 8, "linestyle": "none", "color": run.colour, "label": run.legend,
-                 "zorder": 3}
+        mean, std = means[run.name], centre[run.name][1]
+        point: dict[str, Any] = {"marker": "o", "markersize": 8, "linestyle": "none", "color": run.colour,
+                                 "label": run.legend, "zorder": 3}
         if std is None:
             ax.plot([run.lr], [mean], **point)
         else:
@@ -144,8 +148,9 @@ def final_loss_vs_lr(runs: list[Run], best: Run | None, smallest_failing: Run | 
     ax.set_xscale("log")
     ax.set_xlim(min(rates) / 1.6, max(rates) * 1.6)
     if stable:
-        values = [loss for r in stable for loss in final_losses(r)]
-        values += [mean + sign * (std or 0) for mean, std in (centre[r.name] for r in stable) for sign in (-1, 1)]
+        # a run with a mean has every seed's loss
+        values = [loss for r in stable for loss in final_losses(r) if loss is not None]
+        values += [means[r.name] + sign * (centre[r.name][1] or 0) for r in stable for sign in (-1, 1)]
         pad = 0.15 * (max(values) - min(values)) or 0.1
         ax.set_ylim(min(values) - 2 * pad, max(values) + 3 * pad)  # room for the x marks on top
     ax.set_xlabel("peak learning rate (log scale)")

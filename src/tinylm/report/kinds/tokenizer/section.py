@@ -36,7 +36,8 @@ def tokenizer_text(tokenizers: pd.DataFrame, per_corpus: pd.DataFrame, compiled_
                      f"bytes/token.")
     if per_corpus["bytes_per_s"].notna().any():
         fastest = per_corpus.loc[per_corpus["bytes_per_s"].astype(float).idxmax()]
-        encoder = {True: " with the compiled encoder", False: " with the pure-Python encoder"}.get(compiled_encoder, "")
+        encoders: dict[bool | None, str] = {True: " with the compiled encoder", False: " with the pure-Python encoder"}
+        encoder = encoders.get(compiled_encoder, "")
         parts.append(f"The fastest encoding, {fmt_speed(fastest['bytes_per_s'])} bytes/s ({fastest['tokenizer']} "
                      f"on {fastest['corpus']}), would take {fmt_duration(fastest['pile_825gb_s'])} for the 825 GB "
                      f"of the Pile in one process{encoder}.")
