@@ -77,9 +77,11 @@ run: $(VENV)/.run-deps
 	$(BIN)/python -m tinylm.pipeline.quiet --log "$(or $(SNAKEMAKE_LOG),$$results/logs/snakemake.log)" \
 		--report "$$results/report/README.md" -- --cores $(CORES) $(SNAKEMAKE_ARGS) --configfile $(CONFIG)
 
-# The linter first: it takes seconds, and a failing one fails the test command.
+# The linter and the type checker (its settings in pyproject.toml) first: they take seconds, and a
+# failing one fails the test command.
 test: $(VENV)/.test-deps
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The benchmarks' extra (tiktoken, transformers) is part of the test lock.
